@@ -1,0 +1,106 @@
+"""Command line: the original project's ``main.py`` job, headless.
+
+    napari-sr-uncertainty [IMAGE] [-o OUTDIR] [--samples N] [--seed S] [--weights PATH]
+                          [--center-crop] [--deterministic]
+
+Without IMAGE it runs on the bundled astronaut sample. Exit status: 0 on success, 2 for bad input
+or arguments (one-line message on stderr), 130 when interrupted; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .export import OutputError, check_output_dir, write_report
+from .imaging import InputError, read_image
+from .pipeline import DEFAULT_PATCH, DEFAULT_SAMPLES, Progress, SROptions, super_resolve
+from .sample_data import DEFAULT_SAMPLE, load_sample, sample_image_paths
+from .weights import WeightsError, load_weights
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-sr-uncertainty",
+        description="Upscale an image x2 with ESRCNN and map where the result can be trusted "
+        "(Monte Carlo dropout).",
+    )
+    parser.add_argument("image", nargs="?", help="input image (PNG, JPEG, TIFF, .npy); default: bundled sample")
+    parser.add_argument("-o", "--output", default="output", help="output folder (default: ./output)")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="dropout samples (default: 40)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default: 0)")
+    parser.add_argument("--weights", help="weights file: ours (.msgpack) or the original Keras .h5")
+    parser.add_argument("--center-crop", action="store_true", help="crop to the largest multiple of the patch size, as the original")
+    parser.add_argument("--deterministic", action="store_true", help="one pass with dropout off (no uncertainty)")
+    parser.add_argument("--patch-size", type=int, default=DEFAULT_PATCH, help="LR patch size for ranking (default: 64)")
+    parser.add_argument("--patches", type=int, default=5, help="patches marked in each set (default: 5)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+class _ProgressPrinter:
+    """Progress on stderr: an updating line on a terminal, a line every ~10 % otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_decile = -1
+        self.start = time.perf_counter()
+
+    def __call__(self, step: Progress) -> None:
+        elapsed = time.perf_counter() - self.start
+        line = f"{step.message}  [{elapsed:5.1f} s]"
+        if self.tty:
+            self.stream.write("\r" + line.ljust(50) + ("\n" if step.done == step.total else ""))
+        else:
+            decile = (10 * step.done) // max(step.total, 1)
+            if decile == self.last_decile:
+                return
+            self.last_decile = decile
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def run(args: argparse.Namespace) -> Path:
+    outdir = check_output_dir(args.output)  # fail before spending minutes computing
+    if args.image:
+        image, input_name = read_image(args.image), str(Path(args.image).expanduser().resolve())
+    else:
+        image, input_name = load_sample(DEFAULT_SAMPLE), str(sample_image_paths()[DEFAULT_SAMPLE])
+    weights = load_weights(args.weights)
+    options = SROptions(
+        n_samples=args.samples,
+        seed=args.seed,
+        patch_size=args.patch_size,
+        n_patches=args.patches,
+        center_crop=args.center_crop,
+        deterministic=args.deterministic,
+    )
+    result = super_resolve(image, weights, options, progress=None if args.quiet else _ProgressPrinter())
+    return write_report(result, outdir, input_name=input_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        outdir = run(args)
+    except (InputError, WeightsError, OutputError) as exc:
+        print(f"napari-sr-uncertainty: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-sr-uncertainty: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("napari-sr-uncertainty: error: out of memory; try a smaller image or region", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"wrote {outdir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
