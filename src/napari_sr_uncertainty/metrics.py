@@ -1,0 +1,185 @@
+"""Super-resolution quality metrics and the standard x2 degradation, as in the benchmark protocol.
+
+Protocol (``shared/datasets/PROTOCOL.md``): HR is cropped to a multiple of the scale (top-left anchored),
+LR is Pillow's antialiased bicubic downscale of the uint8 HR, SR is rounded to uint8, and PSNR / SSIM are
+computed on the BT.601 luma (Y) channel after shaving ``scale`` pixels from every border.
+
+Everything here takes and returns plain NumPy arrays; only NumPy and Pillow are used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
+PEAK = 255.0
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` as an (H, W, 3) uint8 RGB array.
+
+    Parameters
+    ----------
+    image : ndarray
+        (H, W) grayscale, (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, uint8.
+
+    Returns
+    -------
+    ndarray
+        (H, W, 3) uint8; grayscale is replicated to three channels, alpha is dropped.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"expected uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def crop_to_scale(hr: np.ndarray, scale: int = 2) -> np.ndarray:
+    """Crop an image to a multiple of ``scale`` in height and width, anchored top-left."""
+    h, w = hr.shape[:2]
+    return hr[: h - h % scale, : w - w % scale]
+
+
+def make_lr(hr_uint8: np.ndarray, scale: int = 2) -> np.ndarray:
+    """Low-resolution input per the protocol: Pillow antialiased bicubic downscale of uint8 RGB.
+
+    Parameters
+    ----------
+    hr_uint8 : ndarray, uint8
+        High-resolution image (grayscale or RGB); it is converted to RGB and cropped to a multiple of
+        ``scale`` first.
+    scale : int
+        Downscaling factor.
+
+    Returns
+    -------
+    ndarray
+        (H // scale, W // scale, 3) uint8 (Pillow rounds to uint8).
+    """
+    hr = crop_to_scale(to_rgb_uint8(hr_uint8), scale)
+    h, w = hr.shape[:2]
+    return np.asarray(Image.fromarray(hr).resize((w // scale, h // scale), Image.BICUBIC))
+
+
+def bicubic_upscale(lr_uint8: np.ndarray, scale: int = 2) -> np.ndarray:
+    """Bicubic baseline: Pillow bicubic upscale of a uint8 RGB image by ``scale``.
+
+    Parameters
+    ----------
+    lr_uint8 : ndarray, (H, W, 3) uint8
+        Low-resolution image.
+    scale : int
+        Upscaling factor.
+
+    Returns
+    -------
+    ndarray
+        (scale * H, scale * W, 3) uint8.
+    """
+    lr = to_rgb_uint8(lr_uint8)
+    h, w = lr.shape[:2]
+    return np.asarray(Image.fromarray(lr).resize((w * scale, h * scale), Image.BICUBIC))
+
+
+def quantize(sr: np.ndarray) -> np.ndarray:
+    """Round a float RGB image in [0, 1] (nominally) to uint8 with clipping; uint8 passes unchanged."""
+    sr = np.asarray(sr)
+    if sr.dtype == np.uint8:
+        return sr
+    return np.clip(np.round(sr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def rgb_to_y(rgb_uint8: np.ndarray) -> np.ndarray:
+    """BT.601 luma of a uint8 RGB image, float64 in [16, 235] (not rounded)."""
+    rgb = np.asarray(rgb_uint8, np.float64) / 255.0
+    return 16.0 + 65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]
+
+
+def _y_pair(sr: np.ndarray, hr: np.ndarray, shave: int) -> tuple[np.ndarray, np.ndarray]:
+    sr_y = rgb_to_y(quantize(sr))
+    hr_y = rgb_to_y(to_rgb_uint8(hr))
+    if sr_y.shape != hr_y.shape:
+        raise ValueError(f"SR shape {sr_y.shape} differs from HR shape {hr_y.shape}")
+    if shave:
+        sr_y, hr_y = sr_y[shave:-shave, shave:-shave], hr_y[shave:-shave, shave:-shave]
+    return sr_y, hr_y
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = PEAK) -> float:
+    """PSNR in dB between two arrays of equal shape with the given peak value (inf if identical)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0.0 else 10.0 * np.log10(peak * peak / mse)
+
+
+def _gaussian_window_1d(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    x = np.arange(size) - (size - 1) / 2.0
+    g = np.exp(-(x * x) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+def _filter_valid(image: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Separable 'valid' correlation of a 2-D array with ``window`` along both axes."""
+    size = window.size
+    rows = sum(window[i] * image[i : image.shape[0] - size + 1 + i] for i in range(size))
+    return sum(window[i] * rows[:, i : image.shape[1] - size + 1 + i] for i in range(size))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, peak: float = PEAK) -> float:
+    """Mean SSIM (Wang et al. 2004) of two 2-D images: 11x11 Gaussian window, sigma 1.5, 'valid' region.
+
+    Parameters
+    ----------
+    a, b : ndarray, (H, W)
+        Single-channel images on the same scale (e.g. Y in [16, 235]); H and W must be at least 11.
+    peak : float
+        Dynamic range L in the constants C1 = (0.01 L)^2, C2 = (0.03 L)^2.
+
+    Returns
+    -------
+    float
+        Mean of the SSIM map (population (co)variances, as in the original MATLAB code).
+    """
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"need two 2-D images of equal shape, got {a.shape} and {b.shape}")
+    window = _gaussian_window_1d()
+    c1, c2 = (_SSIM_K1 * peak) ** 2, (_SSIM_K2 * peak) ** 2
+    mu_a, mu_b = _filter_valid(a, window), _filter_valid(b, window)
+    var_a = _filter_valid(a * a, window) - mu_a * mu_a
+    var_b = _filter_valid(b * b, window) - mu_b * mu_b
+    cov = _filter_valid(a * b, window) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(ssim_map.mean())
+
+
+def psnr_y(sr: np.ndarray, hr: np.ndarray, scale: int = 2) -> float:
+    """Y-channel PSNR per the protocol.
+
+    Parameters
+    ----------
+    sr : ndarray, (H, W, 3)
+        Super-resolved RGB, float in [0, 1] (rounded to uint8 here) or uint8.
+    hr : ndarray, (H, W, 3) or (H, W), uint8
+        Ground truth, already cropped to a multiple of ``scale``.
+    scale : int
+        Pixels shaved from every border.
+
+    Returns
+    -------
+    float
+        PSNR in dB, peak 255.
+    """
+    return psnr(*_y_pair(sr, hr, scale))
+
+
+def ssim_y(sr: np.ndarray, hr: np.ndarray, scale: int = 2) -> float:
+    """Y-channel SSIM per the protocol; arguments as :func:`psnr_y`."""
+    return ssim(*_y_pair(sr, hr, scale))

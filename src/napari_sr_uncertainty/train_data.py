@@ -1,0 +1,172 @@
+"""Training input pipeline (NumPy + Pillow only): HR/LR image pairs, random aligned crops, augmentation.
+
+LR images are made once per whole HR image exactly as the benchmark protocol does
+(:func:`napari_sr_uncertainty.metrics.make_lr`), and crops are taken from aligned (LR, HR) pairs, so a
+training crop sees the same degradation as a benchmark image (cropping first and downscaling the crop
+would change the pixels near crop borders).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .metrics import crop_to_scale, make_lr, to_rgb_uint8
+from .model import SCALE
+
+# BSD200 images held out from training for validation and calibration: every 20th file in name order.
+BSD200_VALIDATION_IDS = (
+    "100075",
+    "12074",
+    "151087",
+    "176035",
+    "198023",
+    "232038",
+    "268002",
+    "317080",
+    "376020",
+    "65010",
+)
+# Sets that must never be used for training or tuning.
+EVALUATION_SET_NAMES = ("Set5", "Set14", "BSD100", "Urban100")
+IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+@dataclass
+class ImagePair:
+    """One training image: ``hr`` (2H, 2W, 3) uint8 and its protocol LR ``lr`` (H, W, 3) uint8."""
+
+    name: str
+    hr: np.ndarray
+    lr: np.ndarray
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB (grayscale replicated, alpha dropped)."""
+    with Image.open(path) as img:
+        return to_rgb_uint8(np.asarray(img.convert("RGB")))
+
+
+def make_pair(name: str, hr: np.ndarray, scale: int = SCALE) -> ImagePair:
+    """Crop ``hr`` to a multiple of ``scale`` and attach its protocol LR image."""
+    hr = crop_to_scale(to_rgb_uint8(hr), scale)
+    return ImagePair(name=name, hr=hr, lr=make_lr(hr, scale))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files in ``folder`` (not recursive), sorted by name.
+
+    Raises
+    ------
+    ValueError
+        If ``folder`` is one of the evaluation sets (Set5, Set14, BSD100, Urban100).
+    FileNotFoundError
+        If the folder does not exist or holds no images.
+    """
+    folder = Path(folder)
+    if folder.name in EVALUATION_SET_NAMES:
+        raise ValueError(f"{folder} is an evaluation set; it must never be used for training")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: training image folder not found")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no images")
+    return files
+
+
+def load_pairs(
+    folders: list[str | Path], holdout_ids: tuple[str, ...] = BSD200_VALIDATION_IDS, min_lr_size: int = 0
+) -> tuple[list[ImagePair], list[ImagePair]]:
+    """Load every image of ``folders`` as (LR, HR) pairs, split into training and held-out pairs.
+
+    Parameters
+    ----------
+    folders : list of path
+        Folders of HR training images (e.g. ``T91`` and ``BSD200``).
+    holdout_ids : tuple of str
+        File stems kept out of training (validation and calibration).
+    min_lr_size : int
+        Training images whose LR is smaller than this in either dimension are skipped (they cannot hold
+        a crop).
+
+    Returns
+    -------
+    train, held_out : list of ImagePair
+    """
+    train, held_out = [], []
+    for folder in folders:
+        for path in list_images(folder):
+            pair = make_pair(path.stem, load_rgb(path))
+            if path.stem in holdout_ids:
+                held_out.append(pair)
+            elif min(pair.lr.shape[:2]) >= min_lr_size:
+                train.append(pair)
+    return train, held_out
+
+
+def augment(lr: np.ndarray, hr: np.ndarray, code: int) -> tuple[np.ndarray, np.ndarray]:
+    """Apply one of the 8 dihedral transforms (``code`` 0..7: 4 rotations x optional flip) to both images."""
+    if code & 4:
+        lr, hr = lr[:, ::-1], hr[:, ::-1]
+    return np.rot90(lr, code & 3), np.rot90(hr, code & 3)
+
+
+class CropSampler:
+    """Random aligned (LR, HR) crops with dihedral augmentation, reproducible from a seed.
+
+    Images are drawn with probability proportional to their LR area, so every pixel of the training
+    set is equally likely to be seen. The sampler's state is its NumPy generator, which can be saved
+    (:meth:`state`) and restored (:meth:`set_state`) for exact resume.
+
+    Parameters
+    ----------
+    pairs : list of ImagePair
+        Training images; each LR must be at least ``crop_lr`` pixels in both dimensions.
+    crop_lr : int
+        LR crop size; HR crops are ``SCALE * crop_lr``.
+    seed : int
+        Seed of the generator.
+    """
+
+    def __init__(self, pairs: list[ImagePair], crop_lr: int, seed: int = 0):
+        if not pairs:
+            raise ValueError("no training images")
+        too_small = [p.name for p in pairs if min(p.lr.shape[:2]) < crop_lr]
+        if too_small:
+            raise ValueError(f"images smaller than the {crop_lr}px LR crop: {too_small}")
+        self.pairs = pairs
+        self.crop_lr = crop_lr
+        areas = np.array([p.lr.shape[0] * p.lr.shape[1] for p in pairs], np.float64)
+        self.probabilities = areas / areas.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``size`` crops.
+
+        Returns
+        -------
+        lr : ndarray, (size, crop_lr, crop_lr, 3) float32 in [0, 1]
+        hr : ndarray, (size, SCALE * crop_lr, SCALE * crop_lr, 3) float32 in [0, 1]
+        """
+        c = self.crop_lr
+        lr_batch = np.empty((size, c, c, 3), np.uint8)
+        hr_batch = np.empty((size, SCALE * c, SCALE * c, 3), np.uint8)
+        for i, index in enumerate(self.rng.choice(len(self.pairs), size=size, p=self.probabilities)):
+            pair = self.pairs[index]
+            top = int(self.rng.integers(0, pair.lr.shape[0] - c + 1))
+            left = int(self.rng.integers(0, pair.lr.shape[1] - c + 1))
+            lr = pair.lr[top : top + c, left : left + c]
+            hr = pair.hr[SCALE * top : SCALE * (top + c), SCALE * left : SCALE * (left + c)]
+            lr_batch[i], hr_batch[i] = augment(lr, hr, int(self.rng.integers(0, 8)))
+        return lr_batch.astype(np.float32) / 255.0, hr_batch.astype(np.float32) / 255.0
+
+    def state(self) -> dict:
+        """The generator state (a JSON-compatible dict)."""
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        """Restore a state returned by :meth:`state`."""
+        self.rng.bit_generator.state = state
