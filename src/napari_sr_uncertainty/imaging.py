@@ -9,7 +9,12 @@ Rules (documented in the README's "Limits and behaviour"):
   as is. Everything else (``uint16``, other integers, floats outside [0, 1]) is min-max scaled to
   [0, 1] using the image's own minimum and maximum, so a dark 16-bit image that uses a small part of its
   range is not fed to the network as black. The affine map is recorded and inverted for the outputs.
-* NaN and inf are rejected with a message: the network has no notion of missing data.
+  ``int32``/``int64``/``uint32``/``float64`` data are scaled in float64, so large offsets keep their
+  precision. A constant image has no contrast to scale: it maps to 0 (scale 1) and a note says so.
+  ``value_range`` lets a caller scale several images (the planes of a stack) with one shared range.
+* NaN and inf are rejected with a message (they are not masked): the network has no notion of missing
+  data, and any fill value would be a silent guess. Replace them first, e.g. ``numpy.nan_to_num``.
+* complex, string and object arrays are rejected with a message.
 """
 
 from __future__ import annotations
@@ -36,23 +41,36 @@ class Normalization:
     notes: tuple[str, ...] = field(default=())
 
     def to_input_units(self, arr: np.ndarray) -> np.ndarray:
-        """Model-unit values (e.g. a prediction) -> float32 values in the input's units."""
-        return (np.asarray(arr, np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(np.float32)
+        """Model-unit values (e.g. a prediction) -> float32 values in the input's units.
+
+        Computed in float64 so that a large offset (e.g. int32 data around 1e9) does not round away
+        the small differences that carry the image.
+        """
+        return self._affine(arr).astype(np.float32)
+
+    def _affine(self, arr: np.ndarray) -> np.ndarray:
+        return np.asarray(arr, np.float64) * self.scale + self.offset
 
     def std_to_input_units(self, std: np.ndarray) -> np.ndarray:
         """A standard deviation in model units -> the input's units (scale only, no offset)."""
         return (np.asarray(std, np.float32) * np.float32(self.scale)).astype(np.float32)
 
     def to_input_dtype(self, arr: np.ndarray) -> np.ndarray:
-        """Model-unit values -> the input's dtype: integers are rounded and clipped to the dtype's range."""
-        values = self.to_input_units(arr)
+        """Model-unit values -> the input's dtype.
+
+        Integers are rounded and clipped to the dtype's range; floats are cast (``float16`` clipped to
+        its finite range). ``bool`` input gives float32 in [0, 1]: a super-resolved mask is soft, and
+        where to threshold it is the caller's decision.
+        """
+        values = self._affine(arr)  # float64: int32/int64 data can exceed float32's exact range
         dtype = np.dtype(self.dtype)
         if dtype == np.bool_:
-            return values
+            return values.astype(np.float32)
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
             return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-        return values
+        info = np.finfo(dtype)
+        return np.clip(values, info.min, info.max).astype(dtype)
 
     def as_dict(self) -> dict:
         return {
@@ -64,18 +82,114 @@ class Normalization:
         }
 
 
-def to_model_input(image: np.ndarray) -> tuple[np.ndarray, Normalization]:
+def image_layout(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Check that ``shape`` is one image; return ``(height, width, channels)``.
+
+    Raises
+    ------
+    InputError
+        For stacks, other channel counts and empty images, saying which helper handles them.
+    """
+    if len(shape) == 3 and shape[-1] in SUPPORTED_CHANNELS:
+        channels = shape[-1]
+    elif len(shape) == 2:
+        channels = 1
+    else:
+        raise InputError(
+            f"expected a 2D grayscale image or an RGB/RGBA image of shape (H, W, 3|4), got shape {tuple(shape)}; "
+            "for stacks use pipeline.iter_super_resolve_stack, for other channel counts "
+            "pipeline.iter_super_resolve_channels (each channel is processed as a grayscale image)"
+        )
+    if shape[0] < 1 or shape[1] < 1:
+        raise InputError(f"the image is empty (shape {tuple(shape)})")
+    return int(shape[0]), int(shape[1]), channels
+
+
+def row_blocks(n_rows: int, row_bytes: int, budget: int = 64 << 20) -> list[slice]:
+    """Row slices of at most ``budget`` bytes each (at least one row): bounded-memory passes."""
+    step = max(1, budget // max(row_bytes, 1))
+    return [slice(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    if dtype.kind == "c":
+        raise InputError(f"complex pixel type {dtype}: pass the magnitude (numpy.abs) or the real part")
+    if dtype.kind not in "biuf":
+        raise InputError(f"unsupported pixel type {dtype}; expected integers, floats or bool")
+
+
+def _work_dtype(dtype: np.dtype) -> type:
+    """float64 where float32 would round the input (wide integers, float64), else float32."""
+    wide = dtype.kind in "iu" and dtype.itemsize >= 4 or dtype.kind == "f" and dtype.itemsize > 4
+    return np.float64 if wide else np.float32
+
+
+def scan_values(image) -> tuple[float, float]:
+    """Minimum and maximum of an image (any array-like, read in row blocks, e.g. a lazy dask array).
+
+    Raises
+    ------
+    InputError
+        If the image holds NaN or infinite values.
+    """
+    dtype = np.dtype(image.dtype)
+    _check_dtype(dtype)
+    row_bytes = int(np.prod(image.shape[1:], dtype=np.int64)) * dtype.itemsize
+    lo, hi, n_nan, n_inf = np.inf, -np.inf, 0, 0
+    for rows in row_blocks(image.shape[0], row_bytes):
+        block = np.asarray(image[rows])
+        if dtype.kind == "f":
+            n_nan += int(np.count_nonzero(np.isnan(block)))
+            n_inf += int(np.count_nonzero(np.isinf(block)))
+            if n_nan or n_inf:
+                continue
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    if n_nan or n_inf:
+        raise InputError(
+            f"the image has {n_nan} NaN and {n_inf} infinite values; replace them (e.g. with numpy.nan_to_num) "
+            "before super-resolving"
+        )
+    return lo, hi
+
+
+def choose_normalization(
+    dtype: np.dtype, value_range: tuple[float, float], grayscale: bool, notes: tuple[str, ...] = ()
+) -> Normalization:
+    """The module's value rule for data of ``dtype`` whose values span ``value_range``."""
+    dtype = np.dtype(dtype)
+    lo, hi = value_range
+    notes = list(notes)
+    if dtype == np.uint8:
+        offset, scale = 0.0, 255.0
+    elif dtype == np.bool_:
+        offset, scale = 0.0, 1.0
+    elif dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        offset, scale = 0.0, 1.0
+    elif hi > lo:
+        offset, scale = lo, hi - lo
+        notes.append(f"values min-max scaled from [{lo:g}, {hi:g}] to [0, 1]")
+    else:
+        offset, scale = lo, 1.0
+        notes.append(f"constant image (value {lo:g}): no contrast to scale, mapped to 0")
+    return Normalization(offset=offset, scale=scale, dtype=str(dtype), grayscale=grayscale, notes=tuple(notes))
+
+
+def to_model_input(image, value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, Normalization]:
     """Validate and normalise an image for the model.
 
     Parameters
     ----------
     image : array_like
-        ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``, any real or bool dtype.
+        ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``, any real or bool dtype. Anything with
+        ``shape``, ``dtype`` and slicing (a numpy memmap, a dask array) is read in row blocks, so only the
+        float32 model input is ever held whole in memory.
+    value_range : (float, float), optional
+        ``(min, max)`` to scale with instead of the image's own (one shared range for a stack).
 
     Returns
     -------
     rgb : ndarray, shape (H, W, 3), float32
-        Model input, in [0, 1].
+        Model input, in [0, 1] (outside it when ``value_range`` is narrower than the data).
     normalization : Normalization
         The mapping to invert for the outputs.
 
@@ -84,48 +198,23 @@ def to_model_input(image: np.ndarray) -> tuple[np.ndarray, Normalization]:
     InputError
         For unsupported layouts, empty images, non-numeric data, NaN or inf.
     """
-    arr = np.asarray(image)
-    notes: list[str] = []
-    if arr.dtype.kind not in "biuf":
-        raise InputError(f"unsupported pixel type {arr.dtype}; expected integers, floats or bool")
-    if arr.ndim == 3 and arr.shape[-1] in SUPPORTED_CHANNELS:
-        if arr.shape[-1] == 4:
-            notes.append("alpha channel dropped")
-            arr = arr[..., :3]
-        elif arr.shape[-1] == 1:
-            arr = arr[..., 0]
-    elif arr.ndim != 2:
-        raise InputError(
-            f"expected a 2D grayscale image or an RGB/RGBA image of shape (H, W, 3|4), got shape {arr.shape}; "
-            "for stacks or other channel counts, process one 2D plane (or channel) at a time"
-        )
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise InputError(f"the image is empty (shape {arr.shape})")
-    grayscale = arr.ndim == 2
-    values = arr.astype(np.float32) if arr.dtype.kind != "f" or arr.dtype.itemsize <= 4 else arr
-    if arr.dtype.kind == "f":
-        finite = np.isfinite(values)
-        if not finite.all():
-            bad = int(values.size - np.count_nonzero(finite))
-            raise InputError(
-                f"the image has {bad} NaN or infinite values; replace them (e.g. with numpy.nan_to_num) "
-                "before super-resolving"
-            )
-    if arr.dtype == np.uint8:
-        offset, scale = 0.0, 255.0
-    elif arr.dtype == np.bool_:
-        offset, scale = 0.0, 1.0
-    elif arr.dtype.kind == "f" and float(values.min()) >= 0.0 and float(values.max()) <= 1.0:
-        offset, scale = 0.0, 1.0
-    else:
-        lo, hi = float(values.min()), float(values.max())
-        offset, scale = lo, (hi - lo) if hi > lo else 1.0
-        notes.append(f"values min-max scaled from [{lo:g}, {hi:g}] to [0, 1]")
-    model = ((values - offset) / scale).astype(np.float32)
-    if grayscale:
-        model = np.repeat(model[..., None], 3, axis=-1)
-    norm = Normalization(offset=offset, scale=scale, dtype=str(arr.dtype), grayscale=grayscale, notes=tuple(notes))
-    return np.ascontiguousarray(model), norm
+    if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
+        image = np.asarray(image)
+    h, w, channels = image_layout(tuple(image.shape))
+    dtype = np.dtype(image.dtype)
+    _check_dtype(dtype)
+    notes: tuple[str, ...] = ()
+    if channels == 4:
+        notes = ("alpha channel dropped",)
+    plane = image if len(image.shape) == 2 else image[..., 0] if channels == 1 else image[..., :3]
+    norm = choose_normalization(dtype, value_range or scan_values(plane), channels == 1, notes)
+    work = _work_dtype(dtype)
+    model = np.empty((h, w, 3), np.float32)
+    row_bytes = w * 3 * max(np.dtype(work).itemsize, dtype.itemsize)
+    for rows in row_blocks(h, row_bytes):
+        block = (np.asarray(plane[rows]).astype(work) - work(norm.offset)) / work(norm.scale)
+        model[rows] = block[..., None] if channels == 1 else block
+    return model, norm
 
 
 def to_output_layout(rgb: np.ndarray, normalization: Normalization) -> np.ndarray:
