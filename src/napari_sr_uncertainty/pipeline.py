@@ -3,6 +3,14 @@
 :func:`iter_super_resolve` is a generator that yields :class:`Progress` and returns an :class:`SRResult`,
 so a GUI can run it in a worker thread (napari's ``thread_worker``) and cancel it between tiles;
 :func:`super_resolve` runs it to completion. Nothing here imports napari or Qt.
+
+Stacks and channels: :func:`iter_super_resolve_stack` runs every 2D (or RGB) plane of a 3D/4D stack,
+scaled with one range shared by the whole stack; :func:`iter_super_resolve_channels` runs each channel
+of an ``(H, W, C)`` array as a grayscale image, each with its own range (channels are different signals).
+
+Memory: the outputs are written tile by tile into preallocated arrays, in RAM or, with
+``SROptions.scratch_dir``, in disk-backed ``.npy`` memmaps; :func:`estimate_memory` predicts the RAM a run
+needs and :func:`iter_super_resolve` refuses, before computing anything, a run that cannot fit.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from typing import Callable, Generator
 import numpy as np
 
 from . import __version__
-from .imaging import InputError, Normalization, to_model_input, to_output_layout
+from .imaging import InputError, Normalization, image_layout, row_blocks, scan_values, to_model_input, to_output_layout
 from .model import SCALE
 from .patches import PatchMark, score_patches, select_patches
 from .weights import Weights, load_weights
@@ -35,6 +43,8 @@ class SROptions:
     deterministic: bool = False
     tile: int | None = None
     chunk: int | None = None
+    #: folder for disk-backed output arrays (``.npy`` memmaps); None keeps them in RAM
+    scratch_dir: str | None = None
 
     def validate(self) -> None:
         if not self.deterministic and not 1 <= self.n_samples <= 10_000:
@@ -45,6 +55,10 @@ class SROptions:
             raise InputError(f"patch size must be >= 1, got {self.patch_size}")
         if self.n_patches < 0:
             raise InputError(f"number of marked patches must be >= 0, got {self.n_patches}")
+        for name in ("tile", "chunk"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,122 @@ class SRResult:
             "patch_size": self.options.patch_size,
             "normalization": self.normalization.as_dict(),
             "timings_s": dict(self.timings),
+            "versions": library_versions(),
         }
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that determine the numbers (recorded for reproducibility)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "jax", "jaxlib", "flax"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+# Bytes per LR pixel of each part of a run (float32 throughout): the RGB model input and the engine's
+# zero-padded copy of it (3 channels each); per output array 4 HR pixels of 1 (grayscale) or 3 channels.
+_LR_BYTES_PER_PIXEL = 2 * 3 * 4
+_HR_PIXELS_PER_LR = SCALE * SCALE
+
+
+def _engine_working_bytes(tile: int, chunk: int) -> int:
+    """JAX working memory of one tile: ~(64 + 32 + 75 + 2*64) float32 activations per HR pixel per sample."""
+    from . import engine
+
+    side = SCALE * (tile + 2 * engine.HALO)
+    return chunk * side * side * 300 * 4 + (256 << 20)  # + the XLA runtime and compiled code
+
+
+def output_bytes(lr_shape: tuple[int, ...], grayscale: bool) -> int:
+    """Bytes of the HR output arrays (mean, single, std and, for colour, the heatmap)."""
+    hr_pixels = _HR_PIXELS_PER_LR * int(lr_shape[0]) * int(lr_shape[1])
+    return hr_pixels * 4 * (3 if grayscale else 3 * 3 + 1)
+
+
+def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None) -> int:
+    """RAM (bytes) a run on an image of ``lr_shape`` needs, beyond the input array itself.
+
+    The LR-sized buffers (24 bytes per LR pixel), the HR outputs when they are kept in RAM
+    (48 bytes per LR pixel grayscale, 160 colour; none with ``options.scratch_dir``) and the engine's
+    per-tile working memory. Writing a report adds its 8-bit views (up to 12 bytes per LR pixel).
+    """
+    from . import engine
+
+    options = options or SROptions()
+    h, w, channels = image_layout(tuple(lr_shape))
+    total = _LR_BYTES_PER_PIXEL * h * w
+    if options.scratch_dir is None:
+        total += output_bytes((h, w), channels == 1)
+    return total + _engine_working_bytes(options.tile or engine.DEFAULT_TILE, options.chunk or engine.DEFAULT_CHUNK)
+
+
+def check_resources(lr_shape: tuple[int, ...], options: SROptions) -> None:
+    """Refuse, before computing, a run whose RAM (or scratch disk) need exceeds what is available."""
+    import shutil
+
+    import psutil
+
+    h, w, channels = image_layout(tuple(lr_shape))
+    need = estimate_memory(lr_shape, options)
+    available = psutil.virtual_memory().available
+    if need > available:
+        hint = "" if options.scratch_dir else "; use disk-backed outputs (the CLI does; SROptions.scratch_dir)"
+        raise InputError(
+            f"a {h}x{w} image needs about {need / 2**30:.1f} GiB of memory but {available / 2**30:.1f} GiB "
+            f"is available; process a smaller region or a centre crop{hint}"
+        )
+    if options.scratch_dir is not None:
+        disk = output_bytes((h, w), channels == 1)
+        free = shutil.disk_usage(options.scratch_dir).free
+        if disk > free:
+            raise InputError(
+                f"the outputs of a {h}x{w} image need {disk / 2**30:.1f} GiB in {options.scratch_dir} "
+                f"but {free / 2**30:.1f} GiB is free"
+            )
+
+
+class _LayoutWriter:
+    """Slice-assignable target for the engine: stores its RGB HR tiles in the output's layout.
+
+    Grayscale outputs get the channel mean, so no RGB HR array is ever allocated for them; the writer
+    of the std also fills the heatmap (channel mean of the std), tile by tile.
+    """
+
+    def __init__(self, target: np.ndarray, grayscale: bool, heatmap: np.ndarray | None = None):
+        self.target, self.grayscale, self.heatmap = target, grayscale, heatmap
+
+    def __setitem__(self, key, rgb_tile: np.ndarray) -> None:
+        channel_mean = rgb_tile.mean(axis=-1)
+        self.target[key] = channel_mean if self.grayscale else rgb_tile
+        if self.heatmap is not None:
+            self.heatmap[key] = channel_mean
+
+
+def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.ndarray:
+    """A zero-filled float32 array, in RAM or as a ``.npy`` memmap in ``scratch_dir``."""
+    if scratch_dir is None:
+        return np.zeros(shape, np.float32)
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".npy", dir=scratch_dir)  # private to the user
+    os.close(fd)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+
+
+def _score_in_bands(heatmap: np.ndarray, patch: int) -> np.ndarray:
+    """:func:`score_patches` over bands of patch rows, so a huge (disk-backed) heatmap is read piecewise."""
+    side = patch * SCALE
+    band = max(1, (64 << 20) // max(side * heatmap.shape[1] * 32, 1)) * side  # float64 work arrays x4
+    return np.concatenate(
+        [score_patches(np.asarray(heatmap[r : r + band]), patch, SCALE) for r in range(0, heatmap.shape[0], band)]
+    )
 
 
 def center_crop_box(shape: tuple[int, int], multiple: int) -> tuple[int, int, int, int]:
@@ -112,38 +241,63 @@ def center_crop_box(shape: tuple[int, int], multiple: int) -> tuple[int, int, in
 
 
 def iter_super_resolve(
-    image: np.ndarray, weights: Weights | None = None, options: SROptions | None = None
+    image: np.ndarray,
+    weights: Weights | None = None,
+    options: SROptions | None = None,
+    *,
+    value_range: tuple[float, float] | None = None,
 ) -> Generator[Progress, None, SRResult]:
     """Super-resolve ``image`` x2 with Monte Carlo dropout, yielding progress between tiles.
 
     Parameters
     ----------
-    image : ndarray
-        2D grayscale or RGB/RGBA image (see :mod:`napari_sr_uncertainty.imaging` for the rules).
+    image : array_like
+        2D grayscale or RGB/RGBA image (see :mod:`napari_sr_uncertainty.imaging` for the rules); numpy,
+        memmap or dask arrays (read in row blocks).
     weights : Weights, optional
         Defaults to the bundled weights.
     options : SROptions, optional
+    value_range : (float, float), optional
+        Scale with this ``(min, max)`` instead of the image's own (see :func:`imaging.to_model_input`).
 
     Returns
     -------
     SRResult
         As the generator's return value (``StopIteration.value``).
+
+    Raises
+    ------
+    InputError
+        Bad options or input, or not enough memory; raised before any computation.
     """
     from . import engine  # imports jax: keep it out of module import time
 
     options = options or SROptions()
     options.validate()
     t_start = time.perf_counter()
-    rgb, normalization = to_model_input(image)
-    weights = weights or load_weights()
+    shape = tuple(np.shape(image))
+    h, w, channels = image_layout(shape)
     if options.center_crop:
-        r0, c0, r1, c1 = center_crop_box(rgb.shape[:2], options.patch_size)
+        r0, c0, r1, c1 = center_crop_box((h, w), options.patch_size)
     else:
-        r0, c0, r1, c1 = 0, 0, rgb.shape[0], rgb.shape[1]
+        r0, c0, r1, c1 = 0, 0, h, w
+    check_resources((r1 - r0, c1 - c0, channels), options)
+    rgb, normalization = to_model_input(image, value_range)
+    weights = weights or load_weights()
     region = np.ascontiguousarray(rgb[r0:r1, c0:c1])
+    del rgb  # a centre crop copied the region: free the full image before the engine pads it
     n_samples = 0 if options.deterministic else options.n_samples
     params = engine.prepare_params(weights.arrays)
-    out = engine.allocate_result(region.shape, n_samples, options.seed)
+    hr_shape = (SCALE * region.shape[0], SCALE * region.shape[1]) + (() if normalization.grayscale else (3,))
+    mean, single, std = (_allocate(hr_shape, options.scratch_dir, name) for name in ("mean", "single", "std"))
+    heatmap = std if normalization.grayscale else _allocate(hr_shape[:2], options.scratch_dir, "heatmap")
+    out = engine.MCResult(
+        mean=_LayoutWriter(mean, normalization.grayscale),
+        single=_LayoutWriter(single, normalization.grayscale),
+        std=_LayoutWriter(std, normalization.grayscale, None if normalization.grayscale else heatmap),
+        n_samples=n_samples,
+        seed=options.seed,
+    )
     t_compute = time.perf_counter()
     yield Progress(0, 1, "compiling and starting")
     for done, total in engine.iter_mc_predict(
@@ -157,16 +311,15 @@ def iter_super_resolve(
     ):
         yield Progress(done, total, f"tile {done}/{total}")
     t_done = time.perf_counter()
-    heatmap = out.std.mean(axis=-1)
-    scores = score_patches(heatmap, options.patch_size, SCALE)
+    scores = _score_in_bands(heatmap, options.patch_size)
     most, least = select_patches(scores, region.shape[:2], options.n_patches, options.patch_size, SCALE)
     return SRResult(
-        mean=to_output_layout(out.mean, normalization),
-        single=to_output_layout(out.single, normalization),
-        std=to_output_layout(out.std, normalization),
+        mean=mean,
+        single=single,
+        std=std,
         heatmap=heatmap,
         lr=to_output_layout(region, normalization),
-        input_shape=tuple(np.shape(image)),
+        input_shape=shape,
         crop_offset=(r0, c0),
         scores=scores,
         most_certain=most,
@@ -177,6 +330,93 @@ def iter_super_resolve(
         weights_sha256=weights.sha256,
         timings={"prepare": t_compute - t_start, "compute": t_done - t_compute, "total": time.perf_counter() - t_start},
     )
+
+
+@dataclass
+class StackResult:
+    """Per-plane results of a stack, in row-major order of the leading (plane) axes.
+
+    ``plane_shape`` is the shape of the leading axes; :meth:`stacked` reassembles one output.
+    """
+
+    results: list[SRResult]
+    plane_shape: tuple[int, ...]
+
+    def stacked(self, name: str) -> np.ndarray:
+        """``name`` ("mean", "single", "std", "heatmap", "lr") of every plane as one array."""
+        return np.stack([getattr(r, name) for r in self.results]).reshape(
+            *self.plane_shape, *getattr(self.results[0], name).shape
+        )
+
+
+def iter_super_resolve_stack(
+    stack,
+    weights: Weights | None = None,
+    options: SROptions | None = None,
+    *,
+    rgb: bool = False,
+    shared_range: bool = True,
+) -> Generator[Progress, None, StackResult]:
+    """Super-resolve every plane of a 3D/4D stack, yielding overall progress; returns a :class:`StackResult`.
+
+    Parameters
+    ----------
+    stack : array_like
+        ``(..., H, W)``, or ``(..., H, W, 3|4)`` with ``rgb=True``. Planes are read one at a time, so a
+        lazy (dask) stack is computed plane by plane.
+    weights, options
+        As for :func:`iter_super_resolve`; the same seed is used for every plane.
+    rgb : bool
+        Whether the last axis holds RGB(A) channels.
+    shared_range : bool
+        Scale every plane with the stack's overall min/max (one acquisition, one scale), rather than
+        each plane with its own.
+    """
+    weights = weights or load_weights()
+    options = options or SROptions()
+    shape = tuple(np.shape(stack))
+    n_plane_axes = 3 if rgb else 2
+    if len(shape) < n_plane_axes:
+        raise InputError(f"a stack of {'RGB ' if rgb else ''}images needs at least {n_plane_axes} axes, got {shape}")
+    lead = shape[:-n_plane_axes]
+    indices = list(np.ndindex(*lead))
+    if not indices:
+        raise InputError(f"the stack is empty (shape {shape})")
+    image_layout(shape[-n_plane_axes:])
+    value_range = None
+    if shared_range:
+        ranges = [scan_values(np.asarray(stack[idx])[..., :3] if rgb else stack[idx]) for idx in indices]
+        value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+    results = []
+    for k, idx in enumerate(indices):
+        steps = iter_super_resolve(stack[idx], weights, options, value_range=value_range)
+        try:
+            while True:
+                step = next(steps)
+                yield Progress(
+                    k * 1000 + (1000 * step.done) // max(step.total, 1),
+                    1000 * len(indices),
+                    f"plane {k + 1}/{len(indices)}, {step.message}",
+                )
+        except StopIteration as stop:
+            results.append(stop.value)
+        finally:
+            steps.close()
+    return StackResult(results=results, plane_shape=lead)
+
+
+def iter_super_resolve_channels(
+    image, weights: Weights | None = None, options: SROptions | None = None, *, channel_axis: int = -1
+) -> Generator[Progress, None, StackResult]:
+    """Super-resolve each channel of a multi-channel image as a grayscale image, each with its own range.
+
+    For ``(H, W, C)`` data that is not RGB(A): 2 channels, 5 or more, or 4 that are not RGBA. The
+    result's planes are the channels, in order (``StackResult.stacked("mean")`` is ``(C, 2H, 2W)``).
+    """
+    if np.ndim(image) != 3:
+        raise InputError(f"expected a multi-channel image (H, W, C), got shape {np.shape(image)}")
+    planes = np.moveaxis(image, channel_axis, 0)  # a view (numpy) or lazy (dask): nothing is copied
+    return (yield from iter_super_resolve_stack(planes, weights, options, rgb=False, shared_range=False))
 
 
 def super_resolve(
