@@ -3,14 +3,17 @@
     napari-sr-uncertainty [IMAGE] [-o OUTDIR] [--samples N] [--seed S] [--weights PATH]
                           [--center-crop] [--deterministic]
 
-Without IMAGE it runs on the bundled astronaut sample. Exit status: 0 on success, 2 for bad input
-or arguments (one-line message on stderr), 130 when interrupted; nothing is left half-written.
+Without IMAGE it runs on the bundled astronaut sample. Exit status: 0 on success, 2 for bad input,
+bad arguments or too little memory (one-line message on stderr), 130 when interrupted; nothing is left
+half-written. The HR outputs are computed into disk-backed arrays in a private scratch folder next to
+the output folder (removed at the end, also on errors), so RAM use does not grow with the output size.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,8 +25,15 @@ from .sample_data import DEFAULT_SAMPLE, load_sample, sample_image_paths
 from .weights import WeightsError, load_weights
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line on stderr (exit status 2), like every other input error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="napari-sr-uncertainty",
         description="Upscale an image x2 with ESRCNN and map where the result can be trusted "
         "(Monte Carlo dropout).",
@@ -37,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deterministic", action="store_true", help="one pass with dropout off (no uncertainty)")
     parser.add_argument("--patch-size", type=int, default=DEFAULT_PATCH, help="LR patch size for ranking (default: 64)")
     parser.add_argument("--patches", type=int, default=5, help="patches marked in each set (default: 5)")
+    parser.add_argument("--tile", type=int, help="LR tile size: speed and memory only, never the result (default: 64)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -72,16 +83,19 @@ def run(args: argparse.Namespace) -> Path:
     else:
         image, input_name = load_sample(DEFAULT_SAMPLE), str(sample_image_paths()[DEFAULT_SAMPLE])
     weights = load_weights(args.weights)
-    options = SROptions(
-        n_samples=args.samples,
-        seed=args.seed,
-        patch_size=args.patch_size,
-        n_patches=args.patches,
-        center_crop=args.center_crop,
-        deterministic=args.deterministic,
-    )
-    result = super_resolve(image, weights, options, progress=None if args.quiet else _ProgressPrinter())
-    return write_report(result, outdir, input_name=input_name)
+    with tempfile.TemporaryDirectory(prefix=f".{outdir.name}.scratch-", dir=outdir.parent) as scratch:
+        options = SROptions(
+            n_samples=args.samples,
+            seed=args.seed,
+            patch_size=args.patch_size,
+            n_patches=args.patches,
+            center_crop=args.center_crop,
+            deterministic=args.deterministic,
+            tile=args.tile,
+            scratch_dir=scratch,
+        )
+        result = super_resolve(image, weights, options, progress=None if args.quiet else _ProgressPrinter())
+        return write_report(result, outdir, input_name=input_name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,10 @@ Layout (file names as in the original ESRCNN project, plus data files)::
 
 8-bit views map model units [0, 1] to 0..255 with clipping (the original wrapped values above 1
 around and stretched each patch min..max; neither is done here). The folder is written to a temporary
-sibling and moved into place at the end, so a failed or interrupted run never leaves a half-written
-folder or mixes old and new files.
+sibling and moved into place at the end, so a failed or interrupted run (``KeyboardInterrupt``
+included) never leaves a half-written folder or mixes old and new files; a previous result is put back
+if the swap itself fails. Outputs are converted in row blocks and the TIFFs are filled through a
+memory map, so disk-backed (memmap) results of huge images are written in bounded memory.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .imaging import row_blocks
 from .pipeline import SRResult
 
 HEATMAP_COLORMAP = "cool"
@@ -53,10 +56,26 @@ def heatmap_rgb(heatmap: np.ndarray) -> np.ndarray:
     return np.rint(rgba[..., :3] * 255.0).astype(np.uint8)
 
 
+def _blockwise(convert, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """``dst[rows] = convert(src[rows])`` in row blocks: no full-size float temporaries."""
+    row_bytes = int(np.prod(dst.shape[1:], dtype=np.int64)) * 32  # float64 RGBA in heatmap_rgb
+    for rows in row_blocks(src.shape[0], row_bytes):
+        dst[rows] = convert(np.asarray(src[rows]))
+    return dst
+
+
 def _save_png(path: Path, array: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(array).save(path)
+
+
+def _save_uint8_view(path: Path, values: np.ndarray) -> None:
+    _save_png(path, _blockwise(to_uint8_view, values, np.empty(values.shape, np.uint8)))
+
+
+def _save_heatmap(path: Path, heatmap: np.ndarray) -> None:
+    _save_png(path, _blockwise(heatmap_rgb, heatmap, np.empty((*heatmap.shape, 3), np.uint8)))
 
 
 def _save_colorbar(path: Path) -> None:
@@ -74,10 +93,14 @@ def _save_colorbar(path: Path) -> None:
     fig.savefig(path)
 
 
-def _save_tiff(path: Path, array: np.ndarray, metadata: dict) -> None:
+def _save_tiff(path: Path, array: np.ndarray, convert, metadata: dict) -> None:
+    """A float32 TIFF of ``convert(array)``, filled block by block through a memory map of the file."""
     import tifffile
 
-    tifffile.imwrite(path, np.ascontiguousarray(array, np.float32), metadata={"summary": json.dumps(metadata)})
+    mapped = tifffile.memmap(path, shape=array.shape, dtype=np.float32, metadata={"summary": json.dumps(metadata)})
+    _blockwise(convert, array, mapped)
+    mapped.flush()
+    del mapped
 
 
 def check_output_dir(outdir: str | Path, overwrite: bool = True) -> Path:
@@ -153,10 +176,10 @@ def summary_dict(result: SRResult, input_name: str) -> dict:
 
 
 def _write_folder(result: SRResult, folder: Path, input_name: str) -> None:
-    _save_png(folder / "cropped_LR_img.png", to_uint8_view(result.lr))
-    _save_png(folder / "one_prediction.png", to_uint8_view(result.single))
-    _save_png(folder / "mean_prediction.png", to_uint8_view(result.mean))
-    _save_png(folder / "uncertainty_map.png", heatmap_rgb(result.heatmap))
+    _save_uint8_view(folder / "cropped_LR_img.png", result.lr)
+    _save_uint8_view(folder / "one_prediction.png", result.single)
+    _save_uint8_view(folder / "mean_prediction.png", result.mean)
+    _save_heatmap(folder / "uncertainty_map.png", result.heatmap)
     _save_colorbar(folder / "colorbar.png")
     for subset, marks in (("most_certain", result.most_certain), ("least_certain", result.least_certain)):
         sub = folder / "details" / subset
@@ -169,9 +192,9 @@ def _write_folder(result: SRResult, folder: Path, input_name: str) -> None:
             _save_png(sub / f"heatmap_{i}.png", heatmap_rgb(result.heatmap[Y0:Y1, X0:X1]))
     norm = result.normalization
     meta = result.metadata
-    _save_tiff(folder / "mean.tif", norm.to_input_units(result.mean), meta)
-    _save_tiff(folder / "single.tif", norm.to_input_units(result.single), meta)
-    _save_tiff(folder / "std.tif", norm.std_to_input_units(result.std), meta)
+    _save_tiff(folder / "mean.tif", result.mean, norm.to_input_units, meta)
+    _save_tiff(folder / "single.tif", result.single, norm.to_input_units, meta)
+    _save_tiff(folder / "std.tif", result.std, norm.std_to_input_units, meta)
     summary = summary_dict(result, input_name)
     (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
 
@@ -189,18 +212,20 @@ def write_report(result: SRResult, outdir: str | Path, *, input_name: str, overw
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the result should not be
+    retired = None
     try:
         _write_folder(result, staging, input_name)
         if outdir.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=outdir.parent))
             outdir.replace(retired / "old")
-            staging.replace(outdir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.replace(outdir)
+        staging.replace(outdir)
     except OSError as exc:
         raise OutputError(f"writing {outdir} failed: {exc}") from exc
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        # Runs on KeyboardInterrupt too: put a previous result back if the swap did not happen.
+        if retired is not None and (retired / "old").exists() and not outdir.exists():
+            (retired / "old").replace(outdir)
+        for leftover in (staging, retired):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
     return outdir
