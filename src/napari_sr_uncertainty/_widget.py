@@ -18,8 +18,9 @@ from napari.layers import Image, Layer
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 
-from ._layers import PLUGIN_KEY, UNCERTAINTY_COLORMAP, InputGeometry, build_layer_data
+from ._layers import PLUGIN_KEY, UNCERTAINTY_COLORMAP, InputGeometry, LayerDataTuple, build_layer_data
 from .imaging import InputError
 
 if TYPE_CHECKING:
@@ -51,8 +52,11 @@ def current_slice_index(layer: Layer, world_point: Any) -> tuple[int, ...]:
     return tuple(int(np.clip(np.round(data_point[i]), 0, shape[i] - 1)) for i in range(n_lead))
 
 
-def run_job(job: RunJob) -> Generator[tuple[int, Any], None, list[SRResult]]:
-    """Super-resolve every image of ``job``; yields ``(image index, Progress)``, returns the results."""
+def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult], list[LayerDataTuple]]]:
+    """Super-resolve every image of ``job``; yields ``(image index, Progress)``.
+
+    Returns the results and their layer data, built here so the GUI thread only has to add the layers.
+    """
     from .pipeline import SROptions, iter_super_resolve  # imports jax: only once a run starts
     from .weights import load_weights
 
@@ -68,7 +72,7 @@ def run_job(job: RunJob) -> Generator[tuple[int, Any], None, list[SRResult]]:
                 results.append(stop.value)
                 break
             yield index, step
-    return results
+    return results, build_layer_data(results, job.geometry, job.slices_shape, job.colormap)
 
 
 def error_message(exc: BaseException, input_name: str) -> str:
@@ -95,6 +99,7 @@ class SuperResolveWidget(Container):
         self.last_results: list[SRResult] = []
         self._last_input_name = ""
         self._progress: progress | None = None
+        self._pending_layers: list[LayerDataTuple] = []
 
         self.image_layer = ComboBox(
             label="image",
@@ -200,14 +205,15 @@ class SuperResolveWidget(Container):
 
     def _follow_active_layer(self, event: Any = None) -> None:
         active = self._viewer.layers.selection.active
-        if isinstance(active, Image):
+        # our own outputs become active when they are added; the picker stays on the input then
+        if isinstance(active, Image) and PLUGIN_KEY not in active.metadata:
             self.image_layer.value = active
 
     # running
 
     @property
     def is_running(self) -> bool:
-        return self.worker is not None
+        return self.worker is not None or bool(self._pending_layers)
 
     def _weights_path(self) -> Path | None:
         text = self.weights.line_edit.value.strip()
@@ -261,9 +267,9 @@ class SuperResolveWidget(Container):
         self._set_running(True)
         self.status.value = f"running on '{job.geometry.name}'..."
         self._progress = progress(total=0, desc=f"Super-resolving {job.geometry.name}")
-        worker = thread_worker(run_job, start_thread=False)(job)
+        worker = thread_worker(run_job, start_thread=False, ignore_errors=True)(job)
         worker.yielded.connect(lambda step: self._on_progress(step, len(job.images)))
-        worker.returned.connect(lambda results: self._on_results(results, job))
+        worker.returned.connect(lambda returned: self._on_results(*returned, job))
         worker.errored.connect(lambda exc: self._on_error(exc, job))
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
@@ -283,23 +289,33 @@ class SuperResolveWidget(Container):
 
     def _on_progress(self, step: tuple[int, Any], n_images: int) -> None:
         index, prog = step
-        if self._progress is None:
+        # a local reference: updating the bar lets Qt process events, and the run may finish meanwhile
+        bar = self._progress
+        if bar is None:
             return
-        self._progress.total = n_images * prog.total
-        self._progress.n = index * prog.total + prog.done
-        self._progress.update(0)
+        bar.total = n_images * prog.total
+        bar.n = index * prog.total + prog.done
+        bar.update(0)
         prefix = f"slice {index + 1}/{n_images}: " if n_images > 1 else ""
-        self._progress.set_description(f"{prefix}{prog.message}")
+        bar.set_description(f"{prefix}{prog.message}")
 
-    def _on_results(self, results: list[SRResult], job: RunJob) -> None:
-        layer_data = build_layer_data(results, job.geometry, job.slices_shape, job.colormap)
+    def _on_results(self, results: list[SRResult], layer_data: list[LayerDataTuple], job: RunJob) -> None:
         self._remove_previous_outputs(job.geometry.layer_id)
-        for data, kwargs, layer_type in layer_data:
-            self._viewer.add_layer(Layer.create(data, kwargs, layer_type))
         self.last_results = list(results)
         self._last_input_name = job.geometry.name
         seconds = sum(r.timings.get("total", 0.0) for r in results)
         self.status.value = f"done in {seconds:.1f} s"
+        self._pending_layers = list(layer_data)
+        self._add_next_layer()
+
+    def _add_next_layer(self) -> None:
+        """Add the outputs one per event-loop turn: each costs ~0.1 s of texture upload for a 1024^2 image."""
+        data, kwargs, layer_type = self._pending_layers.pop(0)
+        self._viewer.add_layer(Layer.create(data, kwargs, layer_type))
+        if self._pending_layers:
+            QTimer.singleShot(0, self._add_next_layer)
+        else:
+            self._set_running(self.is_running)
 
     def _remove_previous_outputs(self, layer_id: str) -> None:
         """Drop the layers of an earlier run on the same input, so re-running replaces them."""
@@ -321,7 +337,7 @@ class SuperResolveWidget(Container):
             self._progress.close()
             self._progress = None
         self.worker = None
-        self._set_running(False)
+        self._set_running(self.is_running)
 
     # export
 
