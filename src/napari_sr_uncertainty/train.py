@@ -107,12 +107,7 @@ def bicubic_init(
     dict
         Flat ``"conv1/kernel"``-style float32 arrays.
     """
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for name, (kshape, bshape) in PARAM_SHAPES.items():
-        fan_in = int(np.prod(kshape[:3]))
-        arrays[f"{name}/kernel"] = rng.normal(0.0, noise * math.sqrt(2.0 / fan_in), kshape)
-        arrays[f"{name}/bias"] = np.zeros(bshape)
+    arrays = {k: v.astype(np.float64) for k, v in random_init(seed, noise).items()}
     k2d = np.outer(BICUBIC_PHASE_KERNEL, BICUBIC_PHASE_KERNEL)
     for colour in range(3):
         ch1 = [colour * copies_conv1 + i for i in range(copies_conv1)]
@@ -130,9 +125,15 @@ def bicubic_init(
     return {k: v.astype(np.float32) for k, v in arrays.items()}
 
 
-def random_init(seed: int = 0) -> dict[str, np.ndarray]:
-    """He-normal kernels and zero biases (the plain baseline initialisation)."""
-    return bicubic_init(seed, copies_conv1=0, copies_conv2=0, offset=0.0, noise=1.0)
+def random_init(seed: int = 0, noise: float = 1.0) -> dict[str, np.ndarray]:
+    """He-normal kernels scaled by ``noise`` and zero biases (``noise=1``: the plain baseline initialisation)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, (kshape, bshape) in PARAM_SHAPES.items():
+        fan_in = int(np.prod(kshape[:3]))
+        arrays[f"{name}/kernel"] = rng.normal(0.0, noise * math.sqrt(2.0 / fan_in), kshape).astype(np.float32)
+        arrays[f"{name}/bias"] = np.zeros(bshape, np.float32)
+    return arrays
 
 
 # ----------------------------------------------------------------------------------------------
