@@ -10,11 +10,14 @@ form that is cheap on a CPU:
 * **Position-keyed dropout masks.** Each mask bit is a hash of (seed, sample index, layer, global
   high-resolution row, column, channel) -- a counter-based generator that is much cheaper than threefry
   on a CPU and makes the result independent of tiling and of how samples are chunked.
-  One 32-bit hash gives the 16-bit uniforms of two channels; an element is dropped when its uniform is
-  below ``DROP_THRESHOLD_16``, a rate of 2621/65536 = 0.039993 (within 1e-5 of 0.04). Kept activations are
+  One 32-bit hash gives the 10-bit uniforms of three channels; an element is dropped when its uniform is
+  below ``DROP_THRESHOLD_10``, a rate of 41/1024 = 0.0400391 (within 4e-5 of 0.04). Kept activations are
   scaled by the exact 1 / (1 - rate) (folded into the next layer's weights), so samples stay unbiased.
-* **Samples vmapped in chunks** of ``chunk`` samples, never all samples of a tile at once, and reduced
-  on the fly with sums shifted by sample 0 (numerically sound: shifted values are small).
+* **Channel-major activations.** h1, h2 and conv3's 75 tap outputs are (channels, rows, cols): both 1x1
+  and 5x5 layers are plain matrix products with the pixels as the long axis, and the 25-tap sum and all
+  masking are vectorised along image columns (channels-last put 3 or 75 channels on the vector axis).
+* **Samples in a loop** of ``chunk`` unrolled samples per iteration, reduced on the fly with sums shifted
+  by sample 0 (numerically sound: shifted values are small).
 * **Tiles with a halo** of 3 low-resolution pixels (the receptive field), zero outside the image and the
   second layer's activations masked to the image, so tiled output equals untiled output: the zero "same"
   padding of every conv is reproduced at the true image border only.
@@ -30,13 +33,15 @@ from typing import Iterator
 
 import numpy as np
 
+from ._jax_setup import configure_compilation_cache
 from .model import DROPOUT_RATE, SCALE
 
 HALO = 3  # LR pixels: (9 // 2 + 5 // 2) HR pixels = 6 HR pixels = 3 LR pixels of receptive field radius
-DROP_THRESHOLD_16 = int(DROPOUT_RATE * 65536)  # 2621
-EFFECTIVE_DROPOUT_RATE = DROP_THRESHOLD_16 / 65536
+_UNIFORMS_PER_HASH = 3  # 10-bit uniforms per 32-bit hash
+DROP_THRESHOLD_10 = round(DROPOUT_RATE * 1024)  # 41
+EFFECTIVE_DROPOUT_RATE = DROP_THRESHOLD_10 / 1024  # 0.0400390625, within 4e-5 of DROPOUT_RATE
 DEFAULT_TILE = 64
-DEFAULT_CHUNK = 8
+DEFAULT_CHUNK = 2
 
 
 @dataclass
@@ -56,7 +61,19 @@ class MCResult:
 
 
 def prepare_params(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rewrite ESRCNN weights into the engine's form (polyphase conv1, matrices, dropout scale folded)."""
+    """Rewrite ESRCNN weights into the engine's form.
+
+    Parameters
+    ----------
+    arrays : dict
+        Flat ``"conv1/kernel"``-style float arrays (HWIO kernels), see :mod:`napari_sr_uncertainty.model`.
+
+    Returns
+    -------
+    dict
+        float32 arrays: the polyphase conv1 kernel, and conv2 / conv3 as channel-major matrices
+        (with and without the dropout keep scale folded in).
+    """
     k1 = np.asarray(arrays["conv1/kernel"], np.float64)  # (9, 9, 3, 64)
     poly = np.zeros((5, 5, 3, 2, 2, 64))
     for a in range(2):
@@ -65,13 +82,13 @@ def prepare_params(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 for kx in range(9):
                     poly[(a + ky) // 2, (b + kx) // 2, :, a, b, :] += k1[ky, kx]
     keep_scale = 1.0 / (1.0 - EFFECTIVE_DROPOUT_RATE)
-    w2 = np.asarray(arrays["conv2/kernel"], np.float64)[0, 0]  # (64, 32)
+    w2 = np.asarray(arrays["conv2/kernel"], np.float64)[0, 0].T  # (out 32, in 64)
     w3 = np.asarray(arrays["conv3/kernel"], np.float64)  # (5, 5, 32, 3)
-    w3_taps = w3.transpose(2, 0, 1, 3).reshape(32, 75)  # (in, tap*3 + out)
+    w3_taps = w3.transpose(0, 1, 3, 2).reshape(75, 32)  # (tap * 3 + out, in)
     f32 = partial(np.asarray, dtype=np.float32)
     return {
         "poly1": f32(poly.reshape(5, 5, 3, 256)),
-        "b1": f32(np.tile(arrays["conv1/bias"], 4)),
+        "b1": f32(arrays["conv1/bias"]),
         "w2": f32(w2),
         "w2_drop": f32(w2 * keep_scale),
         "b2": f32(arrays["conv2/bias"]),
@@ -92,56 +109,94 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
+def _layer_key(seed, sample, layer):
+    import jax.numpy as jnp
+
+    u32 = partial(jnp.asarray, dtype=jnp.uint32)
+    return _mix32(_mix32(u32(seed) ^ u32(0x5BD1E995)) + u32(sample) * u32(2) + u32(layer))
+
+
+def _lane_ids(cols, channels: int):
+    """Per-(hash group, column) odd-multiplied counters, shape (ceil(channels / 3), len(cols)).
+
+    They do not depend on the sample, so a tile computes them once for all its samples.
+    """
+    import jax.numpy as jnp
+
+    groups = -(-channels // _UNIFORMS_PER_HASH)
+    lane = jnp.asarray(cols, jnp.uint32)[None, :] * jnp.uint32(groups) + jnp.arange(groups, dtype=jnp.uint32)[:, None]
+    return lane * jnp.uint32(0x85EBCA77)
+
+
+def _keep_mask_planar(key, rows, lane_ids, channels: int):
+    """Channel-major keep mask (channels, len(rows), len(cols)) from a layer key and :func:`_lane_ids`.
+
+    One 32-bit hash per (row, column, group of 3 channels) gives three 10-bit uniforms (bits 0-9, 10-19,
+    20-29); an element is dropped when its uniform is below ``DROP_THRESHOLD_10``.
+    """
+    import jax.numpy as jnp
+
+    import jax
+
+    row_key = _mix32(key + jnp.asarray(rows, jnp.uint32) * jnp.uint32(0x9E3779B1))  # (R,)
+    # The barrier materialises the hashes: fused into its consumer, XLA would recompute each hash once per
+    # channel instead of once per 3 channels.
+    bits = jax.lax.optimization_barrier(_mix32(row_key[None, :, None] ^ lane_ids[:, None, :]))  # (groups, R, C)
+    shifts = jnp.arange(0, 10 * _UNIFORMS_PER_HASH, 10, dtype=jnp.uint32)[:, None, None, None]
+    keep = ((bits[None] >> shifts) & jnp.uint32(1023)) >= DROP_THRESHOLD_10  # (3, groups, R, C)
+    return keep.reshape(-1, *bits.shape[1:])[:channels]
+
+
 def keep_mask(seed, sample, layer, rows, cols, channels: int):
     """Boolean keep mask of shape (len(rows), len(cols), channels), keyed on global HR positions.
 
     ``rows`` and ``cols`` are int32 global high-resolution coordinates; the mask bit of an element depends
-    only on (seed, sample, layer, row, col, channel).
+    only on (seed, sample, layer, row, col, channel). This is the engine's own generator (the engine uses
+    the same bits in channel-major order).
     """
-    import jax.numpy as jnp
-
-    u32 = partial(jnp.asarray, dtype=jnp.uint32)
-    key = _mix32(_mix32(u32(seed) ^ u32(0x5BD1E995)) + u32(sample) * u32(2) + u32(layer))
-    row_key = _mix32(key + u32(rows)[:, None] * u32(0x9E3779B1))  # (R, 1)
-    half = channels // 2
-    lane = u32(cols)[:, None] * u32(half) + jnp.arange(half, dtype=jnp.uint32)[None, :]  # (C, half)
-    bits = _mix32(row_key[:, :, None] ^ (lane[None] * u32(0x85EBCA77)))  # (R, C, half)
-    low = (bits & u32(0xFFFF)) >= DROP_THRESHOLD_16
-    high = (bits >> 16) >= DROP_THRESHOLD_16
-    return jnp.concatenate([low, high], axis=-1)
+    planar = _keep_mask_planar(_layer_key(seed, sample, layer), rows, _lane_ids(cols, channels), channels)
+    return planar.transpose(1, 2, 0)
 
 
 def _first_layer(p, lr_tile):
-    """relu(conv1(upsample(x))) on a halo'd LR tile (L, L, 3) -> HR activations (2L-8, 2L-8, 64)."""
+    """relu(conv1(upsample(x))) on a halo'd LR tile (L, L, 3) -> channel-major HR activations (64, S, S).
+
+    ``S = 2 (L - 4)``; the polyphase conv gives the four output phases as 4 x 64 channels.
+    """
     import jax
     import jax.numpy as jnp
 
     y = jax.lax.conv_general_dilated(
-        lr_tile[None], p["poly1"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )[0]
-    n = y.shape[0]
-    y = y.reshape(n, n, 2, 2, 64).transpose(0, 2, 1, 3, 4).reshape(2 * n, 2 * n, 64)
-    return jnp.maximum(y + p["b1"][:64], 0.0)
+        lr_tile[None], p["poly1"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NCHW")
+    )[0]  # (256 = (a, b, c), n, n)
+    n = y.shape[1]
+    y = y.reshape(2, 2, 64, n, n).transpose(2, 3, 0, 4, 1).reshape(64, 2 * n, 2 * n)
+    return jnp.maximum(y + p["b1"][:, None, None], 0.0)
 
 
 def _last_layers(p, h1, valid, masks=None):
-    """conv2 + ReLU (+ dropout) + conv3 on HR activations; ``valid`` zeroes h2 outside the image."""
+    """conv2 + ReLU (+ dropout) + conv3 on channel-major h1 (64, S, S) -> (3, S - 4, S - 4).
+
+    ``valid`` (S, S) zeroes h2 outside the image, reproducing conv3's zero padding at the true border.
+    conv3 is one (75, 32) matrix product followed by a sum of 25 shifted 3-channel planes; channel-major
+    layout keeps every step vectorised along image columns.
+    """
     import jax.numpy as jnp
 
+    size = h1.shape[-1]
     if masks is None:
-        w2, w3 = p["w2"], p["w3"]
+        w2, w3, keep2 = p["w2"], p["w3"], valid[None]
     else:
         h1 = jnp.where(masks[0], h1, 0.0)
-        w2, w3 = p["w2_drop"], p["w3_drop"]
-    h2 = jnp.maximum(h1 @ w2 + p["b2"], 0.0)
-    keep2 = valid[..., None] if masks is None else (masks[1] & valid[..., None])
+        w2, w3, keep2 = p["w2_drop"], p["w3_drop"], masks[1] & valid[None]
+    h2 = jnp.maximum(jnp.dot(w2, h1.reshape(64, -1)).reshape(32, size, size) + p["b2"][:, None, None], 0.0)
     h2 = jnp.where(keep2, h2, 0.0)
-    taps = (h2 @ w3).reshape(h2.shape[0], h2.shape[1], 25, 3)
-    out = h2.shape[0] - 4
-    acc = p["b3"]
+    taps = jnp.dot(w3, h2.reshape(32, -1)).reshape(25, 3, size, size)
+    out = size - 4
+    acc = jnp.broadcast_to(p["b3"][:, None, None], (3, out, out))
     for t in range(25):
         dy, dx = divmod(t, 5)
-        acc = acc + taps[dy : dy + out, dx : dx + out, t]
+        acc = acc + taps[t, :, dy : dy + out, dx : dx + out]
     return acc
 
 
@@ -156,46 +211,49 @@ def _tile_geometry(h1_size, origin, hr_shape):
 
 @lru_cache(maxsize=None)
 def _compiled_tile_fns(chunk: int):
-    """jit-compiled per-tile functions (deterministic and MC); shapes specialise at first call."""
+    """jit-compiled per-tile functions (deterministic and MC); shapes specialise at first call.
+
+    Each loop iteration runs ``chunk`` samples as independent, unrolled chains, which XLA's CPU runtime
+    may execute concurrently on different cores.
+    """
     import jax
     import jax.numpy as jnp
 
     @jax.jit
     def deterministic_tile(p, lr_tile, origin, hr_shape):
         h1 = _first_layer(p, lr_tile)
-        _, _, valid = _tile_geometry(h1.shape[0], origin, hr_shape)
-        return _last_layers(p, h1, valid)
+        _, _, valid = _tile_geometry(h1.shape[-1], origin, hr_shape)
+        return _last_layers(p, h1, valid).transpose(1, 2, 0)
 
     @jax.jit
     def mc_tile(p, lr_tile, origin, hr_shape, seed, n_samples):
         h1 = _first_layer(p, lr_tile)
-        rows, cols, valid = _tile_geometry(h1.shape[0], origin, hr_shape)
+        rows, cols, valid = _tile_geometry(h1.shape[-1], origin, hr_shape)
+        lanes = (_lane_ids(cols, 64), _lane_ids(cols, 32))
 
         def one_sample(s):
-            masks = (keep_mask(seed, s, 0, rows, cols, 64), keep_mask(seed, s, 1, rows, cols, 32))
+            masks = tuple(
+                _keep_mask_planar(_layer_key(seed, s, layer), rows, lanes[layer], channels)
+                for layer, channels in ((0, 64), (1, 32))
+            )
             return _last_layers(p, h1, valid, masks)
 
-        def chunk_outputs(c):
-            idx = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
-            ys = jax.vmap(one_sample)(idx)
-            weight = (idx < n_samples).astype(ys.dtype)[:, None, None, None]
-            return ys, weight
-
-        ys, weight = chunk_outputs(0)
-        shift = ys[0]  # sample 0: the "single" prediction and the shift for stable moments
-
-        def accumulate(carry, ys, weight):
-            d = (ys - shift) * weight
-            return carry[0] + d.sum(0), carry[1] + (d * d).sum(0)
-
+        shift = one_sample(jnp.int32(0))  # sample 0: the "single" prediction and the shift for stable moments
         zero = jnp.zeros_like(shift)
-        sums = accumulate((zero, zero), ys, weight)
-        n_chunks = (n_samples + chunk - 1) // chunk
-        sums = jax.lax.fori_loop(1, n_chunks, lambda c, acc: accumulate(acc, *chunk_outputs(c)), sums)
+
+        def accumulate(c, sums):
+            for k in range(chunk):
+                s = 1 + c * chunk + k
+                d = (one_sample(s) - shift) * (s < n_samples).astype(shift.dtype)
+                sums = (sums[0] + d, sums[1] + d * d)
+            return sums
+
+        n_chunks = (n_samples - 1 + chunk - 1) // chunk
+        sums = jax.lax.fori_loop(0, n_chunks, accumulate, (zero, zero))
         n = n_samples.astype(shift.dtype)
         mean_d = sums[0] / n
         var = jnp.maximum(sums[1] / n - mean_d * mean_d, 0.0)
-        return shift + mean_d, shift, jnp.sqrt(var)
+        return tuple(x.transpose(1, 2, 0) for x in (shift + mean_d, shift, jnp.sqrt(var)))
 
     return deterministic_tile, mc_tile
 
@@ -238,6 +296,7 @@ def iter_mc_predict(
 
     if out is None:
         raise ValueError("pass out=allocate_result(lr.shape, ...)")
+    configure_compilation_cache()
     h, w = lr.shape[:2]
     deterministic_tile, mc_tile = _compiled_tile_fns(int(chunk))
     p = {k: jnp.asarray(v) for k, v in params.items()}
@@ -263,6 +322,7 @@ def iter_mc_predict(
 
 
 def allocate_result(lr_shape: tuple[int, ...], n_samples: int, seed: int) -> MCResult:
+    """Zero-filled :class:`MCResult` for an LR image of shape ``lr_shape`` (HR float32 arrays)."""
     hr = (SCALE * lr_shape[0], SCALE * lr_shape[1], 3)
     return MCResult(
         mean=np.zeros(hr, np.float32),
