@@ -1,0 +1,208 @@
+"""Monte Carlo dropout throughput: our engine vs a plain per-sample JAX loop (and PyTorch if installed).
+
+Usage::
+
+    python bench/mc_throughput.py [--repeats 3] [--baseline-repeats 2]
+
+Every configuration runs in a fresh subprocess, so its first-call time (compile included) and its peak
+RSS are its own. Each worker uses a fresh, empty JAX compilation cache folder; the cold-start row then
+reruns 512x512 in a new process against the cache the previous process filled, as a new napari session
+or CLI run would. Inputs are uniform random RGB LR images in [0, 1] (the cost does not depend on content).
+Weights: the bundled ``weights/esrcnn_x2.msgpack`` if present, else the original Keras model in
+``../shared/reference/seed000``, else random weights of the right shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+N_SAMPLES = 40
+REPO = Path(__file__).resolve().parents[1]
+KERAS_WEIGHTS = REPO.parent / "shared" / "reference" / "seed000" / "modelesrcnn8.h5"
+
+
+def load_arrays() -> tuple[dict, str]:
+    """ESRCNN weights as flat float32 arrays, and where they came from."""
+    import numpy as np
+
+    from napari_sr_uncertainty import model, weights
+
+    bundled = weights.bundled_weights_dir() / f"{weights.BUNDLED_NAME}.msgpack"
+    for path in (bundled, KERAS_WEIGHTS):
+        if path.is_file():
+            return weights.load_weights(path).arrays, path.name
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for name, (kshape, bshape) in model.PARAM_SHAPES.items():
+        fan_in = int(np.prod(kshape[:-1]))
+        arrays[f"{name}/kernel"] = rng.normal(0, fan_in**-0.5, kshape).astype(np.float32)
+        arrays[f"{name}/bias"] = np.zeros(bshape, np.float32)
+    return arrays, "random"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def baseline_runner(arrays):
+    """What a typical JAX user writes: a Python loop over a jitted full forward pass with jax.random."""
+    import jax
+    import jax.numpy as jnp
+
+    from napari_sr_uncertainty import model
+
+    net = model.ESRCNN()
+    variables = model.to_flax_params(arrays)
+
+    @jax.jit
+    def forward(x, key):
+        return net.apply(variables, x[None], deterministic=False, rngs={"dropout": key})[0]
+
+    def run(lr):
+        x = jnp.asarray(lr)
+        key = jax.random.PRNGKey(0)
+        total = jnp.zeros((2 * lr.shape[0], 2 * lr.shape[1], 3))
+        total_sq = jnp.zeros_like(total)
+        for i in range(N_SAMPLES):
+            y = forward(x, jax.random.fold_in(key, i))
+            total, total_sq = total + y, total_sq + y * y
+        mean = total / N_SAMPLES
+        return jax.block_until_ready(jnp.sqrt(jnp.maximum(total_sq / N_SAMPLES - mean * mean, 0.0)))
+
+    return run
+
+
+def engine_runner(arrays):
+    from napari_sr_uncertainty import engine
+
+    params = engine.prepare_params(arrays)
+    return lambda lr: engine.mc_predict(lr, params, n_samples=N_SAMPLES, seed=0)
+
+
+def torch_runner(arrays):
+    """The same network in PyTorch (eager, dropout on), one sample per forward pass."""
+    import torch
+    import torch.nn.functional as F
+
+    def conv(name):
+        kernel = torch.from_numpy(arrays[f"{name}/kernel"]).permute(3, 2, 0, 1).contiguous()
+        return kernel, torch.from_numpy(arrays[f"{name}/bias"])
+
+    layers = [conv(name) for name in ("conv1", "conv2", "conv3")]
+
+    @torch.no_grad()
+    def run(lr):
+        x = F.interpolate(torch.from_numpy(lr).permute(2, 0, 1)[None], scale_factor=2, mode="nearest")
+        total = total_sq = 0
+        for _ in range(N_SAMPLES):
+            h = F.relu(F.conv2d(x, *layers[0], padding=4))
+            h = F.relu(F.conv2d(F.dropout(h, 0.04, True), *layers[1]))
+            y = F.conv2d(F.dropout(h, 0.04, True), *layers[2], padding=2)
+            total, total_sq = total + y, total_sq + y * y
+        return total / N_SAMPLES
+
+    return run
+
+
+RUNNERS = {"baseline": baseline_runner, "engine": engine_runner, "torch": torch_runner}
+
+
+def worker(kind: str, size: int, repeats: int) -> dict:
+    """Time one configuration in this (fresh) process; returns the measurements."""
+    import numpy as np
+
+    arrays, source = load_arrays()
+    lr = np.random.default_rng(0).random((size, size, 3), dtype=np.float32)
+    run = RUNNERS[kind](arrays)
+    start = time.perf_counter()
+    if kind == "engine" and repeats == 0:  # one run with progress reporting (the large image)
+        from napari_sr_uncertainty import engine
+
+        out = engine.allocate_result(lr.shape, N_SAMPLES, 0)
+        progress = list(engine.iter_mc_predict(lr, engine.prepare_params(arrays), n_samples=N_SAMPLES, out=out))
+        first = time.perf_counter() - start
+        return {"first": first, "warm": None, "rss_mb": peak_rss_mb(), "source": source,
+                "progress": f"{progress[-1][0]}/{progress[-1][1]} tiles, {len(progress)} updates",
+                "finite": bool(np.isfinite(out.std).all())}
+    run(lr)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(lr)
+        times.append(time.perf_counter() - start)
+    return {"first": first, "warm": statistics.median(times), "rss_mb": peak_rss_mb(), "source": source}
+
+
+def spawn(kind: str, size: int, repeats: int, cache_dir: str) -> dict:
+    env = dict(os.environ, NAPARI_SR_UNCERTAINTY_JAX_CACHE=cache_dir)
+    cmd = [sys.executable, __file__, "--worker", kind, str(size), str(repeats)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} {size}: worker failed\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed warm runs per engine config (median)")
+    parser.add_argument("--baseline-repeats", type=int, default=2, help="timed warm runs per baseline config")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, size, repeats = args.worker
+        print(json.dumps(worker(kind, int(size), int(repeats))))
+        return
+
+    try:
+        import torch  # noqa: F401
+
+        kinds = ["baseline", "engine", "torch"]
+    except ImportError:
+        kinds = ["baseline", "engine"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in (256, 512):
+            base = None
+            for kind in kinds:
+                repeats = args.repeats if kind == "engine" else args.baseline_repeats
+                r = spawn(kind, size, repeats, tempfile.mkdtemp(dir=tmp))
+                base = r["warm"] if kind == "baseline" else base
+                mps = (2 * size) ** 2 * N_SAMPLES / 1e6 / r["warm"]
+                rows.append((f"{size}x{size}", kind, fmt(r["warm"], ".2f"), fmt(mps, ".1f"),
+                             fmt(base / r["warm"], ".1f"), fmt(r["first"], ".2f"), fmt(r["rss_mb"], ".0f"), ""))
+        big = spawn("engine", 2048, 0, tempfile.mkdtemp(dir=tmp))
+        rows.append(("2048x2048", "engine", fmt(big["first"], ".2f"), fmt(4096**2 * N_SAMPLES / 1e6 / big["first"], ".1f"),
+                     "-", fmt(big["first"], ".2f"), fmt(big["rss_mb"], ".0f"),
+                     f"one run; {big['progress']}; finite={big['finite']}"))
+        cache = tempfile.mkdtemp(dir=tmp)
+        filling = spawn("engine", 512, 0, cache)
+        cold = spawn("engine", 512, args.repeats, cache)
+        rows.append(("512x512", "engine cold start", fmt(cold["warm"], ".2f"), "-", "-", fmt(cold["first"], ".2f"),
+                     fmt(cold["rss_mb"], ".0f"),
+                     f"fresh process, cache filled by a previous one: first/warm = {cold['first'] / cold['warm']:.2f}"
+                     f" (empty cache: first {filling['first']:.2f} s)"))
+    header = ("LR input", "implementation", "s / 40 samples", "HR Mpx-samples/s", "x baseline", "first call s",
+              "peak RSS MB", "note")
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    print(f"weights: {load_arrays()[1]}; {N_SAMPLES} samples; {os.cpu_count()} CPUs; "
+          f"load average at end {os.getloadavg()[0]:.1f}")
+    for row in [header, tuple("-" * w for w in widths)] + rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+
+
+if __name__ == "__main__":
+    main()
