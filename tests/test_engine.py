@@ -1,0 +1,209 @@
+"""The Monte Carlo engine computes ESRCNN with dropout exactly, with independent Bernoulli(0.04) masks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from napari_sr_uncertainty import engine, model
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed000"
+needs_reference = pytest.mark.skipif(
+    not (REFERENCE / "keras_reference_outputs.npz").is_file(),
+    reason=f"Keras reference data not found at {REFERENCE} (../shared is only present in the project workspace)",
+)
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    """Random ESRCNN weights (fan-in scaled, non-zero biases) so every layer matters."""
+    rng = np.random.default_rng(1)
+    out = {}
+    for name, (kshape, bshape) in model.PARAM_SHAPES.items():
+        fan_in = int(np.prod(kshape[:-1]))
+        out[f"{name}/kernel"] = rng.normal(0, 1.5 * fan_in**-0.5, kshape).astype(np.float32)
+        out[f"{name}/bias"] = rng.normal(0, 0.05, bshape).astype(np.float32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def params(arrays):
+    return engine.prepare_params(arrays)
+
+
+def flax_forward(arrays, lr):
+    return np.asarray(model.ESRCNN().apply(model.to_flax_params(arrays), jnp.asarray(lr)[None]))[0]
+
+
+def explicit_samples(arrays, lr, seed, n_samples):
+    """Dropout samples computed the straightforward way (full-image convs) with the engine's own masks."""
+    scale = 1.0 / (1.0 - engine.EFFECTIVE_DROPOUT_RATE)
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def conv(x, name):
+        y = jax.lax.conv_general_dilated(x, arrays[f"{name}/kernel"], (1, 1), "SAME", dimension_numbers=dims)
+        return y + arrays[f"{name}/bias"]
+
+    h1 = jax.nn.relu(conv(model.upsample_nearest(jnp.asarray(lr))[None], "conv1"))
+    rows = jnp.arange(h1.shape[1], dtype=jnp.int32)
+    cols = jnp.arange(h1.shape[2], dtype=jnp.int32)
+    samples = []
+    for s in range(n_samples):
+        m1 = engine.keep_mask(seed, s, 0, rows, cols, 64)
+        h2 = jax.nn.relu(conv(jnp.where(m1, h1 * scale, 0.0), "conv2"))
+        m2 = engine.keep_mask(seed, s, 1, rows, cols, 32)
+        samples.append(np.asarray(conv(jnp.where(m2, h2 * scale, 0.0), "conv3"))[0])
+    return np.stack(samples)
+
+
+def max_diff(a: engine.MCResult, b: engine.MCResult) -> float:
+    return max(float(np.abs(getattr(a, k) - getattr(b, k)).max()) for k in ("mean", "single", "std"))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 130), (37, 21), (40, 40)])
+def test_deterministic_matches_flax(arrays, params, shape):
+    lr = np.random.default_rng(2).random((*shape, 3), dtype=np.float32)
+    result = engine.mc_predict(lr, params, n_samples=0, tile=16)
+    ref = flax_forward(arrays, lr)
+    assert result.mean.shape == ref.shape
+    np.testing.assert_allclose(result.mean, ref, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(result.single, result.mean)
+    assert not result.std.any()
+
+
+def test_streaming_statistics_equal_explicit_samples(arrays, params):
+    lr = np.random.default_rng(3).random((19, 23, 3), dtype=np.float32)
+    samples = explicit_samples(arrays, lr, seed=7, n_samples=9)
+    result = engine.mc_predict(lr, params, n_samples=9, seed=7, tile=16, chunk=2)
+    np.testing.assert_allclose(result.single, samples[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(result.mean, samples.mean(0), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(result.std, samples.std(0), atol=1e-5, rtol=0)
+
+
+def test_tile_and_chunk_invariance(params):
+    lr = np.random.default_rng(4).random((45, 38, 3), dtype=np.float32)
+    untiled = engine.mc_predict(lr, params, n_samples=7, seed=3, tile=64, chunk=2)
+    for tile, chunk in [(16, 2), (16, 1), (16, 4)]:
+        assert max_diff(engine.mc_predict(lr, params, n_samples=7, seed=3, tile=tile, chunk=chunk), untiled) < 1e-5
+
+
+def test_seed_changes_samples(params):
+    lr = np.random.default_rng(5).random((16, 16, 3), dtype=np.float32)
+    a, b = (engine.mc_predict(lr, params, n_samples=4, seed=s, tile=16) for s in (0, 1))
+    again = engine.mc_predict(lr, params, n_samples=4, seed=0, tile=16)
+    assert max_diff(a, again) == 0.0
+    assert np.abs(a.single - b.single).max() > 1e-3
+    assert np.abs(a.std - b.std).max() > 1e-3
+
+
+def test_keep_rate_and_independence():
+    # 2 layers x 8 samples x 512 x 512 x 64 = 2.7e8 Bernoulli draws: the std error of the keep rate is
+    # sqrt(0.04 * 0.96 / 2.7e8) = 1.2e-5, so the 1e-4 tolerance (minus the 3.9e-5 offset of 41/1024) is
+    # 5 sigma; correlations of 2e6 pairs have std error 7e-4, checked at 0.005 (7 sigma).
+    assert abs(engine.EFFECTIVE_DROPOUT_RATE - model.DROPOUT_RATE) < 1e-4
+    coords = jnp.arange(512, dtype=jnp.int32)
+    kept = 0
+    per_channel = np.zeros(64)
+    n = 0
+    for layer in (0, 1):
+        for sample in range(8):
+            m = engine.keep_mask(11, sample, layer, coords, coords, 64)
+            kept += int(m.sum())
+            per_channel += np.asarray(m.sum((0, 1)))
+            n += m.size
+    assert abs(kept / n - (1 - model.DROPOUT_RATE)) < 1e-4
+    # each channel: 2 * 8 * 512 * 512 = 4.2e6 draws, std error 9.6e-5; 6 sigma
+    np.testing.assert_allclose(per_channel / (n / 64), 1 - engine.EFFECTIVE_DROPOUT_RATE, atol=6e-4)
+
+    def corr(a, b):
+        return np.corrcoef(np.asarray(a, np.float32).ravel(), np.asarray(b, np.float32).ravel())[0, 1]
+
+    base = np.asarray(engine.keep_mask(11, 0, 0, coords[:256], coords[:256], 64))
+    pairs = {
+        "neighbouring columns": (base[:, :-1], base[:, 1:]),
+        "neighbouring rows": (base[:-1], base[1:]),
+        "neighbouring channels": (base[..., :-1], base[..., 1:]),
+        "channels 3 apart (same hash)": (base[..., :-3], base[..., 3:]),
+        "samples": (base, engine.keep_mask(11, 1, 0, coords[:256], coords[:256], 64)),
+        "layers": (base[..., :32], engine.keep_mask(11, 0, 1, coords[:256], coords[:256], 32)),
+        "seeds": (base, engine.keep_mask(12, 0, 0, coords[:256], coords[:256], 64)),
+    }
+    for what, (a, b) in pairs.items():
+        assert abs(corr(a, b)) < 0.005, what
+
+
+def test_masks_independent_of_coordinate_range():
+    rows = jnp.arange(10, 30, dtype=jnp.int32)
+    cols = jnp.arange(5, 40, dtype=jnp.int32)
+    full = engine.keep_mask(3, 2, 1, jnp.arange(40, dtype=jnp.int32), jnp.arange(40, dtype=jnp.int32), 32)
+    np.testing.assert_array_equal(engine.keep_mask(3, 2, 1, rows, cols, 32), full[10:30, 5:40])
+
+
+@needs_reference
+def test_keras_reference_deterministic():
+    from napari_sr_uncertainty.weights import load_weights
+
+    ref = np.load(REFERENCE / "keras_reference_outputs.npz")
+    params = engine.prepare_params(load_weights(REFERENCE / "modelesrcnn8.h5").arrays)
+    for lr, sr in zip(ref["lr_patches"], ref["sr_deterministic"]):
+        assert np.abs(engine.mc_predict(lr, params, n_samples=0).mean - sr).max() < 1e-4
+    region = engine.mc_predict(ref["lr_region"], params, n_samples=0, tile=64).mean
+    assert np.abs(region - ref["sr_region_deterministic"]).max() < 1e-4
+
+
+@needs_reference
+def test_keras_reference_mc_statistics():
+    from napari_sr_uncertainty.weights import load_weights
+
+    ref = np.load(REFERENCE / "keras_reference_outputs.npz")
+    n = int(ref["mc_samples"])
+    params = engine.prepare_params(load_weights(REFERENCE / "modelesrcnn8.h5").arrays)
+    for lr, mc_mean, mc_std in zip(ref["lr_patches"], ref["mc_mean"], ref["mc_std"]):
+        result = engine.mc_predict(lr, params, n_samples=n, seed=0)
+        assert abs(result.std.mean() / mc_std.mean() - 1) < 0.05
+        # Per pixel, two independent 400-sample means differ by ~sqrt(2) * std / 20 ~ 0.07 * std: with std
+        # up to ~0.1 the per-pixel max difference over 49k values reaches several times that, so only the
+        # average absolute difference is a meaningful check.
+        assert np.abs(result.mean - mc_mean).mean() < 0.01
+
+
+def _run_in_fresh_process(cache_dir: str) -> dict:
+    code = (
+        "import json, numpy as np, jax\n"
+        "from napari_sr_uncertainty import engine, _jax_setup\n"
+        "rng = np.random.default_rng(0)\n"
+        "arrays = {f'{n}/{k}': rng.normal(0, 0.1, s).astype(np.float32)\n"
+        "          for n, (ks, bs) in __import__('napari_sr_uncertainty.model').model.PARAM_SHAPES.items()\n"
+        "          for k, s in (('kernel', ks), ('bias', bs))}\n"
+        "r = engine.mc_predict(rng.random((8, 8, 3), dtype=np.float32), engine.prepare_params(arrays),\n"
+        "                      n_samples=3, tile=8)\n"
+        "print(json.dumps({'cache': jax.config.jax_compilation_cache_dir, 'std': float(r.std.sum())}))\n"
+    )
+    env = dict(os.environ, NAPARI_SR_UNCERTAINTY_JAX_CACHE=cache_dir)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_compile_cache_used_and_corrupt_or_unwritable_cache_is_harmless(tmp_path):
+    cache = tmp_path / "cache"
+    first = _run_in_fresh_process(str(cache))
+    assert first["cache"] == str(cache)
+    entries = [p for p in cache.iterdir() if p.is_file()]
+    assert entries, "the engine's programs were not written to the persistent cache"
+    for entry in entries:
+        entry.write_bytes(b"not an executable")
+    assert _run_in_fresh_process(str(cache))["std"] == first["std"]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    unwritable = _run_in_fresh_process(str(blocker / "cache"))
+    assert unwritable["cache"] is None
+    assert unwritable["std"] == first["std"]
