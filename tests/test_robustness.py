@@ -165,7 +165,7 @@ def test_a_run_that_cannot_fit_is_refused_before_computing(weights, monkeypatch)
         next(steps)
 
 
-@pytest.mark.parametrize("shape, ram_bytes, disk_bytes", [((1, 1, 3), 184, 24), ((1, 1), 72, 24)])
+@pytest.mark.parametrize("shape, ram_bytes, disk_bytes", [((1, 1, 3), 200, 40), ((1, 1), 88, 40)])
 def test_memory_estimate_per_lr_pixel_is_as_documented(tmp_path, shape, ram_bytes, disk_bytes):
     def per_pixel(options):
         big = (2000, 1000) + shape[2:]

@@ -128,9 +128,11 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-# Bytes per LR pixel of each part of a run (float32 throughout): the RGB model input and the engine's
-# zero-padded copy of it (3 channels each); per output array 4 HR pixels of 1 (grayscale) or 3 channels.
-_LR_BYTES_PER_PIXEL = 2 * 3 * 4
+# RAM per LR pixel outside the outputs: the RGB float32 model input and the engine's zero-padded copy
+# (24 bytes), the LR view in the input's layout and allocator slack. 40 is the measured upper bound
+# (peak anonymous memory above a warmed-up process, 512^2 vs 1536^2 images, disk-backed outputs:
+# 32 bytes grayscale, 41 bytes RGB). Outputs: 4 HR pixels of 1 (grayscale) or 3 float32 channels each.
+_LR_BYTES_PER_PIXEL = 40
 _HR_PIXELS_PER_LR = SCALE * SCALE
 
 
@@ -151,7 +153,7 @@ def output_bytes(lr_shape: tuple[int, ...], grayscale: bool) -> int:
 def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None) -> int:
     """RAM (bytes) a run on an image of ``lr_shape`` needs, beyond the input array itself.
 
-    The LR-sized buffers (24 bytes per LR pixel), the HR outputs when they are kept in RAM
+    The LR-sized buffers (40 bytes per LR pixel), the HR outputs when they are kept in RAM
     (48 bytes per LR pixel grayscale, 160 colour; none with ``options.scratch_dir``) and the engine's
     per-tile working memory. Writing a report adds its 8-bit views (up to 12 bytes per LR pixel).
     """
