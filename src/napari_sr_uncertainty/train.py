@@ -484,13 +484,13 @@ def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | Non
     (deterministic and MC mean, measured here), the calibration of the MC std on the held-out training
     images, and the sha256 of the written weights file.
     """
+    from flax import serialization
+
     from .weights import load_weights, save_weights
 
     run_dir = Path(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT_NAME
-    from flax import serialization
-
-    payload = serialization.msgpack_restore(checkpoint_path.read_bytes())
+    # only the run's metadata is needed here; the weights come from best.msgpack
+    payload = serialization.msgpack_restore((run_dir / CHECKPOINT_NAME).read_bytes())
     config = TrainConfig(**json.loads(payload["config"]))
     best = json.loads(payload["best"])
     arrays = load_weights(run_dir / BEST_NAME).arrays
