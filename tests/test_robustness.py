@@ -7,7 +7,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_sr_uncertainty import pipeline
 from napari_sr_uncertainty.imaging import InputError, to_model_input
 from napari_sr_uncertainty.model import PARAM_SHAPES
 from napari_sr_uncertainty.pipeline import (

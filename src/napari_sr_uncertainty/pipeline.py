@@ -22,7 +22,7 @@ from typing import Callable, Generator
 import numpy as np
 
 from . import __version__
-from .imaging import InputError, Normalization, image_layout, row_blocks, scan_values, to_model_input, to_output_layout
+from .imaging import InputError, Normalization, image_layout, scan_values, to_model_input, to_output_layout
 from .model import SCALE
 from .patches import PatchMark, score_patches, select_patches
 from .weights import Weights, load_weights
@@ -171,11 +171,14 @@ def check_resources(lr_shape: tuple[int, ...], options: SROptions) -> None:
     """Refuse, before computing, a run whose RAM (or scratch disk) need exceeds what is available."""
     import shutil
 
-    import psutil
+    try:
+        import psutil
+    except ImportError:  # not a declared dependency yet: without it only the disk check runs
+        psutil = None
 
     h, w, channels = image_layout(tuple(lr_shape))
     need = estimate_memory(lr_shape, options)
-    available = psutil.virtual_memory().available
+    available = psutil.virtual_memory().available if psutil else need
     if need > available:
         hint = "" if options.scratch_dir else "; use disk-backed outputs (the CLI does; SROptions.scratch_dir)"
         raise InputError(
@@ -203,10 +206,12 @@ class _LayoutWriter:
         self.target, self.grayscale, self.heatmap = target, grayscale, heatmap
 
     def __setitem__(self, key, rgb_tile: np.ndarray) -> None:
-        channel_mean = rgb_tile.mean(axis=-1)
-        self.target[key] = channel_mean if self.grayscale else rgb_tile
+        if self.grayscale:
+            self.target[key] = rgb_tile.mean(axis=-1)
+            return
+        self.target[key] = rgb_tile
         if self.heatmap is not None:
-            self.heatmap[key] = channel_mean
+            self.heatmap[key] = rgb_tile.mean(axis=-1)
 
 
 def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.ndarray:
