@@ -143,6 +143,47 @@ def worker(kind: str, size: int, repeats: int) -> dict:
     return {"first": first, "warm": statistics.median(times), "rss_mb": peak_rss_mb(), "source": source}
 
 
+def profile(tile: int, repeats: int = 16) -> None:
+    """Split the per-sample cost of one tile: matrix products, mask generation, everything else."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from napari_sr_uncertainty import engine
+
+    params = {k: jnp.asarray(v) for k, v in engine.prepare_params(load_arrays()[0]).items()}
+    size = 2 * tile + 4  # h1 side of a tile: output plus conv3's halo
+    h1 = jax.random.uniform(jax.random.PRNGKey(0), (64, size, size))
+    coords = jnp.arange(size, dtype=jnp.int32)
+    valid = jnp.ones((size, size), bool)
+    lanes = {64: engine._lane_ids(coords, 64), 32: engine._lane_ids(coords, 32)}
+
+    def masks(s):
+        return tuple(engine._keep_mask_planar(engine._layer_key(0, s, layer), coords, lanes[c], c)
+                     for layer, c in ((0, 64), (1, 32)))
+
+    def matmuls(s, h1):
+        h2 = jnp.dot(params["w2_drop"], (h1 + s).reshape(64, -1))
+        return jnp.dot(params["w3_drop"], h2)[0, 0]
+
+    parts = {
+        "matrix products (conv2 64->32, conv3 taps 32->75)": matmuls,
+        "mask generation (96 channels)": lambda s, h1: sum(m[:, 0, 0].sum() for m in masks(s)).astype(jnp.float32),
+        "full sample (masks, conv2, conv3, tap sum, moments)": lambda s, h1: engine._last_layers(
+            params, h1, valid, masks(s)).sum(),
+    }
+    for name, part in parts.items():
+        loop = jax.jit(lambda h1, part=part: jax.lax.fori_loop(0, repeats, lambda s, acc: acc + part(s, h1), 0.0))
+        jax.block_until_ready(loop(h1))
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            jax.block_until_ready(loop(h1))
+            times.append(time.perf_counter() - start)
+        per_sample = statistics.median(times) / repeats
+        print(f"{name:55s} {per_sample * 1e3:7.2f} ms per sample per {tile}x{tile} LR tile")
+
+
 def spawn(kind: str, size: int, repeats: int, cache_dir: str) -> dict:
     env = dict(os.environ, NAPARI_SR_UNCERTAINTY_JAX_CACHE=cache_dir)
     cmd = [sys.executable, __file__, "--worker", kind, str(size), str(repeats)]
@@ -160,8 +201,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed warm runs per engine config (median)")
     parser.add_argument("--baseline-repeats", type=int, default=2, help="timed warm runs per baseline config")
+    parser.add_argument("--profile", action="store_true", help="only print the per-sample cost breakdown")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile:
+        from napari_sr_uncertainty import engine
+
+        profile(engine.DEFAULT_TILE)
+        return
     if args.worker:
         kind, size, repeats = args.worker
         print(json.dumps(worker(kind, int(size), int(repeats))))
