@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__
 from .imaging import InputError, Normalization, image_layout, scan_values, to_model_input, to_output_layout
-from .model import SCALE
+from .architecture import SCALE
 from .patches import PatchMark, score_patches, select_patches
 from .weights import Weights, load_weights
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import PARAM_SHAPES, check_param_shapes
+from .architecture import PARAM_SHAPES, check_param_shapes
 
 FORMAT_TAG = "napari-sr-uncertainty/esrcnn-x2/v1"
 BUNDLED_NAME = "esrcnn_x2"

@@ -1,0 +1,88 @@
+"""The shared pipeline: value mapping, layouts, crop geometry and statistics against independent references."""
+
+import numpy as np
+import pytest
+
+from napari_sr_uncertainty.imaging import InputError, to_model_input
+from napari_sr_uncertainty.model import ESRCNN, PARAM_SHAPES, to_flax_params
+from napari_sr_uncertainty.pipeline import SROptions, center_crop_box, super_resolve
+from napari_sr_uncertainty.weights import Weights
+
+
+@pytest.fixture(scope="module")
+def random_weights():
+    rng = np.random.default_rng(1)
+    arrays = {
+        f"{name}/{kind}": rng.normal(0, 0.1, shape).astype(np.float32)
+        for name, shapes in PARAM_SHAPES.items()
+        for kind, shape in zip(("kernel", "bias"), shapes)
+    }
+    return Weights(arrays=arrays, source="random", sha256="0" * 64)
+
+
+def flax_forward(weights, rgb01):
+    return np.asarray(ESRCNN().apply(to_flax_params(weights.arrays), rgb01[None]))[0]
+
+
+def test_deterministic_uint8_run_equals_the_flax_model(random_weights):
+    image = np.random.default_rng(2).integers(0, 256, (37, 70, 3), dtype=np.uint8)
+    result = super_resolve(image, random_weights, SROptions(deterministic=True))
+    expected = flax_forward(random_weights, image.astype(np.float32) / 255)
+    np.testing.assert_allclose(result.mean, expected, atol=1e-5)
+    np.testing.assert_array_equal(result.mean, result.single)
+    assert not result.std.any() and not result.heatmap.any()
+
+
+def test_grayscale_is_run_as_rgb_and_averaged_back(random_weights):
+    image = np.random.default_rng(3).integers(0, 256, (20, 30), dtype=np.uint8)
+    result = super_resolve(image, random_weights, SROptions(deterministic=True))
+    rgb = np.repeat(image[..., None].astype(np.float32) / 255, 3, axis=-1)
+    np.testing.assert_allclose(result.mean, flax_forward(random_weights, rgb).mean(-1), atol=1e-5)
+    assert result.mean.shape == (40, 60)
+
+
+def test_uint16_is_min_max_scaled_and_mapped_back(random_weights):
+    image = np.random.default_rng(4).integers(1000, 1400, (16, 16), dtype=np.uint16)
+    result = super_resolve(image, random_weights, SROptions(deterministic=True))
+    norm = result.normalization
+    assert (norm.offset, norm.scale) == (image.min(), image.max() - image.min())
+    np.testing.assert_allclose(norm.to_input_units(result.lr), image, atol=1e-2)
+    assert norm.to_input_dtype(result.mean).dtype == np.uint16
+
+
+def test_rgba_alpha_is_dropped_and_noted(random_weights):
+    image = np.random.default_rng(5).integers(0, 256, (12, 12, 4), dtype=np.uint8)
+    result = super_resolve(image, random_weights, SROptions(deterministic=True))
+    expected = super_resolve(image[..., :3], random_weights, SROptions(deterministic=True))
+    np.testing.assert_array_equal(result.mean, expected.mean)
+    assert "alpha channel dropped" in result.normalization.notes
+
+
+def test_heatmap_is_channel_mean_of_std_and_scores_follow(random_weights):
+    image = np.random.default_rng(6).random((70, 90, 3), dtype=np.float32)
+    result = super_resolve(image, random_weights, SROptions(n_samples=6, patch_size=16, n_patches=3))
+    np.testing.assert_allclose(result.heatmap, result.std.mean(-1))
+    r, c = result.least_certain[0].grid_row, result.least_certain[0].grid_col
+    np.testing.assert_allclose(result.scores[r, c], result.heatmap[32 * r : 32 * r + 32, 32 * c : 32 * c + 32].mean())
+    assert result.scores.max() == pytest.approx(result.least_certain[0].score)
+    assert result.metadata["samples"] == 6 and result.metadata["seed"] == 0
+
+
+def test_center_crop_reproduces_the_original_region(random_weights):
+    assert center_crop_box((150, 200), 64) == (11, 4, 139, 196)
+    image = np.random.default_rng(7).random((150, 200, 3), dtype=np.float32)
+    result = super_resolve(image, random_weights, SROptions(deterministic=True, center_crop=True))
+    assert result.crop_offset == (11, 4)
+    assert result.mean.shape == (256, 384, 3)
+    np.testing.assert_allclose(result.mean, flax_forward(random_weights, image[11:139, 4:196]), atol=1e-5)
+
+
+def test_center_crop_of_a_tiny_image_is_a_clear_error(random_weights):
+    with pytest.raises(InputError, match="centre crop needs at least 64x64"):
+        super_resolve(np.zeros((40, 40, 3), np.uint8), random_weights, SROptions(center_crop=True))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 4, 4, 3)), np.array([[np.nan]]), np.zeros((0, 5))])
+def test_unsupported_inputs_raise_input_error(bad):
+    with pytest.raises(InputError):
+        to_model_input(bad)

@@ -1,0 +1,87 @@
+"""Weight files: our msgpack format round-trips exactly; the original Keras file imports faithfully."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_sr_uncertainty.model import PARAM_SHAPES
+from napari_sr_uncertainty.weights import (
+    WeightsError,
+    bundled_weights_dir,
+    file_sha256,
+    load_weights,
+    save_weights,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed000"
+KERAS_H5 = SHARED / "modelesrcnn8.h5"
+needs_shared = pytest.mark.skipif(not KERAS_H5.is_file(), reason=f"reference data not found at {SHARED}")
+
+
+def random_arrays(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        f"{name}/{kind}": rng.normal(0, 0.05, shape).astype(np.float32)
+        for name, shapes in PARAM_SHAPES.items()
+        for kind, shape in zip(("kernel", "bias"), shapes)
+    }
+
+
+def test_roundtrip_is_bit_exact_and_sha_is_of_the_file(tmp_path):
+    arrays = random_arrays()
+    path = tmp_path / "w.msgpack"
+    sha = save_weights(arrays, path)
+    loaded = load_weights(path)
+    assert loaded.sha256 == sha == file_sha256(path)
+    assert set(loaded.arrays) == set(arrays)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(loaded.arrays[key], value)
+
+
+def test_bundled_weights_match_their_training_card():
+    path = bundled_weights_dir() / "esrcnn_x2.msgpack"
+    assert path.is_file(), "the trained weights must ship with the package"
+    card = json.loads(path.with_suffix(".json").read_text())
+    weights = load_weights()
+    assert weights.sha256 == card["sha256"] == file_sha256(path)
+    assert weights.card == card
+
+
+def test_bundled_weights_with_a_wrong_card_checksum_are_refused(tmp_path, monkeypatch):
+    import shutil
+
+    import napari_sr_uncertainty.weights as weights_module
+
+    folder = tmp_path / "weights"
+    shutil.copytree(bundled_weights_dir(), folder)
+    card_path = folder / "esrcnn_x2.json"
+    card = json.loads(card_path.read_text())
+    card["sha256"] = "0" * 64
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setattr(weights_module, "bundled_weights_dir", lambda: folder)
+    with pytest.raises(WeightsError, match="does not match its training card"):
+        load_weights()
+
+
+@needs_shared
+def test_keras_import_reads_every_layer_by_shape():
+    import h5py
+
+    weights = load_weights(KERAS_H5)
+    with h5py.File(KERAS_H5, "r") as h5:
+        np.testing.assert_array_equal(
+            weights.arrays["conv1/kernel"], h5["model_weights/conv2d_9/conv2d_9/kernel:0"][()]
+        )
+        np.testing.assert_array_equal(weights.arrays["conv3/bias"], h5["model_weights/conv2d_11/conv2d_11/bias:0"][()])
+    assert weights.sha256 == file_sha256(KERAS_H5)
+
+
+@needs_shared
+def test_keras_weights_convert_to_our_format_losslessly(tmp_path):
+    original = load_weights(KERAS_H5)
+    save_weights(original.arrays, tmp_path / "converted.msgpack")
+    converted = load_weights(tmp_path / "converted.msgpack")
+    for key in original.arrays:
+        np.testing.assert_array_equal(converted.arrays[key], original.arrays[key])
