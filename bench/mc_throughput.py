@@ -168,7 +168,7 @@ def profile(tile: int, repeats: int = 16) -> None:
 
     parts = {
         "matrix products (conv2 64->32, conv3 taps 32->75)": matmuls,
-        "mask generation (96 channels)": lambda s, h1: sum(m[:, 0, 0].sum() for m in masks(s)).astype(jnp.float32),
+        "mask generation (96 channels)": lambda s, h1: sum(m.sum() for m in masks(s)).astype(jnp.float32),
         "full sample (masks, conv2, conv3, tap sum, moments)": lambda s, h1: engine._last_layers(
             params, h1, valid, masks(s)).sum(),
     }
