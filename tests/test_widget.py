@@ -58,6 +58,7 @@ def test_sample_data_run_gives_five_aligned_layers(qtbot, viewer_and_widget, err
     np.testing.assert_allclose(mean.data_to_world((0, 0)), cell.data_to_world((-0.25, -0.25)))
     assert mean.metadata["samples"] == 4
     assert len(viewer.layers["cell LR most certain"].data) == 2
+    assert viewer.layers["cell LR SR uncertainty"].colorbar.visible
     assert widget.run_button.enabled and widget.export_button.enabled and not widget.cancel_button.enabled
 
 

@@ -311,7 +311,9 @@ class SuperResolveWidget(Container):
     def _add_next_layer(self) -> None:
         """Add the outputs one per event-loop turn: each costs ~0.1 s of texture upload for a 1024^2 image."""
         data, kwargs, layer_type = self._pending_layers.pop(0)
-        self._viewer.add_layer(Layer.create(data, kwargs, layer_type))
+        layer = self._viewer.add_layer(Layer.create(data, kwargs, layer_type))
+        if kwargs["name"].endswith("SR uncertainty") and hasattr(layer, "colorbar"):
+            layer.colorbar.visible = True  # napari >= 0.5.5 draws a colorbar overlay for image layers
         if self._pending_layers:
             QTimer.singleShot(0, self._add_next_layer)
         else:
