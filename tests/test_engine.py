@@ -205,3 +205,16 @@ def test_compile_cache_used_and_corrupt_or_unwritable_cache_is_harmless(tmp_path
     unwritable = _run_in_fresh_process(str(blocker / "cache"))
     assert unwritable["cache"] is None
     assert unwritable["std"] == first["std"]
+
+
+def test_compile_cache_is_pruned_oldest_first(tmp_path):
+    from napari_sr_uncertainty._jax_setup import prune_cache
+
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        entry = tmp_path / name
+        entry.write_bytes(b"x" * 100)
+        os.utime(entry, (1_000_000 - age, 1_000_000 - age))
+    prune_cache(tmp_path, max_bytes=250)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["middle", "newest"]
+    prune_cache(tmp_path, max_bytes=1000)
+    assert len(list(tmp_path.iterdir())) == 2

@@ -13,6 +13,7 @@ from pathlib import Path
 
 _ENV_CACHE_DIR = "NAPARI_SR_UNCERTAINTY_JAX_CACHE"
 _configured = False
+CACHE_MAX_BYTES = 256 * 1024 * 1024
 
 
 def default_cache_dir() -> Path:
@@ -38,6 +39,32 @@ def _writable_dir(path: Path) -> bool:
     return True
 
 
+def prune_cache(path: Path, max_bytes: int | None = None) -> None:
+    """Keep the cache folder under ``max_bytes`` by deleting its oldest files first.
+
+    JAX's own size limit needs the optional ``filelock`` package, so the bound is enforced here, once per
+    process before the cache is used. Files that vanish or cannot be removed are skipped.
+    """
+    limit = CACHE_MAX_BYTES if max_bytes is None else max_bytes
+    entries = []
+    for entry in path.iterdir():
+        try:
+            if entry.is_file():
+                stat = entry.stat()
+                entries.append((stat.st_mtime, stat.st_size, entry))
+        except OSError:
+            continue
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        try:
+            entry.unlink()
+            total -= size
+        except OSError:
+            continue
+
+
 def configure_compilation_cache(cache_dir: str | Path | None = None) -> Path | None:
     """Enable JAX's persistent compilation cache in ``cache_dir`` (default :func:`default_cache_dir`).
 
@@ -61,6 +88,7 @@ def configure_compilation_cache(cache_dir: str | Path | None = None) -> Path | N
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if not _writable_dir(path):
         return None
+    prune_cache(path)
     jax.config.update("jax_compilation_cache_dir", str(path))
     # The engine's tile programs compile in well under JAX's default 1 s threshold; cache them all.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
