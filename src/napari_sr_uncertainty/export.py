@@ -97,7 +97,11 @@ def _save_tiff(path: Path, array: np.ndarray, convert, metadata: dict) -> None:
     """A float32 TIFF of ``convert(array)``, filled block by block through a memory map of the file."""
     import tifffile
 
-    mapped = tifffile.memmap(path, shape=array.shape, dtype=np.float32, metadata={"summary": json.dumps(metadata)})
+    # Channels last, one page: "rgb" for colour data, explicit so tifffile's default change cannot alter files.
+    photometric = "rgb" if array.ndim == 3 else "minisblack"
+    mapped = tifffile.memmap(
+        path, shape=array.shape, dtype=np.float32, photometric=photometric, metadata={"summary": json.dumps(metadata)}
+    )
     _blockwise(convert, array, mapped)
     mapped.flush()
     del mapped
