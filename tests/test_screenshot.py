@@ -24,7 +24,10 @@ def test_uncertainty_heatmap_is_visible_over_the_result(qtbot, make_napari_viewe
     viewer.reset_view()
     uncertainty = viewer.layers["astronaut SR uncertainty"]
 
+    with_colorbar = viewer.screenshot(canvas_only=True, flash=False).astype(float)
+    uncertainty.colorbar.visible = False  # the overlay covers pixels; compare the heatmap on its own
     with_heatmap = viewer.screenshot(canvas_only=True, flash=False).astype(float)
+    assert np.abs(with_colorbar - with_heatmap).max() > 50, "the uncertainty colorbar is not drawn"
     uncertainty.visible = False
     without_heatmap = viewer.screenshot(canvas_only=True, flash=False).astype(float)
 
