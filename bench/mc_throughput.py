@@ -143,8 +143,8 @@ def worker(kind: str, size: int, repeats: int) -> dict:
     return {"first": first, "warm": statistics.median(times), "rss_mb": peak_rss_mb(), "source": source}
 
 
-def profile(tile: int, repeats: int = 16) -> None:
-    """Split the per-sample cost of one tile: matrix products, mask generation, everything else."""
+def profile(block: int, repeats: int = 16) -> None:
+    """Split the per-sample cost of one block: matrix products, mask generation, everything else."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -152,7 +152,7 @@ def profile(tile: int, repeats: int = 16) -> None:
     from napari_sr_uncertainty import engine
 
     params = {k: jnp.asarray(v) for k, v in engine.prepare_params(load_arrays()[0]).items()}
-    size = 2 * tile + 4  # h1 side of a tile: output plus conv3's halo
+    size = 2 * block + 4  # h1 side of a block: output plus conv3's halo
     h1 = jax.random.uniform(jax.random.PRNGKey(0), (64, size, size))
     coords = jnp.arange(size, dtype=jnp.int32)
     valid = jnp.ones((size, size), bool)
@@ -181,7 +181,7 @@ def profile(tile: int, repeats: int = 16) -> None:
             jax.block_until_ready(loop(h1))
             times.append(time.perf_counter() - start)
         per_sample = statistics.median(times) / repeats
-        print(f"{name:55s} {per_sample * 1e3:7.2f} ms per sample per {tile}x{tile} LR tile")
+        print(f"{name:55s} {per_sample * 1e3:7.2f} ms per sample per {block}x{block} LR block")
 
 
 def spawn(kind: str, size: int, repeats: int, cache_dir: str) -> dict:
@@ -207,7 +207,7 @@ def main() -> None:
     if args.profile:
         from napari_sr_uncertainty import engine
 
-        profile(engine.DEFAULT_TILE)
+        profile(engine.BLOCK)
         return
     if args.worker:
         kind, size, repeats = args.worker

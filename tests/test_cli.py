@@ -151,8 +151,7 @@ def test_interrupt_while_computing_writes_nothing(capsys, tmp_path, small_image,
             raise KeyboardInterrupt
 
     monkeypatch.setattr(cli._ProgressPrinter, "__call__", interrupted)
-    status = cli.main([str(small_image), "--samples", "2", "--weights", str(weights_path), "-o", str(tmp_path / "o"),
-                       "--tile", "16"])
+    status = cli.main([str(small_image), "--samples", "2", "--weights", str(weights_path), "-o", str(tmp_path / "o")])
     assert status == 130
     assert list(tmp_path.iterdir()) == [small_image]
 
@@ -268,7 +267,7 @@ def test_output_folder_problems_exit_2_before_computing(capsys, tmp_path, small_
     [
         (["--samples", "0"], "samples must be between"),
         (["--seed", "-1"], "seed must be in"),
-        (["--tile", "0"], "tile must be >= 1"),
+        (["--patch-size", "0"], "patch size must be >= 1"),
         (["--samples", "many"], "invalid int value"),
         (["--no-such-option"], "unrecognized arguments"),
     ],

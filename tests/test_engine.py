@@ -74,7 +74,7 @@ def max_diff(a: engine.MCResult, b: engine.MCResult) -> float:
 @pytest.mark.parametrize("shape", [(1, 1), (7, 130), (37, 21), (40, 40)])
 def test_deterministic_matches_flax(arrays, params, shape):
     lr = np.random.default_rng(2).random((*shape, 3), dtype=np.float32)
-    result = engine.mc_predict(lr, params, n_samples=0, tile=16)
+    result = engine.mc_predict(lr, params, n_samples=0)
     ref = flax_forward(arrays, lr)
     assert result.mean.shape == ref.shape
     np.testing.assert_allclose(result.mean, ref, atol=1e-5, rtol=0)
@@ -82,26 +82,40 @@ def test_deterministic_matches_flax(arrays, params, shape):
     assert not result.std.any()
 
 
-def test_streaming_statistics_equal_explicit_samples(arrays, params):
-    lr = np.random.default_rng(3).random((19, 23, 3), dtype=np.float32)
+@pytest.mark.parametrize("shape", [(19, 23), (70, 131)])  # one block; 2 x 3 blocks with partial ones
+def test_streaming_statistics_equal_explicit_samples(arrays, params, shape):
+    lr = np.random.default_rng(3).random((*shape, 3), dtype=np.float32)
     samples = explicit_samples(arrays, lr, seed=7, n_samples=9)
-    result = engine.mc_predict(lr, params, n_samples=9, seed=7, tile=16, chunk=2)
+    result = engine.mc_predict(lr, params, n_samples=9, seed=7, chunk=2)
     np.testing.assert_allclose(result.single, samples[0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(result.mean, samples.mean(0), atol=1e-5, rtol=0)
     np.testing.assert_allclose(result.std, samples.std(0), atol=1e-5, rtol=0)
 
 
-def test_tile_and_chunk_invariance(params):
-    lr = np.random.default_rng(4).random((45, 38, 3), dtype=np.float32)
-    untiled = engine.mc_predict(lr, params, n_samples=7, seed=3, tile=64, chunk=2)
-    for tile, chunk in [(16, 2), (16, 1), (16, 4)]:
-        assert max_diff(engine.mc_predict(lr, params, n_samples=7, seed=3, tile=tile, chunk=chunk), untiled) < 1e-5
+def test_chunk_size_is_bit_identical(params):
+    lr = np.random.default_rng(4).random((45, 70, 3), dtype=np.float32)
+    reference = engine.mc_predict(lr, params, n_samples=7, seed=3, chunk=2)
+    for chunk in (1, 3, 8):
+        assert max_diff(engine.mc_predict(lr, params, n_samples=7, seed=3, chunk=chunk), reference) == 0.0
+
+
+def test_block_aligned_pieces_are_bit_identical_to_the_whole_image(params):
+    """Cutting an image at block boundaries (a user tiling it by hand) changes no bit of any output pixel
+    whose receptive field lies inside the piece: results depend only on the pixel's neighbourhood, seed
+    and position, never on the image size."""
+    lr = np.random.default_rng(8).random((100, 150, 3), dtype=np.float32)
+    whole = engine.mc_predict(lr, params, n_samples=5, seed=11)
+    rows, cols = engine.BLOCK, 2 * engine.BLOCK
+    piece = engine.mc_predict(lr[:rows, :cols], params, n_samples=5, seed=11)
+    inside = np.s_[: 2 * (rows - engine.HALO), : 2 * (cols - engine.HALO)]
+    for name in ("mean", "single", "std"):
+        np.testing.assert_array_equal(getattr(piece, name)[inside], getattr(whole, name)[inside])
 
 
 def test_seed_changes_samples(params):
     lr = np.random.default_rng(5).random((16, 16, 3), dtype=np.float32)
-    a, b = (engine.mc_predict(lr, params, n_samples=4, seed=s, tile=16) for s in (0, 1))
-    again = engine.mc_predict(lr, params, n_samples=4, seed=0, tile=16)
+    a, b = (engine.mc_predict(lr, params, n_samples=4, seed=s) for s in (0, 1))
+    again = engine.mc_predict(lr, params, n_samples=4, seed=0)
     assert max_diff(a, again) == 0.0
     assert np.abs(a.single - b.single).max() > 1e-3
     assert np.abs(a.std - b.std).max() > 1e-3
@@ -153,7 +167,7 @@ def test_keras_reference_deterministic():
     params = engine.prepare_params(load_weights(REFERENCE / "modelesrcnn8.h5").arrays)
     for lr, sr in zip(ref["lr_patches"], ref["sr_deterministic"]):
         assert np.abs(engine.mc_predict(lr, params, n_samples=0).mean - sr).max() < 1e-4
-    region = engine.mc_predict(ref["lr_region"], params, n_samples=0, tile=64).mean
+    region = engine.mc_predict(ref["lr_region"], params, n_samples=0).mean
     assert np.abs(region - ref["sr_region_deterministic"]).max() < 1e-4
 
 
@@ -182,7 +196,7 @@ def _run_in_fresh_process(cache_dir: str) -> dict:
         "          for n, (ks, bs) in __import__('napari_sr_uncertainty.model').model.PARAM_SHAPES.items()\n"
         "          for k, s in (('kernel', ks), ('bias', bs))}\n"
         "r = engine.mc_predict(rng.random((8, 8, 3), dtype=np.float32), engine.prepare_params(arrays),\n"
-        "                      n_samples=3, tile=8)\n"
+        "                      n_samples=3)\n"
         "print(json.dumps({'cache': jax.config.jax_compilation_cache_dir, 'std': float(r.std.sum())}))\n"
     )
     env = dict(os.environ, NAPARI_SR_UNCERTAINTY_JAX_CACHE=cache_dir)

@@ -1,7 +1,7 @@
 """The dock widget: collects parameters and a copy of the data, runs the pipeline off the GUI thread.
 
 A thin adapter: the computation is :func:`napari_sr_uncertainty.pipeline.iter_super_resolve`, run by
-napari's ``thread_worker`` (it yields between tiles, which is where Cancel takes effect), and the layers
+napari's ``thread_worker`` (it yields between blocks, which is where Cancel takes effect), and the layers
 come from :mod:`napari_sr_uncertainty._layers`. JAX is imported by the worker on the first run, never
 when napari starts.
 """
@@ -277,7 +277,7 @@ class SuperResolveWidget(Container):
         worker.start()
 
     def cancel(self) -> None:
-        """Ask the worker to stop at the next tile boundary; nothing is added to the viewer."""
+        """Ask the worker to stop at the next block boundary; nothing is added to the viewer."""
         if self.worker is not None:
             self.status.value = "cancelling..."
             self.worker.quit()

@@ -47,7 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deterministic", action="store_true", help="one pass with dropout off (no uncertainty)")
     parser.add_argument("--patch-size", type=int, default=DEFAULT_PATCH, help="LR patch size for ranking (default: 64)")
     parser.add_argument("--patches", type=int, default=5, help="patches marked in each set (default: 5)")
-    parser.add_argument("--tile", type=int, help="LR tile size: speed and memory only, never the result (default: 64)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -91,7 +90,6 @@ def run(args: argparse.Namespace) -> Path:
             n_patches=args.patches,
             center_crop=args.center_crop,
             deterministic=args.deterministic,
-            tile=args.tile,
             scratch_dir=scratch,
         )
         result = super_resolve(image, weights, options, progress=None if args.quiet else _ProgressPrinter())

@@ -1,10 +1,10 @@
-"""The Monte Carlo dropout engine: mean, one sample and std of ESRCNN under dropout, tile by tile.
+"""The Monte Carlo dropout engine: mean, one sample and std of ESRCNN under dropout, block by block.
 
 It computes exactly the function of :class:`napari_sr_uncertainty.model.ESRCNN` with dropout on, in a
 form that is cheap on a CPU:
 
 * **Deterministic first layer, once.** Everything before the first dropout (upsampling, 9x9 conv, ReLU)
-  is the same for every sample, so it is computed once per tile. "Nearest x2 upsampling then a 9x9 conv"
+  is the same for every sample, so it is computed once per block. "Nearest x2 upsampling then a 9x9 conv"
   is rewritten exactly as a 5x5 conv on the low-resolution grid with 4 x 64 output channels, one group per
   output phase, followed by depth-to-space (a quarter of the multiply-adds).
 * **Position-keyed dropout masks.** Each mask bit is a hash of (seed, sample index, layer, global
@@ -18,11 +18,17 @@ form that is cheap on a CPU:
   masking are vectorised along image columns (channels-last put 3 or 75 channels on the vector axis).
 * **Samples in a loop** of ``chunk`` unrolled samples per iteration, reduced on the fly with sums shifted
   by sample 0 (numerically sound: shifted values are small).
-* **Tiles with a halo** of 3 low-resolution pixels (the receptive field), zero outside the image and the
-  second layer's activations masked to the image, so tiled output equals untiled output: the zero "same"
-  padding of every conv is reproduced at the true image border only.
+* **Fixed blocks with a halo.** The image is computed in ``BLOCK`` x ``BLOCK`` LR blocks on a grid anchored
+  at the image origin, each with a halo of 3 LR pixels (the receptive field), zero outside the image and
+  the second layer's activations masked to the image: the zero "same" padding of every conv is
+  reproduced at the true image border only, so blockwise output equals the whole-image model.
+* **Bit-identical results.** XLA's CPU matrix products round differently for different shapes (measured:
+  up to 2.4e-7 between 16 and 64 px tiles), so the block size is a constant, not a setting: every output
+  pixel is computed by the same compiled code at the same position of the same block, whatever the image
+  size, the chunk size, or the process. Memory per block is small (tens of MB), so there is nothing to
+  gain from a tunable tile.
 
-All tiles of one size share one compiled function; the sample count is a traced value, not a constant.
+All blocks share one compiled function; the sample count is a traced value, not a constant.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ HALO = 3  # LR pixels: (9 // 2 + 5 // 2) HR pixels = 6 HR pixels = 3 LR pixels o
 _UNIFORMS_PER_HASH = 3  # 10-bit uniforms per 32-bit hash
 DROP_THRESHOLD_10 = round(DROPOUT_RATE * 1024)  # 41
 EFFECTIVE_DROPOUT_RATE = DROP_THRESHOLD_10 / 1024  # 0.0400390625, within 4e-5 of DROPOUT_RATE
-DEFAULT_TILE = 64
+BLOCK = 64  # LR pixels per block side
 DEFAULT_CHUNK = 2
 
 
@@ -119,7 +125,7 @@ def _layer_key(seed, sample, layer):
 def _lane_ids(cols, channels: int):
     """Per-(hash group, column) odd-multiplied counters, shape (ceil(channels / 3), len(cols)).
 
-    They do not depend on the sample, so a tile computes them once for all its samples.
+    They do not depend on the sample, so a block computes them once for all its samples.
     """
     import jax.numpy as jnp
 
@@ -158,8 +164,8 @@ def keep_mask(seed, sample, layer, rows, cols, channels: int):
     return planar.transpose(1, 2, 0)
 
 
-def _first_layer(p, lr_tile):
-    """relu(conv1(upsample(x))) on a halo'd LR tile (L, L, 3) -> channel-major HR activations (64, S, S).
+def _first_layer(p, lr_block):
+    """relu(conv1(upsample(x))) on a halo'd LR block (L, L, 3) -> channel-major HR activations (64, S, S).
 
     ``S = 2 (L - 4)``; the polyphase conv gives the four output phases as 4 x 64 channels.
     """
@@ -167,7 +173,7 @@ def _first_layer(p, lr_tile):
     import jax.numpy as jnp
 
     y = jax.lax.conv_general_dilated(
-        lr_tile[None], p["poly1"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NCHW")
+        lr_block[None], p["poly1"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NCHW")
     )[0]  # (256 = (a, b, c), n, n)
     n = y.shape[1]
     y = y.reshape(2, 2, 64, n, n).transpose(2, 3, 0, 4, 1).reshape(64, 2 * n, 2 * n)
@@ -200,7 +206,7 @@ def _last_layers(p, h1, valid, masks=None):
     return acc
 
 
-def _tile_geometry(h1_size, origin, hr_shape):
+def _block_geometry(h1_size, origin, hr_shape):
     import jax.numpy as jnp
 
     rows = origin[0] + jnp.arange(h1_size, dtype=jnp.int32)
@@ -210,8 +216,8 @@ def _tile_geometry(h1_size, origin, hr_shape):
 
 
 @lru_cache(maxsize=None)
-def _compiled_tile_fns(chunk: int):
-    """jit-compiled per-tile functions (deterministic and MC); shapes specialise at first call.
+def _compiled_block_fns(chunk: int):
+    """jit-compiled per-block functions (deterministic and MC); shapes specialise at first call.
 
     Each loop iteration runs ``chunk`` samples as independent, unrolled chains, which XLA's CPU runtime
     may execute concurrently on different cores.
@@ -220,15 +226,15 @@ def _compiled_tile_fns(chunk: int):
     import jax.numpy as jnp
 
     @jax.jit
-    def deterministic_tile(p, lr_tile, origin, hr_shape):
-        h1 = _first_layer(p, lr_tile)
-        _, _, valid = _tile_geometry(h1.shape[-1], origin, hr_shape)
+    def deterministic_block(p, lr_block, origin, hr_shape):
+        h1 = _first_layer(p, lr_block)
+        _, _, valid = _block_geometry(h1.shape[-1], origin, hr_shape)
         return _last_layers(p, h1, valid).transpose(1, 2, 0)
 
     @jax.jit
-    def mc_tile(p, lr_tile, origin, hr_shape, seed, n_samples):
-        h1 = _first_layer(p, lr_tile)
-        rows, cols, valid = _tile_geometry(h1.shape[-1], origin, hr_shape)
+    def mc_block(p, lr_block, origin, hr_shape, seed, n_samples):
+        h1 = _first_layer(p, lr_block)
+        rows, cols, valid = _block_geometry(h1.shape[-1], origin, hr_shape)
         lanes = (_lane_ids(cols, 64), _lane_ids(cols, 32))
 
         def one_sample(s):
@@ -255,12 +261,12 @@ def _compiled_tile_fns(chunk: int):
         var = jnp.maximum(sums[1] / n - mean_d * mean_d, 0.0)
         return tuple(x.transpose(1, 2, 0) for x in (shift + mean_d, shift, jnp.sqrt(var)))
 
-    return deterministic_tile, mc_tile
+    return deterministic_block, mc_block
 
 
-def tile_grid(lr_shape: tuple[int, int], tile: int) -> list[tuple[int, int]]:
-    """Top-left LR corners of the tiles covering an image."""
-    return [(r, c) for r in range(0, lr_shape[0], tile) for c in range(0, lr_shape[1], tile)]
+def block_grid(lr_shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """Top-left LR corners of the blocks covering an image."""
+    return [(r, c) for r in range(0, lr_shape[0], BLOCK) for c in range(0, lr_shape[1], BLOCK)]
 
 
 def iter_mc_predict(
@@ -269,11 +275,10 @@ def iter_mc_predict(
     *,
     n_samples: int = 40,
     seed: int = 0,
-    tile: int = DEFAULT_TILE,
     chunk: int = DEFAULT_CHUNK,
     out: MCResult | None = None,
 ) -> Iterator[tuple[int, int]]:
-    """Run the engine tile by tile, yielding ``(tiles_done, tiles_total)`` after each tile.
+    """Run the engine block by block, yielding ``(blocks_done, blocks_total)`` after each block.
 
     Parameters
     ----------
@@ -285,8 +290,8 @@ def iter_mc_predict(
         Number of dropout samples; 0 runs one deterministic pass (dropout off).
     seed : int
         Seed of the dropout masks (0 <= seed < 2**32).
-    tile, chunk : int
-        LR tile size and samples per vmapped chunk; they change speed and memory, never the result.
+    chunk : int
+        Samples per loop iteration (run as independent chains); changes speed and memory, never the result.
     out : MCResult
         Preallocated result (see :func:`allocate_result`), filled in place.
 
@@ -298,23 +303,23 @@ def iter_mc_predict(
         raise ValueError("pass out=allocate_result(lr.shape, ...)")
     configure_compilation_cache()
     h, w = lr.shape[:2]
-    deterministic_tile, mc_tile = _compiled_tile_fns(int(chunk))
+    deterministic_block, mc_block = _compiled_block_fns(int(chunk))
     p = {k: jnp.asarray(v) for k, v in params.items()}
     hr_shape = jnp.asarray([SCALE * h, SCALE * w], jnp.int32)
-    grid = tile_grid((h, w), tile)
-    padded = np.zeros((h + tile + 2 * HALO, w + tile + 2 * HALO, 3), np.float32)
+    grid = block_grid((h, w))
+    padded = np.zeros((h + BLOCK + 2 * HALO, w + BLOCK + 2 * HALO, 3), np.float32)
     padded[HALO : HALO + h, HALO : HALO + w] = lr
     for i, (r, c) in enumerate(grid):
-        lr_tile = padded[r : r + tile + 2 * HALO, c : c + tile + 2 * HALO]
+        lr_block = padded[r : r + BLOCK + 2 * HALO, c : c + BLOCK + 2 * HALO]
         origin = jnp.asarray([SCALE * r - 2, SCALE * c - 2], jnp.int32)
-        hr_r, hr_c = SCALE * min(tile, h - r), SCALE * min(tile, w - c)
+        hr_r, hr_c = SCALE * min(BLOCK, h - r), SCALE * min(BLOCK, w - c)
         dst = np.s_[SCALE * r : SCALE * r + hr_r, SCALE * c : SCALE * c + hr_c]
         if n_samples == 0:
-            y = np.asarray(deterministic_tile(p, lr_tile, origin, hr_shape))[:hr_r, :hr_c]
+            y = np.asarray(deterministic_block(p, lr_block, origin, hr_shape))[:hr_r, :hr_c]
             out.mean[dst] = y
             out.single[dst] = y
         else:
-            mean, single, std = mc_tile(p, lr_tile, origin, hr_shape, jnp.uint32(seed), jnp.int32(n_samples))
+            mean, single, std = mc_block(p, lr_block, origin, hr_shape, jnp.uint32(seed), jnp.int32(n_samples))
             out.mean[dst] = np.asarray(mean)[:hr_r, :hr_c]
             out.single[dst] = np.asarray(single)[:hr_r, :hr_c]
             out.std[dst] = np.asarray(std)[:hr_r, :hr_c]

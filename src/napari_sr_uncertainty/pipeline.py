@@ -1,14 +1,14 @@
 """The whole job, shared by the CLI and the napari widget: image in, super-resolution + uncertainty out.
 
 :func:`iter_super_resolve` is a generator that yields :class:`Progress` and returns an :class:`SRResult`,
-so a GUI can run it in a worker thread (napari's ``thread_worker``) and cancel it between tiles;
+so a GUI can run it in a worker thread (napari's ``thread_worker``) and cancel it between blocks;
 :func:`super_resolve` runs it to completion. Nothing here imports napari or Qt.
 
 Stacks and channels: :func:`iter_super_resolve_stack` runs every 2D (or RGB) plane of a 3D/4D stack,
 scaled with one range shared by the whole stack; :func:`iter_super_resolve_channels` runs each channel
 of an ``(H, W, C)`` array as a grayscale image, each with its own range (channels are different signals).
 
-Memory: the outputs are written tile by tile into preallocated arrays, in RAM or, with
+Memory: the outputs are written block by block into preallocated arrays, in RAM or, with
 ``SROptions.scratch_dir``, in disk-backed ``.npy`` memmaps; :func:`estimate_memory` predicts the RAM a run
 needs and :func:`iter_super_resolve` refuses, before computing anything, a run that cannot fit.
 """
@@ -33,7 +33,7 @@ DEFAULT_PATCH = 64
 
 @dataclass(frozen=True)
 class SROptions:
-    """What to compute. ``tile`` and ``chunk`` only change speed and memory, never the result."""
+    """What to compute. ``chunk`` (samples per engine iteration) changes speed and memory, never the result."""
 
     n_samples: int = DEFAULT_SAMPLES
     seed: int = 0
@@ -41,7 +41,6 @@ class SROptions:
     n_patches: int = 5
     center_crop: bool = False
     deterministic: bool = False
-    tile: int | None = None
     chunk: int | None = None
     #: folder for disk-backed output arrays (``.npy`` memmaps); None keeps them in RAM
     scratch_dir: str | None = None
@@ -55,10 +54,8 @@ class SROptions:
             raise InputError(f"patch size must be >= 1, got {self.patch_size}")
         if self.n_patches < 0:
             raise InputError(f"number of marked patches must be >= 0, got {self.n_patches}")
-        for name in ("tile", "chunk"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InputError(f"{name} must be >= 1, got {value}")
+        if self.chunk is not None and self.chunk < 1:
+            raise InputError(f"chunk must be >= 1, got {self.chunk}")
 
 
 @dataclass(frozen=True)
@@ -136,11 +133,11 @@ _LR_BYTES_PER_PIXEL = 40
 _HR_PIXELS_PER_LR = SCALE * SCALE
 
 
-def _engine_working_bytes(tile: int, chunk: int) -> int:
-    """JAX working memory of one tile: ~(64 + 32 + 75 + 2*64) float32 activations per HR pixel per sample."""
+def _engine_working_bytes(chunk: int) -> int:
+    """JAX working memory of one block: ~(64 + 32 + 75 + 2*64) float32 activations per HR pixel per sample."""
     from . import engine
 
-    side = SCALE * (tile + 2 * engine.HALO)
+    side = SCALE * (engine.BLOCK + 2 * engine.HALO)
     return chunk * side * side * 300 * 4 + (256 << 20)  # + the XLA runtime and compiled code
 
 
@@ -155,7 +152,7 @@ def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None)
 
     The LR-sized buffers (40 bytes per LR pixel), the HR outputs when they are kept in RAM
     (48 bytes per LR pixel grayscale, 160 colour; none with ``options.scratch_dir``) and the engine's
-    per-tile working memory. Writing a report adds its 8-bit views (up to 12 bytes per LR pixel).
+    per-block working memory. Writing a report adds its 8-bit views (up to 12 bytes per LR pixel).
     """
     from . import engine
 
@@ -164,7 +161,7 @@ def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None)
     total = _LR_BYTES_PER_PIXEL * h * w
     if options.scratch_dir is None:
         total += output_bytes((h, w), channels == 1)
-    return total + _engine_working_bytes(options.tile or engine.DEFAULT_TILE, options.chunk or engine.DEFAULT_CHUNK)
+    return total + _engine_working_bytes(options.chunk or engine.DEFAULT_CHUNK)
 
 
 def check_resources(lr_shape: tuple[int, ...], options: SROptions) -> None:
@@ -196,22 +193,22 @@ def check_resources(lr_shape: tuple[int, ...], options: SROptions) -> None:
 
 
 class _LayoutWriter:
-    """Slice-assignable target for the engine: stores its RGB HR tiles in the output's layout.
+    """Slice-assignable target for the engine: stores its RGB HR blocks in the output's layout.
 
     Grayscale outputs get the channel mean, so no RGB HR array is ever allocated for them; the writer
-    of the std also fills the heatmap (channel mean of the std), tile by tile.
+    of the std also fills the heatmap (channel mean of the std), block by block.
     """
 
     def __init__(self, target: np.ndarray, grayscale: bool, heatmap: np.ndarray | None = None):
         self.target, self.grayscale, self.heatmap = target, grayscale, heatmap
 
-    def __setitem__(self, key, rgb_tile: np.ndarray) -> None:
+    def __setitem__(self, key, rgb_block: np.ndarray) -> None:
         if self.grayscale:
-            self.target[key] = rgb_tile.mean(axis=-1)
+            self.target[key] = rgb_block.mean(axis=-1)
             return
-        self.target[key] = rgb_tile
+        self.target[key] = rgb_block
         if self.heatmap is not None:
-            self.heatmap[key] = rgb_tile.mean(axis=-1)
+            self.heatmap[key] = rgb_block.mean(axis=-1)
 
 
 def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.ndarray:
@@ -254,7 +251,7 @@ def iter_super_resolve(
     *,
     value_range: tuple[float, float] | None = None,
 ) -> Generator[Progress, None, SRResult]:
-    """Super-resolve ``image`` x2 with Monte Carlo dropout, yielding progress between tiles.
+    """Super-resolve ``image`` x2 with Monte Carlo dropout, yielding progress between blocks.
 
     Parameters
     ----------
@@ -312,11 +309,10 @@ def iter_super_resolve(
         params,
         n_samples=n_samples,
         seed=options.seed,
-        tile=options.tile or engine.DEFAULT_TILE,
         chunk=options.chunk or engine.DEFAULT_CHUNK,
         out=out,
     ):
-        yield Progress(done, total, f"tile {done}/{total}")
+        yield Progress(done, total, f"block {done}/{total}")
     t_done = time.perf_counter()
     scores = _score_in_bands(heatmap, options.patch_size)
     most, least = select_patches(scores, region.shape[:2], options.n_patches, options.patch_size, SCALE)

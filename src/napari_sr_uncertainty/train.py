@@ -373,10 +373,15 @@ def read_checkpoint_config(path: Path) -> TrainConfig:
 # The loop
 # ----------------------------------------------------------------------------------------------
 def initial_arrays(config: TrainConfig) -> dict[str, np.ndarray]:
-    """Initial weights for ``config.init`` ("bicubic" or "random")."""
+    """Initial weights for ``config.init``: "bicubic", "random", or the path of a weights file to fine-tune."""
     if config.init == "random":
         return random_init(config.seed)
-    return bicubic_init(config.seed, config.signal_copies_conv1, config.signal_copies_conv2, config.signal_offset)
+    if config.init == "bicubic":
+        return bicubic_init(config.seed, config.signal_copies_conv1, config.signal_copies_conv2,
+                            config.signal_offset)
+    from .weights import load_weights
+
+    return load_weights(config.init).arrays
 
 
 def train(
@@ -544,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loss", choices=("mse", "l1"), default=defaults.loss)
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=defaults.warmup_steps)
-    parser.add_argument("--init", choices=("bicubic", "random"), default=defaults.init)
+    parser.add_argument("--init", default=defaults.init, metavar="{bicubic,random,WEIGHTS}",
+                        help="initialisation: bicubic, random, or a weights file to continue from (fine-tuning)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--val-every", type=int, default=defaults.val_every)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
@@ -570,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--data is required for a new run")
     for folder in args.data:
         list_images(folder)  # fails early on evaluation sets and missing folders
+    if args.init not in ("bicubic", "random"):
+        args.init = str(Path(args.init).resolve())
     config = TrainConfig(
         data=[str(Path(d).resolve()) for d in args.data], steps=args.steps, batch=args.batch, crop_lr=args.crop,
         loss=args.loss, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed, init=args.init,
