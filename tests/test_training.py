@@ -105,6 +105,15 @@ def test_train_steps_lower_the_loss(tiny_pairs):
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_fine_tuning_starts_from_the_given_weights_file(tmp_path):
+    arrays = training.random_init(seed=5)
+    path = tmp_path / "start.msgpack"
+    save_weights(arrays, path)
+    start = training.initial_arrays(_tiny_config(init=str(path)))
+    for key in arrays:
+        np.testing.assert_array_equal(start[key], arrays[key])
+
+
 def test_train_saves_best_weights_that_reload_exactly(tiny_pairs, tmp_path):
     train_pairs, val_pairs = tiny_pairs
     training.train(_tiny_config(), tmp_path, train_pairs=train_pairs, val_pairs=val_pairs, log=open("/dev/null", "w"))

@@ -482,6 +482,21 @@ def load_eval_pairs(folder: str | Path) -> list[ImagePair]:
     return [make_pair(p.stem, load_rgb(p)) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() == ".png"]
 
 
+def _init_record(init: str) -> str | dict:
+    """The card's record of the initialisation: its name, or the starting weights' sha256 and their card."""
+    if init in ("bicubic", "random"):
+        return init
+    import hashlib
+
+    path = Path(init)
+    record = {"weights": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    card = path.with_suffix(".json")
+    if card.is_file():
+        previous = json.loads(card.read_text())
+        record["card"] = {k: previous[k] for k in ("steps_trained", "init", "schedule", "validation") if k in previous}
+    return record
+
+
 def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | None, mc_samples: int = 40) -> dict:
     """Write the run's best weights to ``out_path`` (msgpack) and the training card next to it (``.json``).
 
@@ -519,7 +534,7 @@ def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | Non
         "schedule": {"kind": "linear warmup + cosine decay", "peak_lr": config.learning_rate,
                      "warmup_steps": config.warmup_steps, "decay_steps": config.steps,
                      "final_lr": config.learning_rate * config.final_lr_fraction},
-        "init": config.init,
+        "init": _init_record(config.init),
         "seed": config.seed,
         "config": asdict(config),
         "validation": {k: v for k, v in best.items() if k != "step"},
