@@ -131,7 +131,7 @@ def worker(kind: str, size: int, repeats: int) -> dict:
         progress = list(engine.iter_mc_predict(lr, engine.prepare_params(arrays), n_samples=N_SAMPLES, out=out))
         first = time.perf_counter() - start
         return {"first": first, "warm": None, "rss_mb": peak_rss_mb(), "source": source,
-                "progress": f"{progress[-1][0]}/{progress[-1][1]} tiles, {len(progress)} updates",
+                "progress": f"{progress[-1][0]}/{progress[-1][1]} blocks, {len(progress)} updates",
                 "finite": bool(np.isfinite(out.std).all())}
     run(lr)
     first = time.perf_counter() - start
@@ -159,7 +159,7 @@ def profile(block: int, repeats: int = 16) -> None:
     lanes = {64: engine._lane_ids(coords, 64), 32: engine._lane_ids(coords, 32)}
 
     def masks(s):
-        return tuple(engine._keep_mask_planar(engine._layer_key(0, s, layer), coords, lanes[c], c)
+        return tuple(engine._keep_from_bits(engine._mask_bits(engine._layer_key(0, s, layer), coords, lanes[c]), c)
                      for layer, c in ((0, 64), (1, 32)))
 
     def matmuls(s, h1):

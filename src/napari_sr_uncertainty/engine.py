@@ -134,20 +134,22 @@ def _lane_ids(cols, channels: int):
     return lane * jnp.uint32(0x85EBCA77)
 
 
-def _keep_mask_planar(key, rows, lane_ids, channels: int):
-    """Channel-major keep mask (channels, len(rows), len(cols)) from a layer key and :func:`_lane_ids`.
+def _mask_bits(key, rows, lane_ids):
+    """One 32-bit hash per (hash group, row, column): shape (groups, len(rows), len(cols)), uint32.
 
-    One 32-bit hash per (row, column, group of 3 channels) gives three 10-bit uniforms (bits 0-9, 10-19,
-    20-29); an element is dropped when its uniform is below ``DROP_THRESHOLD_10``.
+    Each hash holds the 10-bit uniforms of three channels (bits 0-9, 10-19, 20-29), see
+    :func:`_keep_from_bits`.
     """
     import jax.numpy as jnp
 
-    import jax
-
     row_key = _mix32(key + jnp.asarray(rows, jnp.uint32) * jnp.uint32(0x9E3779B1))  # (R,)
-    # The barrier materialises the hashes: fused into its consumer, XLA would recompute each hash once per
-    # channel instead of once per 3 channels.
-    bits = jax.lax.optimization_barrier(_mix32(row_key[None, :, None] ^ lane_ids[:, None, :]))  # (groups, R, C)
+    return _mix32(row_key[None, :, None] ^ lane_ids[:, None, :])
+
+
+def _keep_from_bits(bits, channels: int):
+    """Channel-major keep mask (channels, R, C): an element is dropped when its uniform is below the threshold."""
+    import jax.numpy as jnp
+
     shifts = jnp.arange(0, 10 * _UNIFORMS_PER_HASH, 10, dtype=jnp.uint32)[:, None, None, None]
     keep = ((bits[None] >> shifts) & jnp.uint32(1023)) >= DROP_THRESHOLD_10  # (3, groups, R, C)
     return keep.reshape(-1, *bits.shape[1:])[:channels]
@@ -160,8 +162,8 @@ def keep_mask(seed, sample, layer, rows, cols, channels: int):
     only on (seed, sample, layer, row, col, channel). This is the engine's own generator (the engine uses
     the same bits in channel-major order).
     """
-    planar = _keep_mask_planar(_layer_key(seed, sample, layer), rows, _lane_ids(cols, channels), channels)
-    return planar.transpose(1, 2, 0)
+    bits = _mask_bits(_layer_key(seed, sample, layer), rows, _lane_ids(cols, channels))
+    return _keep_from_bits(bits, channels).transpose(1, 2, 0)
 
 
 def _first_layer(p, lr_block):
@@ -237,25 +239,30 @@ def _compiled_block_fns(chunk: int):
         rows, cols, valid = _block_geometry(h1.shape[-1], origin, hr_shape)
         lanes = (_lane_ids(cols, 64), _lane_ids(cols, 32))
 
-        def one_sample(s):
-            masks = tuple(
-                _keep_mask_planar(_layer_key(seed, s, layer), rows, lanes[layer], channels)
-                for layer, channels in ((0, 64), (1, 32))
-            )
-            return _last_layers(p, h1, valid, masks)
+        def sample_bits(s):
+            return tuple(_mask_bits(_layer_key(seed, s, layer), rows, lanes[layer]) for layer in (0, 1))
 
-        shift = one_sample(jnp.int32(0))  # sample 0: the "single" prediction and the shift for stable moments
+        def one_sample(bits):
+            return _last_layers(p, h1, valid, (_keep_from_bits(bits[0], 64), _keep_from_bits(bits[1], 32)))
+
+        def chunk_bits(c):
+            return tuple(sample_bits(1 + c * chunk + k) for k in range(chunk))
+
+        shift = one_sample(sample_bits(jnp.int32(0)))  # sample 0: the "single" prediction and the moments' shift
         zero = jnp.zeros_like(shift)
 
-        def accumulate(c, sums):
+        # The hashes of the next chunk's masks are loop-carried, which forces XLA to store them: fused into
+        # their consumers, each hash would be recomputed for every one of its three channels.
+        def accumulate(c, state):
+            sums, bits = state
             for k in range(chunk):
                 s = 1 + c * chunk + k
-                d = (one_sample(s) - shift) * (s < n_samples).astype(shift.dtype)
+                d = (one_sample(bits[k]) - shift) * (s < n_samples).astype(shift.dtype)
                 sums = (sums[0] + d, sums[1] + d * d)
-            return sums
+            return sums, chunk_bits(c + 1)
 
         n_chunks = (n_samples - 1 + chunk - 1) // chunk
-        sums = jax.lax.fori_loop(0, n_chunks, accumulate, (zero, zero))
+        sums, _ = jax.lax.fori_loop(0, n_chunks, accumulate, ((zero, zero), chunk_bits(0)))
         n = n_samples.astype(shift.dtype)
         mean_d = sums[0] / n
         var = jnp.maximum(sums[1] / n - mean_d * mean_d, 0.0)
