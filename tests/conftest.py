@@ -8,28 +8,54 @@ import numpy as np
 import pytest
 
 
+def _random_esrcnn_arrays(seed: int = 1) -> dict[str, np.ndarray]:
+    """Random ESRCNN weights: fan-in scaled kernels and non-zero biases, so every layer matters in a test."""
+    from napari_sr_uncertainty.model import PARAM_SHAPES
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, (kernel_shape, bias_shape) in PARAM_SHAPES.items():
+        fan_in = int(np.prod(kernel_shape[:-1]))
+        arrays[f"{name}/kernel"] = rng.normal(0, 1.5 / np.sqrt(fan_in), kernel_shape).astype(np.float32)
+        arrays[f"{name}/bias"] = rng.normal(0, 0.05, bias_shape).astype(np.float32)
+    return arrays
+
+
 @pytest.fixture(scope="session")
-def weights_path(tmp_path_factory) -> Path:
+def random_arrays() -> dict[str, np.ndarray]:
+    """Random ESRCNN weights as flat arrays (see ``_random_esrcnn_arrays``)."""
+    return _random_esrcnn_arrays()
+
+
+@pytest.fixture(scope="session")
+def random_weights(random_arrays):
+    """The same random weights as a :class:`~napari_sr_uncertainty.weights.Weights`."""
+    from napari_sr_uncertainty.weights import Weights
+
+    return Weights(arrays=random_arrays, source="random", sha256="0" * 64)
+
+
+@pytest.fixture(scope="session")
+def random_weights_path(random_arrays, tmp_path_factory) -> Path:
+    """The same random weights saved in our msgpack format."""
+    from napari_sr_uncertainty.weights import save_weights
+
+    path = tmp_path_factory.mktemp("weights") / "random_esrcnn_x2.msgpack"
+    save_weights(random_arrays, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def weights_path(random_weights_path) -> Path:
     """The bundled weights when they exist, else a file of small random weights in our format.
 
     Random weights exercise every code path (shapes, dropout, uncertainty) but not image quality;
     tests that need a trained network should use ``bundled_weights_path`` instead.
     """
-    from napari_sr_uncertainty.model import PARAM_SHAPES
-    from napari_sr_uncertainty.weights import BUNDLED_NAME, bundled_weights_dir, save_weights
+    from napari_sr_uncertainty.weights import BUNDLED_NAME, bundled_weights_dir
 
     bundled = bundled_weights_dir() / f"{BUNDLED_NAME}.msgpack"
-    if bundled.is_file():
-        return bundled
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for name, (kernel_shape, bias_shape) in PARAM_SHAPES.items():
-        fan_in = int(np.prod(kernel_shape[:-1]))
-        arrays[f"{name}/kernel"] = rng.normal(0, 1 / np.sqrt(fan_in), kernel_shape).astype(np.float32)
-        arrays[f"{name}/bias"] = np.full(bias_shape, 0.05, np.float32)
-    path = tmp_path_factory.mktemp("weights") / "random_esrcnn_x2.msgpack"
-    save_weights(arrays, path)
-    return path
+    return bundled if bundled.is_file() else random_weights_path
 
 
 @pytest.fixture(scope="session")

@@ -26,15 +26,8 @@ needs_reference = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def arrays():
-    """Random ESRCNN weights (fan-in scaled, non-zero biases) so every layer matters."""
-    rng = np.random.default_rng(1)
-    out = {}
-    for name, (kshape, bshape) in model.PARAM_SHAPES.items():
-        fan_in = int(np.prod(kshape[:-1]))
-        out[f"{name}/kernel"] = rng.normal(0, 1.5 * fan_in**-0.5, kshape).astype(np.float32)
-        out[f"{name}/bias"] = rng.normal(0, 0.05, bshape).astype(np.float32)
-    return out
+def arrays(random_arrays):
+    return random_arrays
 
 
 @pytest.fixture(scope="module")
@@ -187,36 +180,33 @@ def test_keras_reference_mc_statistics():
         assert np.abs(result.mean - mc_mean).mean() < 0.01
 
 
-def _run_in_fresh_process(cache_dir: str) -> dict:
+def _run_in_fresh_process(cache_dir: str, weights_file: Path) -> dict:
     code = (
-        "import json, numpy as np, jax\n"
-        "from napari_sr_uncertainty import engine, _jax_setup\n"
-        "rng = np.random.default_rng(0)\n"
-        "arrays = {f'{n}/{k}': rng.normal(0, 0.1, s).astype(np.float32)\n"
-        "          for n, (ks, bs) in __import__('napari_sr_uncertainty.model').model.PARAM_SHAPES.items()\n"
-        "          for k, s in (('kernel', ks), ('bias', bs))}\n"
-        "r = engine.mc_predict(rng.random((8, 8, 3), dtype=np.float32), engine.prepare_params(arrays),\n"
-        "                      n_samples=3)\n"
+        "import json, sys, numpy as np, jax\n"
+        "from napari_sr_uncertainty import engine, weights\n"
+        "params = engine.prepare_params(weights.load_weights(sys.argv[1]).arrays)\n"
+        "lr = np.random.default_rng(0).random((8, 8, 3), dtype=np.float32)\n"
+        "r = engine.mc_predict(lr, params, n_samples=3)\n"
         "print(json.dumps({'cache': jax.config.jax_compilation_cache_dir, 'std': float(r.std.sum())}))\n"
     )
     env = dict(os.environ, NAPARI_SR_UNCERTAINTY_JAX_CACHE=cache_dir)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code, str(weights_file)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_compile_cache_used_and_corrupt_or_unwritable_cache_is_harmless(tmp_path):
+def test_compile_cache_used_and_corrupt_or_unwritable_cache_is_harmless(tmp_path, random_weights_path):
     cache = tmp_path / "cache"
-    first = _run_in_fresh_process(str(cache))
+    first = _run_in_fresh_process(str(cache), random_weights_path)
     assert first["cache"] == str(cache)
     entries = [p for p in cache.iterdir() if p.is_file()]
     assert entries, "the engine's programs were not written to the persistent cache"
     for entry in entries:
         entry.write_bytes(b"not an executable")
-    assert _run_in_fresh_process(str(cache))["std"] == first["std"]
+    assert _run_in_fresh_process(str(cache), random_weights_path)["std"] == first["std"]
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    unwritable = _run_in_fresh_process(str(blocker / "cache"))
+    unwritable = _run_in_fresh_process(str(blocker / "cache"), random_weights_path)
     assert unwritable["cache"] is None
     assert unwritable["std"] == first["std"]
 

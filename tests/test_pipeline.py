@@ -4,20 +4,8 @@ import numpy as np
 import pytest
 
 from napari_sr_uncertainty.imaging import InputError, to_model_input
-from napari_sr_uncertainty.model import ESRCNN, PARAM_SHAPES, to_flax_params
+from napari_sr_uncertainty.model import ESRCNN, to_flax_params
 from napari_sr_uncertainty.pipeline import SROptions, center_crop_box, super_resolve
-from napari_sr_uncertainty.weights import Weights
-
-
-@pytest.fixture(scope="module")
-def random_weights():
-    rng = np.random.default_rng(1)
-    arrays = {
-        f"{name}/{kind}": rng.normal(0, 0.1, shape).astype(np.float32)
-        for name, shapes in PARAM_SHAPES.items()
-        for kind, shape in zip(("kernel", "bias"), shapes)
-    }
-    return Weights(arrays=arrays, source="random", sha256="0" * 64)
 
 
 def flax_forward(weights, rgb01):

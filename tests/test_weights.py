@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty.model import PARAM_SHAPES
 from napari_sr_uncertainty.weights import (
     WeightsError,
     bundled_weights_dir,
@@ -20,17 +19,8 @@ KERAS_H5 = SHARED / "modelesrcnn8.h5"
 needs_shared = pytest.mark.skipif(not KERAS_H5.is_file(), reason=f"reference data not found at {SHARED}")
 
 
-def random_arrays(seed=0):
-    rng = np.random.default_rng(seed)
-    return {
-        f"{name}/{kind}": rng.normal(0, 0.05, shape).astype(np.float32)
-        for name, shapes in PARAM_SHAPES.items()
-        for kind, shape in zip(("kernel", "bias"), shapes)
-    }
-
-
-def test_roundtrip_is_bit_exact_and_sha_is_of_the_file(tmp_path):
-    arrays = random_arrays()
+def test_roundtrip_is_bit_exact_and_sha_is_of_the_file(tmp_path, random_arrays):
+    arrays = random_arrays
     path = tmp_path / "w.msgpack"
     sha = save_weights(arrays, path)
     loaded = load_weights(path)
