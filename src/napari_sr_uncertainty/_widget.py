@@ -34,9 +34,12 @@ UNCERTAINTY_COLORMAPS = ("magma", "inferno", "viridis", "plasma", "cividis", "gr
 
 @dataclass
 class RunJob:
-    """Everything a run needs, captured when Run is pressed so later layer edits cannot affect it."""
+    """Everything a run needs, captured when Run is pressed so later layer edits cannot affect it.
 
-    images: list[np.ndarray]
+    ``images`` are copies of numpy data, or lazy dask planes (a dask graph does not change when the layer does).
+    """
+
+    images: list[Any]
     slices_shape: tuple[int, ...]
     geometry: InputGeometry
     options: dict[str, Any]
@@ -192,6 +195,10 @@ class SuperResolveWidget(Container):
             layer.events.name.connect(self._refresh_layer_choices)
         self._refresh_layer_choices()
         self._follow_active_layer()
+        # Closing the viewer deletes this widget; taking it out of its dock unparents it. Either way a run
+        # can no longer be seen or cancelled, and its layers would go to a closed viewer: stop and drop it.
+        self.native.destroyed.connect(lambda *_: self._drop_run(controls_alive=False))
+        self.native_parent_changed.connect(lambda parent: parent is None and self._drop_run(controls_alive=True))
 
     # layer picker
 
@@ -231,15 +238,22 @@ class SuperResolveWidget(Container):
             raise InputError(f"layer '{layer.name}' is {layer.ndim}D; a 2D image (or a stack of them) is needed")
         data = layer.data[0] if layer.multiscale else layer.data
         n_lead = layer.ndim - 2
+        if isinstance(data, np.ndarray):
+            take = np.array  # a copy: later in-place edits of the layer cannot reach the run
+        else:
+            import dask.array as da  # a napari dependency
+
+            # lazy data (dask, or any other non-numpy array) stays lazy: the worker reads only the planes it
+            # processes, in row blocks, and the GUI thread reads nothing
+            data, take = da.asarray(data), lambda plane: plane
         if self.all_slices.value:
             slices_shape = tuple(data.shape[:n_lead])
-            stack = np.asarray(data).reshape(-1, *data.shape[n_lead:])
-            images = [np.array(plane) for plane in stack]
+            images = [take(data[index]) for index in np.ndindex(*slices_shape)]
             origin = (0,) * n_lead
         else:
             origin = current_slice_index(layer, self._viewer.dims.point)
             slices_shape = (1,) * n_lead
-            images = [np.array(data[origin])]
+            images = [take(data[origin])]
         return RunJob(
             images=images,
             slices_shape=slices_shape,
@@ -268,11 +282,16 @@ class SuperResolveWidget(Container):
         self.status.value = f"running on '{job.geometry.name}'..."
         self._progress = progress(total=0, desc=f"Super-resolving {job.geometry.name}")
         worker = thread_worker(run_job, start_thread=False, ignore_errors=True)(job)
-        worker.yielded.connect(lambda step: self._on_progress(step, len(job.images)))
-        worker.returned.connect(lambda returned: self._on_results(*returned, job))
-        worker.errored.connect(lambda exc: self._on_error(exc, job))
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
+
+        def while_current(handler):
+            # a dropped run's signals still arrive, maybe after our controls were deleted: ignore them
+            return lambda *args: handler(*args) if self.worker is worker else None
+
+        worker.yielded.connect(while_current(lambda step: self._on_progress(step, len(job.images))))
+        worker.returned.connect(while_current(lambda returned: self._on_results(*returned, job)))
+        worker.errored.connect(while_current(lambda exc: self._on_error(exc, job)))
+        worker.aborted.connect(while_current(self._on_aborted))
+        worker.finished.connect(while_current(self._on_finished))
         self.worker = worker
         worker.start()
 
@@ -281,6 +300,20 @@ class SuperResolveWidget(Container):
         if self.worker is not None:
             self.status.value = "cancelling..."
             self.worker.quit()
+
+    def _drop_run(self, controls_alive: bool) -> None:
+        """Stop the run and add nothing from it to the viewer; the controls are reset only if they still exist."""
+        worker, self.worker = self.worker, None
+        dropped = worker is not None or bool(self._pending_layers)
+        self._pending_layers = []
+        if worker is not None:
+            worker.quit()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        if controls_alive and dropped:
+            self.status.value = "stopped: the widget was closed"
+            self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.enabled = not running
@@ -310,6 +343,8 @@ class SuperResolveWidget(Container):
 
     def _add_next_layer(self) -> None:
         """Add the outputs one per event-loop turn: each costs ~0.1 s of texture upload for a 1024^2 image."""
+        if not self._pending_layers:  # the run was dropped between two turns
+            return
         data, kwargs, layer_type = self._pending_layers.pop(0)
         layer = self._viewer.add_layer(Layer.create(data, kwargs, layer_type))
         if kwargs["name"].endswith("SR uncertainty") and hasattr(layer, "colorbar"):
