@@ -97,6 +97,24 @@ def test_corrupt_weights_file_is_reported(qtbot, viewer_and_widget, errors, tmp_
     assert outputs_of(viewer) == [] and widget.run_button.enabled
 
 
+def test_runtime_error_in_the_computation_is_reported_and_the_widget_recovers(
+    qtbot, viewer_and_widget, errors, monkeypatch
+):
+    """XLA reports e.g. out-of-memory as a RuntimeError, which superqt would otherwise swallow silently."""
+    import napari_sr_uncertainty.pipeline as pipeline
+
+    def failing(*args, **kwargs):
+        yield pipeline.Progress(0, 1, "starting")
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while trying to allocate")
+
+    monkeypatch.setattr(pipeline, "iter_super_resolve", failing)
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="img")
+    run_and_wait(qtbot, widget)
+    assert len(errors) == 1 and "RESOURCE_EXHAUSTED" in errors[0], errors
+    assert outputs_of(viewer) == [] and widget.run_button.enabled
+
+
 def test_cancel_leaves_no_layers(qtbot, viewer_and_widget, errors):
     viewer, widget = viewer_and_widget
     viewer.add_image(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8), name="big")

@@ -55,6 +55,10 @@ def current_slice_index(layer: Layer, world_point: Any) -> tuple[int, ...]:
     return tuple(int(np.clip(np.round(data_point[i]), 0, shape[i] - 1)) for i in range(n_lead))
 
 
+class RunFailed(Exception):
+    """A runtime error of the computation, re-raised under a type that superqt reports (see :func:`run_job`)."""
+
+
 def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult], list[LayerDataTuple]]]:
     """Super-resolve every image of ``job``; yields ``(image index, Progress)``.
 
@@ -66,16 +70,22 @@ def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult
     weights = load_weights(job.weights_path)
     options = SROptions(**job.options)
     results = []
-    for index, image in enumerate(job.images):
-        steps = iter_super_resolve(image, weights, options)
-        while True:
-            try:
-                step = next(steps)
-            except StopIteration as stop:
-                results.append(stop.value)
-                break
-            yield index, step
-    return results, build_layer_data(results, job.geometry, job.slices_shape, job.colormap)
+    try:
+        for index, image in enumerate(job.images):
+            steps = iter_super_resolve(image, weights, options)
+            while True:
+                try:
+                    step = next(steps)
+                except StopIteration as stop:
+                    results.append(stop.value)
+                    break
+                yield index, step
+        return results, build_layer_data(results, job.geometry, job.slices_shape, job.colormap)
+    except RuntimeError as exc:
+        # superqt takes a RuntimeError from a generator worker for a deleted worker and then emits neither
+        # errored nor finished, which would leave the widget running forever; XLA's errors (out of memory,
+        # for one) are RuntimeErrors.
+        raise RunFailed(f"{type(exc).__name__}: {exc}") from exc
 
 
 def error_message(exc: BaseException, input_name: str) -> str:
