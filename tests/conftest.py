@@ -67,3 +67,31 @@ def bundled_weights_path() -> Path:
     if not path.is_file():
         pytest.skip("bundled weights not present")
     return path
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages the widget shows with napari's ``show_error``, collected instead of shown."""
+    import napari_sr_uncertainty._widget as widget_module
+
+    shown: list[str] = []
+    monkeypatch.setattr(widget_module, "show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def make_widget(make_napari_viewer, weights_path):
+    """Factory: a viewer with the dock widget docked, set up for quick runs (``samples`` dropout samples)."""
+    from napari_sr_uncertainty._widget import SuperResolveWidget
+
+    def make(samples=4):
+        viewer = make_napari_viewer()
+        widget = SuperResolveWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+        widget.weights.value = weights_path
+        widget.samples.value = samples
+        widget.patch_size.value = 8
+        widget.n_patches.value = 2
+        return viewer, widget
+
+    return make

@@ -9,31 +9,15 @@ import numpy as np
 import pytest
 import tifffile
 
-import napari_sr_uncertainty._widget as widget_module
 from napari_sr_uncertainty._layers import PLUGIN_KEY, output_names
-from napari_sr_uncertainty._widget import SuperResolveWidget
 
 pytestmark = pytest.mark.gui
 RUN_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
-def errors(monkeypatch):
-    shown: list[str] = []
-    monkeypatch.setattr(widget_module, "show_error", shown.append)
-    return shown
-
-
-@pytest.fixture
-def viewer_and_widget(make_napari_viewer, weights_path):
-    viewer = make_napari_viewer()
-    widget = SuperResolveWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.weights.value = weights_path
-    widget.samples.value = 4
-    widget.patch_size.value = 8
-    widget.n_patches.value = 2
-    return viewer, widget
+def viewer_and_widget(make_widget):
+    return make_widget()
 
 
 def run_and_wait(qtbot, widget):

@@ -10,36 +10,12 @@ import napari
 import numpy as np
 import pytest
 
-import napari_sr_uncertainty._widget as widget_module
 from napari_sr_uncertainty._layers import OUTPUTS, POINT_OUTPUTS
-from napari_sr_uncertainty._widget import SuperResolveWidget
 
 pytestmark = pytest.mark.gui
 RUN_TIMEOUT_MS = 120_000
 # after the viewer goes, the worker stops at the next block boundary (~0.1-0.3 s per 64x64 block, 40 samples)
 QUIT_TIMEOUT_MS = 10_000
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    shown: list[str] = []
-    monkeypatch.setattr(widget_module, "show_error", shown.append)
-    return shown
-
-
-@pytest.fixture
-def make_widget(make_napari_viewer, weights_path):
-    def make(samples=4):
-        viewer = make_napari_viewer()
-        widget = SuperResolveWidget(viewer)
-        viewer.window.add_dock_widget(widget)
-        widget.weights.value = weights_path
-        widget.samples.value = samples
-        widget.patch_size.value = 8
-        widget.n_patches.value = 2
-        return viewer, widget
-
-    return make
 
 
 def run_and_wait(qtbot, widget):
