@@ -7,6 +7,8 @@ so a GUI can run it in a worker thread (napari's ``thread_worker``) and cancel i
 Stacks and channels: :func:`iter_super_resolve_stack` runs every 2D (or RGB) plane of a 3D/4D stack,
 scaled with one range shared by the whole stack; :func:`iter_super_resolve_channels` runs each channel
 of an ``(H, W, C)`` array as a grayscale image, each with its own range (channels are different signals).
+Both check, before the first plane, that the outputs of all the planes they keep fit; with ``on_plane``
+each finished plane is handed over instead of kept (the CLI writes it to disk and drops it).
 
 Memory: the outputs are written block by block into preallocated arrays, in RAM or, with
 ``SROptions.scratch_dir``, in disk-backed ``.npy`` memmaps; :func:`estimate_memory` predicts the RAM a run
@@ -147,12 +149,13 @@ def output_bytes(lr_shape: tuple[int, ...], grayscale: bool) -> int:
     return hr_pixels * 4 * (3 if grayscale else 3 * 3 + 1)
 
 
-def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None) -> int:
+def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None, *, n_planes: int = 1) -> int:
     """RAM (bytes) a run on an image of ``lr_shape`` needs, beyond the input array itself.
 
     The LR-sized buffers (40 bytes per LR pixel), the HR outputs when they are kept in RAM
-    (48 bytes per LR pixel grayscale, 160 colour; none with ``options.scratch_dir``) and the engine's
-    per-block working memory. Writing a report adds its 8-bit views (up to 12 bytes per LR pixel).
+    (48 bytes per LR pixel grayscale, 160 colour, times ``n_planes``, the planes of a stack whose results
+    are all kept; none with ``options.scratch_dir``) and the engine's per-block working memory. Writing a
+    report adds its 8-bit views (up to 12 bytes per LR pixel).
     """
     from . import engine
 
@@ -160,12 +163,25 @@ def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None)
     h, w, channels = image_layout(tuple(lr_shape))
     total = _LR_BYTES_PER_PIXEL * h * w
     if options.scratch_dir is None:
-        total += output_bytes((h, w), channels == 1)
+        total += n_planes * output_bytes((h, w), channels == 1)
     return total + _engine_working_bytes(options.chunk or engine.DEFAULT_CHUNK)
 
 
-def check_resources(lr_shape: tuple[int, ...], options: SROptions) -> None:
-    """Refuse, before computing, a run whose RAM (or scratch disk) need exceeds what is available."""
+def check_resources(
+    lr_shape: tuple[int, ...], options: SROptions, *, n_planes: int = 1, extra_disk: int = 0
+) -> None:
+    """Refuse, before computing, a run whose RAM (or scratch disk) need exceeds what is available.
+
+    Parameters
+    ----------
+    lr_shape : tuple of int
+        The processed LR region of one image (one plane of a stack).
+    options : SROptions
+    n_planes : int
+        Planes whose outputs are kept at the same time (RAM, or scratch disk with ``options.scratch_dir``).
+    extra_disk : int
+        Further bytes the caller will write on the scratch folder's file system (e.g. a report).
+    """
     import shutil
 
     try:
@@ -174,20 +190,21 @@ def check_resources(lr_shape: tuple[int, ...], options: SROptions) -> None:
         psutil = None
 
     h, w, channels = image_layout(tuple(lr_shape))
-    need = estimate_memory(lr_shape, options)
+    need = estimate_memory(lr_shape, options, n_planes=n_planes)
     available = psutil.virtual_memory().available if psutil else need
+    what = f"{n_planes} planes of {h}x{w}" if n_planes > 1 else f"a {h}x{w} image"
     if need > available:
         hint = "" if options.scratch_dir else "; use disk-backed outputs (the CLI does; SROptions.scratch_dir)"
         raise InputError(
-            f"a {h}x{w} image needs about {need / 2**30:.1f} GiB of memory but {available / 2**30:.1f} GiB "
-            f"is available; process a smaller region or a centre crop{hint}"
+            f"{what} need{'' if n_planes > 1 else 's'} about {need / 2**30:.1f} GiB of memory but "
+            f"{available / 2**30:.1f} GiB is available; process a smaller region or a centre crop{hint}"
         )
     if options.scratch_dir is not None:
-        disk = output_bytes((h, w), channels == 1)
+        disk = n_planes * output_bytes((h, w), channels == 1) + extra_disk
         free = shutil.disk_usage(options.scratch_dir).free
         if disk > free:
             raise InputError(
-                f"the outputs of a {h}x{w} image need {disk / 2**30:.1f} GiB in {options.scratch_dir} "
+                f"the outputs of {what} need {disk / 2**30:.1f} GiB in {options.scratch_dir} "
                 f"but {free / 2**30:.1f} GiB is free"
             )
 
@@ -244,6 +261,18 @@ def center_crop_box(shape: tuple[int, int], multiple: int) -> tuple[int, int, in
     return r0, c0, r0 + h, c0 + w
 
 
+def region_box(shape: tuple[int, ...], options: SROptions) -> tuple[int, int, int, int]:
+    """``(r0, c0, r1, c1)`` of the LR region a run processes: the whole image, or its centre crop."""
+    h, w, _ = image_layout(tuple(shape))
+    return center_crop_box((h, w), options.patch_size) if options.center_crop else (0, 0, h, w)
+
+
+def region_shape(shape: tuple[int, ...], options: SROptions) -> tuple[int, ...]:
+    """Shape of the LR region a run on an image of ``shape`` processes (see :func:`region_box`)."""
+    r0, c0, r1, c1 = region_box(shape, options)
+    return (r1 - r0, c1 - c0, *shape[2:])
+
+
 def iter_super_resolve(
     image: np.ndarray,
     weights: Weights | None = None,
@@ -280,11 +309,8 @@ def iter_super_resolve(
     options.validate()
     t_start = time.perf_counter()
     shape = tuple(np.shape(image))
-    h, w, channels = image_layout(shape)
-    if options.center_crop:
-        r0, c0, r1, c1 = center_crop_box((h, w), options.patch_size)
-    else:
-        r0, c0, r1, c1 = 0, 0, h, w
+    channels = image_layout(shape)[2]
+    r0, c0, r1, c1 = region_box(shape, options)
     check_resources((r1 - r0, c1 - c0, channels), options)
     rgb, normalization = to_model_input(image, value_range)
     weights = weights or load_weights()
@@ -340,10 +366,13 @@ class StackResult:
     """Per-plane results of a stack, in row-major order of the leading (plane) axes.
 
     ``plane_shape`` is the shape of the leading axes; :meth:`stacked` reassembles one output.
+    ``value_range`` is the ``(min, max)`` shared by every plane, None when each plane used its own.
+    ``results`` is empty when the planes were handed to an ``on_plane`` callback instead.
     """
 
     results: list[SRResult]
     plane_shape: tuple[int, ...]
+    value_range: tuple[float, float] | None = None
 
     def stacked(self, name: str) -> np.ndarray:
         """``name`` ("mean", "single", "std", "heatmap", "lr") of every plane as one array."""
@@ -359,6 +388,7 @@ def iter_super_resolve_stack(
     *,
     rgb: bool = False,
     shared_range: bool = True,
+    on_plane: Callable[[tuple[int, ...], SRResult], None] | None = None,
 ) -> Generator[Progress, None, StackResult]:
     """Super-resolve every plane of a 3D/4D stack, yielding overall progress; returns a :class:`StackResult`.
 
@@ -374,6 +404,15 @@ def iter_super_resolve_stack(
     shared_range : bool
         Scale every plane with the stack's overall min/max (one acquisition, one scale), rather than
         each plane with its own.
+    on_plane : callable, optional
+        Called as ``on_plane(index, result)`` with each finished plane (``index`` into the leading axes).
+        The results are then not kept, so a long stack needs the outputs of one plane at a time (the
+        CLI writes each plane to disk and drops it).
+
+    Raises
+    ------
+    InputError
+        Bad options or input, or not enough memory for the kept outputs; raised before any computation.
     """
     weights = weights or load_weights()
     options = options or SROptions()
@@ -385,7 +424,8 @@ def iter_super_resolve_stack(
     indices = list(np.ndindex(*lead))
     if not indices:
         raise InputError(f"the stack is empty (shape {shape})")
-    image_layout(shape[-n_plane_axes:])
+    options.validate()
+    check_resources(region_shape(shape[len(lead) :], options), options, n_planes=1 if on_plane else len(indices))
     value_range = None
     if shared_range:
         ranges = [scan_values(np.asarray(stack[idx])[..., :3] if rgb else stack[idx]) for idx in indices]
@@ -402,24 +442,54 @@ def iter_super_resolve_stack(
                     f"plane {k + 1}/{len(indices)}, {step.message}",
                 )
         except StopIteration as stop:
-            results.append(stop.value)
+            result = stop.value
         finally:
             steps.close()
-    return StackResult(results=results, plane_shape=lead)
+        if on_plane is None:
+            results.append(result)
+        else:
+            on_plane(idx, result)
+        del result  # handed over: with on_plane, the caller decides how long a plane's outputs live
+    return StackResult(results=results, plane_shape=lead, value_range=value_range)
 
 
 def iter_super_resolve_channels(
-    image, weights: Weights | None = None, options: SROptions | None = None, *, channel_axis: int = -1
+    image,
+    weights: Weights | None = None,
+    options: SROptions | None = None,
+    *,
+    channel_axis: int = -1,
+    on_plane: Callable[[tuple[int, ...], SRResult], None] | None = None,
 ) -> Generator[Progress, None, StackResult]:
     """Super-resolve each channel of a multi-channel image as a grayscale image, each with its own range.
 
     For ``(H, W, C)`` data that is not RGB(A): 2 channels, 5 or more, or 4 that are not RGBA. The
-    result's planes are the channels, in order (``StackResult.stacked("mean")`` is ``(C, 2H, 2W)``).
+    result's planes are the channels, in order (``StackResult.stacked("mean")`` is ``(C, 2H, 2W)``);
+    ``on_plane`` is as for :func:`iter_super_resolve_stack`, with index ``(c,)``.
     """
     if np.ndim(image) != 3:
         raise InputError(f"expected a multi-channel image (H, W, C), got shape {np.shape(image)}")
     planes = np.moveaxis(image, channel_axis, 0)  # a view (numpy) or lazy (dask): nothing is copied
-    return (yield from iter_super_resolve_stack(planes, weights, options, rgb=False, shared_range=False))
+    return (
+        yield from iter_super_resolve_stack(planes, weights, options, rgb=False, shared_range=False, on_plane=on_plane)
+    )
+
+
+def run_to_end(gen: Generator[Progress, None, object], progress: Callable[[Progress], None] | None = None):
+    """Run one of the ``iter_*`` generators to completion, passing each :class:`Progress` to ``progress``.
+
+    Returns the generator's result; the generator is closed if ``progress`` raises (e.g. Ctrl-C).
+    """
+    try:
+        while True:
+            try:
+                step = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if progress is not None:
+                progress(step)
+    finally:
+        gen.close()
 
 
 def super_resolve(
@@ -427,13 +497,8 @@ def super_resolve(
     weights: Weights | None = None,
     options: SROptions | None = None,
     progress: Callable[[Progress], None] | None = None,
+    *,
+    value_range: tuple[float, float] | None = None,
 ) -> SRResult:
     """Run :func:`iter_super_resolve` to completion, passing each :class:`Progress` to ``progress``."""
-    gen = iter_super_resolve(image, weights, options)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step)
+    return run_to_end(iter_super_resolve(image, weights, options, value_range=value_range), progress)
