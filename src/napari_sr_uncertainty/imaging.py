@@ -15,6 +15,12 @@ Rules (documented in the README's "Limits and behaviour"):
 * NaN and inf are rejected with a message (they are not masked): the network has no notion of missing
   data, and any fill value would be a silent guess. Replace them first, e.g. ``numpy.nan_to_num``.
 * complex, string and object arrays are rejected with a message.
+
+Whole arrays (:func:`array_layout`, what the CLI accepts): one image as above; ``(H, W, C)`` with C not
+1/3/4 and smaller than H and W is a multi-channel image (each channel processed as grayscale); other 3D
+arrays are ``(Z, H, W)`` stacks; 4D arrays are ``(T, Z, H, W)`` or, with a last axis of 1/3/4,
+``(Z, H, W, 3|4)`` stacks of colour planes; 5D arrays ``(T, Z, H, W, 3|4)``. Stacks of multi-channel
+images are refused (split their channels first).
 """
 
 from __future__ import annotations
@@ -103,6 +109,80 @@ def image_layout(shape: tuple[int, ...]) -> tuple[int, int, int]:
     if shape[0] < 1 or shape[1] < 1:
         raise InputError(f"the image is empty (shape {tuple(shape)})")
     return int(shape[0]), int(shape[1]), channels
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """How a whole array is processed: as one image, a stack of planes, or channel by channel.
+
+    ``axes`` names the array's axes with tifffile's letters: T and Z (plane axes of a stack), C
+    (channels processed one by one), Y, X, and S (colour samples, RGB(A)).
+    """
+
+    kind: str  # "image", "stack" or "channels"
+    axes: str
+    shape: tuple[int, ...]
+
+    @property
+    def rgb(self) -> bool:
+        """Whether the planes have a last colour axis (``(H, W, 1|3|4)``)."""
+        return self.axes.endswith("S")
+
+    @property
+    def plane_axes(self) -> str:
+        """The axes that index the planes: ``""`` (one image), ``"Z"``, ``"TZ"`` or ``"C"``."""
+        return "C" if self.kind == "channels" else self.axes[: self.axes.index("Y")]
+
+    @property
+    def plane_shape(self) -> tuple[int, ...]:
+        """Shape of the plane axes, ``(C,)`` for channels."""
+        return (self.shape[-1],) if self.kind == "channels" else self.shape[: len(self.plane_axes)]
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one plane as it is processed: ``(H, W)`` or ``(H, W, 1|3|4)``."""
+        return self.shape[:2] if self.kind == "channels" else self.shape[len(self.plane_axes) :]
+
+
+def array_layout(shape: tuple[int, ...], channels_last: bool = False) -> ArrayLayout:
+    """Classify a whole array by its shape (rules in the module docstring).
+
+    Parameters
+    ----------
+    shape : tuple of int
+    channels_last : bool
+        The last axis is known to hold channels, not colour (a TIFF's C axis): ``(H, W, 3)`` is then
+        three grayscale channels.
+
+    Raises
+    ------
+    InputError
+        For empty arrays and layouts no pipeline function handles, saying what is accepted.
+    """
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    colour = ndim >= 3 and shape[-1] in SUPPORTED_CHANNELS and not channels_last
+    # A short last axis is read as channels (a 512x512x2 array is one 2-channel image, not 512 planes).
+    channels_last = channels_last or ndim >= 3 and shape[-1] < shape[-2] and shape[-1] < shape[-3]
+    if ndim == 2 or ndim == 3 and colour:
+        layout = ArrayLayout("image", "YXS"[:ndim], shape)
+    elif ndim == 3:
+        layout = ArrayLayout("channels" if channels_last else "stack", "YXC" if channels_last else "ZYX", shape)
+    elif ndim == 4 and colour:
+        layout = ArrayLayout("stack", "ZYXS", shape)
+    elif ndim == 4 and not channels_last:
+        layout = ArrayLayout("stack", "TZYX", shape)
+    elif ndim == 5 and colour:
+        layout = ArrayLayout("stack", "TZYXS", shape)
+    else:
+        what = f"a stack of {shape[-1]}-channel images" if ndim == 4 else f"a {ndim}D array"
+        raise InputError(
+            f"got shape {shape}: {what} is not supported; accepted are (H, W), (H, W, 1|3|4), (H, W, C) channels, "
+            "(Z, H, W), (T, Z, H, W), (Z, H, W, 3|4) and (T, Z, H, W, 3|4); split other data into such arrays"
+        )
+    if 0 in shape:
+        raise InputError(f"the image is empty (shape {shape})")
+    return layout
 
 
 def row_blocks(n_rows: int, row_bytes: int, budget: int = 64 << 20) -> list[slice]:
@@ -222,15 +302,24 @@ def to_output_layout(rgb: np.ndarray, normalization: Normalization) -> np.ndarra
     return rgb.mean(axis=-1) if normalization.grayscale else rgb
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path) -> tuple[np.ndarray, ArrayLayout]:
     """Read an image file into an array: PNG/JPEG/BMP/... with Pillow, TIFF with tifffile, ``.npy``.
 
-    Palette images become RGB(A); grayscale+alpha becomes grayscale (alpha dropped).
+    Palette images become RGB(A); grayscale+alpha becomes grayscale (alpha dropped). A multi-page TIFF
+    is read as one stack (its first series, all pages of one shape); a channel axis (C, e.g. ImageJ or
+    OME hyperstacks) or planar colour samples (S) are moved last, where :func:`array_layout` expects
+    them. ``.npy`` files are memory-mapped, so a large stack is read plane by plane.
+
+    Returns
+    -------
+    array : ndarray
+    layout : ArrayLayout
+        How the array is processed (:func:`array_layout`, told about a TIFF's channel axis).
 
     Raises
     ------
     InputError
-        If the path is missing, a folder, or not a readable image.
+        If the path is missing, a folder, not a readable image, or of a layout that is not supported.
     """
     from pathlib import Path
 
@@ -239,14 +328,18 @@ def read_image(path) -> np.ndarray:
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give an image file")
+    array, channels_last = _read_file(path)
+    return array, array_layout(array.shape, channels_last)
+
+
+def _read_file(path) -> tuple[np.ndarray, bool]:
+    """The file's array, and whether the file says its last axis holds channels."""
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
+            return _read_tiff(path)
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return np.load(path, mmap_mode="r", allow_pickle=False), False
         from PIL import Image
 
         with Image.open(path) as im:
@@ -257,8 +350,23 @@ def read_image(path) -> np.ndarray:
                 im = im.convert("L")
             elif im.mode not in ("L", "RGB", "RGBA", "I", "I;16", "I;16B", "F"):
                 im = im.convert("RGB")
-            return np.asarray(im)
+            return np.asarray(im), False
     except InputError:
         raise
     except Exception as exc:  # Pillow and tifffile raise many types for broken files
         raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _read_tiff(path) -> tuple[np.ndarray, bool]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data, axes = series.asarray(), series.axes
+    if "C" in axes and "S" in axes:
+        raise InputError(f"{path}: colour images with several channels (axes {axes}) are not supported; "
+                         "save each channel as its own file")
+    for axis in "CS":
+        if axis in axes:
+            data = np.moveaxis(data, axes.index(axis), -1)
+    return data, "C" in axes
