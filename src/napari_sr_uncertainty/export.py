@@ -12,6 +12,11 @@ Layout (file names as in the original ESRCNN project, plus data files)::
     mean.tif single.tif std.tif   float32, HR size, channels last, in the input's units
     summary.json              provenance, patch grid, scores, marked patches, timings
 
+A stack or a multi-channel image (:class:`StackReport`) keeps ``summary.json`` and the three TIFFs at the
+top, holding every plane (leading axes kept; channels first, ``(C, 2H, 2W)``), and puts each plane's
+PNG file set (the five images and ``details/``) in ``planes/z000/``, ``planes/t000_z000/`` or
+``channels/c000/``; ``summary.json`` lists the planes with their own patch grids and marks.
+
 8-bit views map model units [0, 1] to 0..255 with clipping (the original wrapped values above 1
 around and stretched each patch min..max; neither is done here). The folder is written to a temporary
 sibling and moved into place at the end, so a failed or interrupted run (``KeyboardInterrupt``
@@ -26,12 +31,18 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from .imaging import row_blocks
+from .architecture import SCALE
+from .imaging import ArrayLayout, image_layout, row_blocks
 from .pipeline import SRResult
+
+#: provenance keys that differ between the planes of a stack: kept per plane in a stack's summary
+_PLANE_KEYS = ("normalization", "timings_s")
 
 HEATMAP_COLORMAP = "cool"
 HEATMAP_RANGE = (0.0, 0.1)
@@ -93,15 +104,19 @@ def _save_colorbar(path: Path) -> None:
     fig.savefig(path)
 
 
-def _save_tiff(path: Path, array: np.ndarray, convert, metadata: dict) -> None:
-    """A float32 TIFF of ``convert(array)``, filled block by block through a memory map of the file."""
+def _open_tiff(path: Path, shape: tuple[int, ...], colour: bool, metadata: dict) -> np.ndarray:
+    """A new float32 TIFF of ``shape``, memory-mapped for filling; a page per 2D (or RGB) plane."""
     import tifffile
 
-    # Channels last, one page: "rgb" for colour data, explicit so tifffile's default change cannot alter files.
-    photometric = "rgb" if array.ndim == 3 else "minisblack"
-    mapped = tifffile.memmap(
-        path, shape=array.shape, dtype=np.float32, photometric=photometric, metadata={"summary": json.dumps(metadata)}
+    # Channels last: "rgb" for colour data, explicit so tifffile's default change cannot alter files.
+    return tifffile.memmap(
+        path, shape=shape, dtype=np.float32, photometric="rgb" if colour else "minisblack", metadata=metadata
     )
+
+
+def _save_tiff(path: Path, array: np.ndarray, convert, metadata: dict) -> None:
+    """A float32 TIFF of ``convert(array)``, filled block by block through a memory map of the file."""
+    mapped = _open_tiff(path, array.shape, array.ndim == 3, {"summary": json.dumps(metadata)})
     _blockwise(convert, array, mapped)
     mapped.flush()
     del mapped
@@ -143,6 +158,11 @@ def _is_writable(folder: Path) -> bool:
 
 def summary_dict(result: SRResult, input_name: str) -> dict:
     """Everything needed to reproduce and interpret a result, JSON-ready."""
+    return {**result.metadata, "input": input_name, **_plane_summary(result)}
+
+
+def _plane_summary(result: SRResult) -> dict:
+    """The part of the summary that is specific to one image (one plane of a stack)."""
     r0, c0 = result.crop_offset
 
     def patch_entry(mark) -> dict:
@@ -153,10 +173,7 @@ def summary_dict(result: SRResult, input_name: str) -> dict:
         entry["hr_box"] = list(mark.hr_box)
         return entry
 
-    meta = result.metadata
     return {
-        **meta,
-        "input": input_name,
         "processed_lr_shape": list(result.lr.shape[:2]),
         "output_shape": list(result.mean.shape),
         "region": "centre crop" if result.options.center_crop else "full image",
@@ -179,7 +196,8 @@ def summary_dict(result: SRResult, input_name: str) -> dict:
     }
 
 
-def _write_folder(result: SRResult, folder: Path, input_name: str) -> None:
+def _write_views(result: SRResult, folder: Path) -> None:
+    """The original project's per-image file set: five PNGs and the ``details/`` patches."""
     _save_uint8_view(folder / "cropped_LR_img.png", result.lr)
     _save_uint8_view(folder / "one_prediction.png", result.single)
     _save_uint8_view(folder / "mean_prediction.png", result.mean)
@@ -194,6 +212,10 @@ def _write_folder(result: SRResult, folder: Path, input_name: str) -> None:
             _save_png(sub / f"original_lr_patch_{i}.png", to_uint8_view(result.lr[y0:y1, x0:x1]))
             _save_png(sub / f"mean_pred_{i}.png", to_uint8_view(result.mean[Y0:Y1, X0:X1]))
             _save_png(sub / f"heatmap_{i}.png", heatmap_rgb(result.heatmap[Y0:Y1, X0:X1]))
+
+
+def _write_folder(result: SRResult, folder: Path, input_name: str) -> None:
+    _write_views(result, folder)
     norm = result.normalization
     meta = result.metadata
     _save_tiff(folder / "mean.tif", result.mean, norm.to_input_units, meta)
@@ -201,6 +223,88 @@ def _write_folder(result: SRResult, folder: Path, input_name: str) -> None:
     _save_tiff(folder / "std.tif", result.std, norm.std_to_input_units, meta)
     summary = summary_dict(result, input_name)
     (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+
+
+def report_bytes(lr_shape: tuple[int, ...], n_planes: int = 1) -> int:
+    """Upper bound of the disk space of a report on ``n_planes`` images whose processed LR region is ``lr_shape``.
+
+    Three float32 TIFFs plus the 8-bit PNG views counted uncompressed, twice (the ``details/`` patches
+    are at most the same pixels again).
+    """
+    h, w, channels = image_layout(tuple(lr_shape))
+    out_channels = 1 if channels == 1 else 3
+    hr = SCALE * SCALE * h * w
+    views = h * w * out_channels + 2 * hr * out_channels + 3 * hr  # LR, single and mean, RGB heatmap
+    return n_planes * (3 * 4 * hr * out_channels + 2 * views)
+
+
+class StackReport:
+    """The report of a stack or a multi-channel image, written into ``folder`` one plane at a time.
+
+    Pass :meth:`add` as ``on_plane`` to :func:`pipeline.iter_super_resolve_stack` (or ``_channels``), then
+    call :meth:`finish`. Each plane's PNG file set goes to its sub-folder and its outputs into the stack
+    TIFFs (memory maps of the files, created with the first plane), so a plane's arrays can be dropped
+    as soon as :meth:`add` returns. ``folder`` is meant to be a :func:`staged_folder`.
+    """
+
+    def __init__(self, folder: Path, layout: ArrayLayout):
+        self.folder, self.layout = Path(folder), layout
+        self.tiffs: dict[str, np.ndarray] = {}
+        self.planes: list[dict] = []
+        self.provenance: dict = {}
+        self.output_axes = ""
+
+    def plane_folder(self, index: tuple[int, ...]) -> str:
+        """Sub-folder of plane ``index``, relative to the report: ``planes/t000_z003`` or ``channels/c001``."""
+        name = "_".join(f"{axis.lower()}{i:03d}" for axis, i in zip(self.layout.plane_axes, index))
+        return f"{'channels' if self.layout.kind == 'channels' else 'planes'}/{name}"
+
+    def add(self, index: tuple[int, ...], result: SRResult) -> None:
+        """Write plane ``index`` (an index into ``layout.plane_shape``)."""
+        folder = self.plane_folder(index)
+        (self.folder / folder).mkdir(parents=True)
+        _write_views(result, self.folder / folder)
+        meta = result.metadata
+        if not self.tiffs:
+            self.provenance = {k: v for k, v in meta.items() if k not in _PLANE_KEYS}
+            self.provenance["input_shape"] = list(self.layout.shape)  # the whole stack, not one plane
+            self.output_axes = self.layout.plane_axes + "YX" + ("S" if result.mean.ndim == 3 else "")
+            shape = (*self.layout.plane_shape, *result.mean.shape)
+            tiff_meta = {"summary": json.dumps(self.provenance), "axes": self.output_axes}
+            for name in ("mean", "single", "std"):
+                self.tiffs[name] = _open_tiff(self.folder / f"{name}.tif", shape, result.mean.ndim == 3, tiff_meta)
+        norm = result.normalization
+        for name, convert in (
+            ("mean", norm.to_input_units),
+            ("single", norm.to_input_units),
+            ("std", norm.std_to_input_units),
+        ):
+            _blockwise(convert, getattr(result, name), self.tiffs[name][index])
+        plane_meta = {k: meta[k] for k in _PLANE_KEYS}
+        self.planes.append({"index": list(index), "folder": folder, **plane_meta, **_plane_summary(result)})
+
+    def finish(self, input_name: str, value_range: tuple[float, float] | None) -> None:
+        """Close the TIFFs and write ``summary.json``; ``value_range`` is the stack's shared range, if any."""
+        output_shape = list(next(iter(self.tiffs.values())).shape)
+        for mapped in self.tiffs.values():
+            mapped.flush()
+        self.tiffs.clear()  # the last references: closes the memory maps
+        if value_range is None:
+            scaling = {"scope": "channel", "note": "each channel scaled with its own range (planes[i].normalization)"}
+        else:
+            scaling = {"scope": "stack", "min": value_range[0], "max": value_range[1]}
+        summary = {
+            **self.provenance,
+            "input": input_name,
+            "layout": self.layout.kind,
+            "input_axes": self.layout.axes,
+            "output_axes": self.output_axes,
+            "output_shape": output_shape,
+            "value_range": scaling,
+            "timings_s": {"total": sum(plane["timings_s"]["total"] for plane in self.planes)},
+            "planes": self.planes,
+        }
+        (self.folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
 
 
 def write_report(result: SRResult, outdir: str | Path, *, input_name: str, overwrite: bool = True) -> Path:
@@ -211,6 +315,24 @@ def write_report(result: SRResult, outdir: str | Path, *, input_name: str, overw
     OutputError
         If the folder cannot be written or would overwrite unrelated files.
     """
+    with staged_folder(outdir, overwrite) as staging:
+        _write_folder(result, staging, input_name)
+    return Path(outdir).expanduser().resolve()
+
+
+@contextmanager
+def staged_folder(outdir: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """A temporary sibling of ``outdir`` to fill; it replaces ``outdir`` when the block ends without error.
+
+    On any error or ``KeyboardInterrupt`` in the block or in the swap, the sibling is removed and a
+    previous ``outdir`` is left (or put back) as it was.
+
+    Raises
+    ------
+    OutputError
+        If the folder cannot be written or would overwrite unrelated files (checked on entry), or an
+        ``OSError`` in the block or the swap.
+    """
     outdir = check_output_dir(outdir, overwrite)
     staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.partial-", dir=outdir.parent))
     umask = os.umask(0)
@@ -218,11 +340,13 @@ def write_report(result: SRResult, outdir: str | Path, *, input_name: str, overw
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the result should not be
     retired = None
     try:
-        _write_folder(result, staging, input_name)
+        yield staging
         if outdir.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=outdir.parent))
             outdir.replace(retired / "old")
         staging.replace(outdir)
+    except OutputError:
+        raise
     except OSError as exc:
         raise OutputError(f"writing {outdir} failed: {exc}") from exc
     finally:
@@ -232,4 +356,3 @@ def write_report(result: SRResult, outdir: str | Path, *, input_name: str, overw
         for leftover in (staging, retired):
             if leftover is not None and leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
-    return outdir
