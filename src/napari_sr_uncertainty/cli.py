@@ -3,24 +3,44 @@
     napari-sr-uncertainty [IMAGE] [-o OUTDIR] [--samples N] [--seed S] [--weights PATH]
                           [--center-crop] [--deterministic]
 
-Without IMAGE it runs on the bundled astronaut sample. Exit status: 0 on success, 2 for bad input,
-bad arguments or too little memory (one-line message on stderr), 130 when interrupted; nothing is left
-half-written. The HR outputs are computed into disk-backed arrays in a private scratch folder next to
-the output folder (removed at the end, also on errors), so RAM use does not grow with the output size.
+Without IMAGE it runs on the bundled astronaut sample. IMAGE may also be a stack (multi-page TIFF, or an
+array of shape (Z, H, W), (T, Z, H, W), (Z, H, W, 3|4), ...) or a multi-channel (H, W, C) image: every
+plane (channel) is processed and written to its own sub-folder, the TIFFs hold them all (see
+:func:`imaging.array_layout` and :class:`export.StackReport`). Exit status: 0 on success, 2 for bad input,
+bad arguments or too little memory or disk (one-line message on stderr), 130 when interrupted; nothing is
+left half-written. The HR outputs are computed into disk-backed arrays in a private scratch folder next
+to the output folder (removed at the end, also on errors; a stack's planes are deleted from it as soon as
+they are written), so RAM use does not grow with the output size or the number of planes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
-from .export import OutputError, check_output_dir, write_report
-from .imaging import InputError, read_image
-from .pipeline import DEFAULT_PATCH, DEFAULT_SAMPLES, Progress, SROptions, super_resolve
+from .export import OutputError, StackReport, check_output_dir, report_bytes, staged_folder, write_report
+from .imaging import ArrayLayout, InputError, array_layout, read_image
+from .pipeline import (
+    DEFAULT_PATCH,
+    DEFAULT_SAMPLES,
+    Progress,
+    SROptions,
+    SRResult,
+    check_resources,
+    iter_super_resolve,
+    iter_super_resolve_channels,
+    iter_super_resolve_stack,
+    region_shape,
+    run_to_end,
+)
 from .sample_data import DEFAULT_SAMPLE, load_sample, sample_image_paths
 from .weights import WeightsError, load_weights
 
@@ -38,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Upscale an image x2 with ESRCNN and map where the result can be trusted "
         "(Monte Carlo dropout).",
     )
-    parser.add_argument("image", nargs="?", help="input image (PNG, JPEG, TIFF, .npy); default: bundled sample")
+    parser.add_argument(
+        "image",
+        nargs="?",
+        help="input image, stack or multi-channel image (PNG, JPEG, TIFF, .npy); default: bundled sample",
+    )
     parser.add_argument("-o", "--output", default="output", help="output folder (default: ./output)")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="dropout samples (default: 40)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default: 0)")
@@ -55,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 class _ProgressPrinter:
     """Progress on stderr: an updating line on a terminal, a line every ~10 % otherwise."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr  # looked up now, not at import: stderr may have been redirected
+        self.tty = self.stream.isatty()
         self.last_decile = -1
         self.start = time.perf_counter()
 
@@ -78,10 +102,12 @@ class _ProgressPrinter:
 def run(args: argparse.Namespace) -> Path:
     outdir = check_output_dir(args.output)  # fail before spending minutes computing
     if args.image:
-        image, input_name = read_image(args.image), str(Path(args.image).expanduser().resolve())
+        (image, layout), input_name = read_image(args.image), str(Path(args.image).expanduser().resolve())
     else:
         image, input_name = load_sample(DEFAULT_SAMPLE), str(sample_image_paths()[DEFAULT_SAMPLE])
+        layout = array_layout(image.shape)
     weights = load_weights(args.weights)
+    progress = None if args.quiet else _ProgressPrinter()
     with tempfile.TemporaryDirectory(prefix=f".{outdir.name}.scratch-", dir=outdir.parent) as scratch:
         options = SROptions(
             n_samples=args.samples,
@@ -92,8 +118,41 @@ def run(args: argparse.Namespace) -> Path:
             deterministic=args.deterministic,
             scratch_dir=scratch,
         )
-        result = super_resolve(image, weights, options, progress=None if args.quiet else _ProgressPrinter())
-        return write_report(result, outdir, input_name=input_name)
+        options.validate()
+        # One plane's scratch arrays at a time, plus the whole report (all planes) on the same disk.
+        region = region_shape(layout.image_shape, options)
+        n_planes = int(np.prod(layout.plane_shape, dtype=np.int64))
+        check_resources(region, options, extra_disk=report_bytes(region, n_planes))
+        if layout.kind == "image":
+            result = run_to_end(iter_super_resolve(image, weights, options), progress)
+            return write_report(result, outdir, input_name=input_name)
+        return _run_planes(image, layout, weights, options, outdir, input_name, progress)
+
+
+def _run_planes(image, layout: ArrayLayout, weights, options: SROptions, outdir: Path, input_name: str, progress):
+    """A stack or multi-channel image: each plane is written to the staged report as soon as it is done."""
+    with staged_folder(outdir) as staging:
+        report = StackReport(staging, layout)
+
+        def on_plane(index: tuple[int, ...], result: SRResult) -> None:
+            report.add(index, result)
+            _drop_scratch(result)
+
+        if layout.kind == "channels":
+            steps = iter_super_resolve_channels(image, weights, options, on_plane=on_plane)
+        else:
+            steps = iter_super_resolve_stack(image, weights, options, rgb=layout.rgb, on_plane=on_plane)
+        stack = run_to_end(steps, progress)
+        report.finish(input_name, stack.value_range)
+    return outdir
+
+
+def _drop_scratch(result: SRResult) -> None:
+    """Delete a written plane's disk-backed arrays, so the scratch folder holds about one plane at a time."""
+    arrays = (result.mean, result.single, result.std, result.heatmap)
+    for path in {array.filename for array in arrays if isinstance(array, np.memmap)}:
+        with contextlib.suppress(OSError):  # Windows cannot delete a mapped file: the folder's removal will
+            os.remove(path)
 
 
 def main(argv: list[str] | None = None) -> int:
