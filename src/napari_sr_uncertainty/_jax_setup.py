@@ -1,7 +1,7 @@
 """JAX process setup done lazily by the engine before its first compile (never at package import).
 
 The persistent compilation cache makes a fresh process (a new napari session, each CLI run) load the
-engine's compiled tile programs from disk instead of recompiling them.
+engine's compiled block programs from disk instead of recompiling them.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def configure_compilation_cache(cache_dir: str | Path | None = None) -> Path | N
         return None
     prune_cache(path)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    # The engine's tile programs compile in well under JAX's default 1 s threshold; cache them all.
+    # The engine's block programs compile in well under JAX's default 1 s threshold; cache them all.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return path
