@@ -170,6 +170,7 @@ def profile(block: int, repeats: int = 16) -> None:
         return jnp.dot(params["w3_drop"], h2)[0, 0]
 
     def sample(s, h1, bits):
+        # "+ s" makes each iteration's masks depend on the loop counter, so XLA cannot hoist them out of the loop
         masks = (engine._keep_from_bits(bits[0] + s.astype(jnp.uint32), 64), engine._keep_from_bits(bits[1], 32))
         return engine._last_layers(params, h1, valid, masks).sum()
 
