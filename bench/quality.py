@@ -10,12 +10,14 @@ Usage::
 Rows: bicubic, the original Keras weights (``modelesrcnn8.h5``), ours deterministic (dropout off), ours MC
 mean of ``--samples`` dropout samples, and the published SRCNN / FSRCNN numbers (copied from PROTOCOL.md,
 not measured here). The uncertainty section (Set14, BSD100, ours) uses the heatmap = MC std averaged over
-RGB, errors of the MC mean in RGB [0, 1] with ``scale`` pixels shaved, as follows:
+RGB, errors of the MC mean in RGB [0, 1] with ``scale`` pixels shaved
+(:mod:`napari_sr_uncertainty.uncertainty_metrics`), as follows:
 
 * pixel Spearman: per image, Spearman rank correlation of heatmap and |error| (mean over RGB), averaged;
 * patch Spearman: per image, Spearman of patch scores (mean heatmap per 64x64 LR patch) and patch RMSE;
 * least/most RMSE ratio: mean RMSE of the 5 least-certain patches / of the 5 most-certain, images with
-  at least 10 patches;
+  at least 10 patches; the "ceiling" row ranks the patches by their true RMSE instead (what a perfect
+  uncertainty map would reach on the same images);
 * AUSE (Ilg et al. 2018): RMSE of the pixels left after removing the fraction f of most uncertain
   pixels, f = 0, 0.02, ..., 0.98, minus the same curve when removing by true error (oracle); area under
   the difference, per image, averaged. "random" is the same area for a random order (its expected curve
@@ -37,16 +39,12 @@ from PIL import Image
 from napari_sr_uncertainty import engine, metrics
 from napari_sr_uncertainty.weights import load_weights
 
-try:
-    from napari_sr_uncertainty.patches import score_patches
-except ImportError:  # patches.py is written by another part of the project
-    score_patches = None
+from napari_sr_uncertainty.uncertainty_metrics import image_uncertainty_stats
 
 SCALE = 2
 PATCH_LR = 64
 SETS = ("Set5", "Set14", "BSD100")
 UNCERTAINTY_SETS = ("Set14", "BSD100")
-SPARSIFICATION_FRACTIONS = np.arange(0.0, 1.0, 0.02)
 PUBLISHED = {  # PROTOCOL.md, x2, Y channel: PSNR dB / SSIM
     "SRCNN (published)": {"Set5": (36.66, 0.9542), "Set14": (32.45, 0.9067), "BSD100": (31.36, 0.8879)},
     "FSRCNN (published)": {"Set5": (37.05, 0.9560), "Set14": (32.66, 0.9090), "BSD100": (31.53, 0.8920)},
@@ -67,75 +65,10 @@ def load_set(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray, np.
     return items
 
 
-def rankdata(values: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1 of a 1-D array, ties given their average rank."""
-    values = np.asarray(values).ravel()
-    order = np.argsort(values, kind="stable")
-    sorted_values = values[order]
-    ranks = np.empty(values.size, np.float64)
-    boundaries = np.flatnonzero(np.diff(sorted_values)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [values.size]])
-    average = (starts + ends - 1) / 2.0
-    ranks[order] = np.repeat(average, ends - starts)
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two equal-size arrays (NaN if either is constant)."""
-    ra, rb = rankdata(a), rankdata(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = np.sqrt(np.dot(ra, ra) * np.dot(rb, rb))
-    return float(np.dot(ra, rb) / denom) if denom > 0 else float("nan")
-
-
-def block_scores(heatmap: np.ndarray, patch: int = PATCH_LR, scale: int = SCALE) -> np.ndarray:
-    """Mean of an HR map over each LR patch (partial edge patches scored over their inside)."""
-    if score_patches is not None:
-        return score_patches(heatmap, patch=patch, scale=scale)
-    side = patch * scale
-    rows, cols = -(-heatmap.shape[0] // side), -(-heatmap.shape[1] // side)
-    return np.array([[heatmap[r * side : (r + 1) * side, c * side : (c + 1) * side].mean() for c in range(cols)]
-                     for r in range(rows)])
-
-
-def sparsification_curve(sq_error: np.ndarray, order_key: np.ndarray) -> np.ndarray:
-    """RMSE of the pixels left after removing each fraction of pixels with the largest ``order_key``."""
-    order = np.argsort(-order_key, kind="stable")
-    sq_sorted = sq_error[order]
-    # kept pixels after removing the first k: suffix sums
-    suffix = np.cumsum(sq_sorted[::-1])[::-1]
-    n = sq_error.size
-    removed = (SPARSIFICATION_FRACTIONS * n).astype(int)
-    return np.sqrt(suffix[removed] / (n - removed))
-
-
 def uncertainty_stats(result: engine.MCResult, hr: np.ndarray, std_scale: float | None) -> dict:
-    """Per-image uncertainty metrics of an MC result against the HR ground truth."""
-    shave = np.s_[SCALE:-SCALE, SCALE:-SCALE]
+    """Per-image uncertainty metrics of an MC result against the uint8 HR ground truth."""
     truth = hr.astype(np.float32) / 255.0
-    error = result.mean - truth
-    heatmap = result.std.mean(axis=-1)
-    abs_error = np.abs(error).mean(axis=-1)
-    sq_error = (error * error).mean(axis=-1)
-    stats = {"pixel_spearman": spearman(heatmap[shave], abs_error[shave])}
-    patch_scores = block_scores(heatmap).ravel()
-    patch_rmse = np.sqrt(block_scores(sq_error)).ravel()
-    stats["patch_spearman"] = spearman(patch_scores, patch_rmse) if patch_scores.size > 2 else float("nan")
-    if patch_scores.size >= 10:
-        order = np.argsort(patch_scores, kind="stable")
-        stats["least_most_ratio"] = float(patch_rmse[order[-5:]].mean() / patch_rmse[order[:5]].mean())
-    sq, unc = sq_error[shave].ravel(), heatmap[shave].ravel()
-    model_curve = sparsification_curve(sq, unc)
-    oracle_curve = sparsification_curve(sq, sq)
-    step = SPARSIFICATION_FRACTIONS[1] - SPARSIFICATION_FRACTIONS[0]
-    stats["ause"] = float(np.sum(model_curve - oracle_curve) * step)
-    stats["ause_random"] = float(np.sum(np.sqrt(sq.mean()) - oracle_curve) * step)
-    stats["oracle_area"] = float(np.sum(oracle_curve) * step)
-    if std_scale is not None:
-        within = np.abs(error[shave]) <= 1.96 * std_scale * result.std[shave]
-        stats["covered"], stats["count"] = int(within.sum()), int(within.size)
-    return stats
+    return image_uncertainty_stats(result.mean, result.std, truth, patch=PATCH_LR, scale=SCALE, std_scale=std_scale)
 
 
 def run(shared: Path, weights_path: str | None, quick: int | None, n_samples: int, log=sys.stderr) -> str:
@@ -202,6 +135,7 @@ def format_report(rows: dict, uncertainty: dict, ours, n_samples: int, quick: in
         keys = [("pixel_spearman", "Spearman(heatmap, abs error) per pixel"),
                 ("patch_spearman", "Spearman(patch score, patch RMSE), 64 px LR patches"),
                 ("least_most_ratio", "RMSE 5 least certain / 5 most certain patches"),
+                ("oracle_least_most_ratio", "  same, patches ranked by true RMSE (ceiling)"),
                 ("ause", "AUSE (RMSE, [0,1] units; lower is better)"),
                 ("ause_random", "  same area for a random ordering"),
                 ("oracle_area", "  area under the oracle curve")]
@@ -219,8 +153,6 @@ def format_report(rows: dict, uncertainty: dict, ours, n_samples: int, quick: in
             count = sum(s["count"] for s in uncertainty["BSD100"])
             lines += ["", f"BSD100 coverage of ±1.96·s·std (s = {ours.calibration_scale:.3f} from the training card): "
                       f"{100.0 * covered / count:.2f}% of pixel-channel errors (target 95%)"]
-    if score_patches is None:
-        lines.append("(patch scores computed locally: napari_sr_uncertainty.patches not importable)")
     return "\n".join(lines)
 
 

@@ -1,0 +1,117 @@
+"""How well an uncertainty map points at the errors: rank correlations, patch ranking and sparsification.
+
+Used by the quality benchmark (``bench/quality.py``) and by training's validation. Plain NumPy arrays in,
+plain floats out; the heatmap is the MC std averaged over colour channels, the error is that of the MC
+mean, both on the HR grid in model units ([0, 1]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .architecture import SCALE
+from .patches import score_patches
+
+SPARSIFICATION_FRACTIONS = np.arange(0.0, 1.0, 0.02)
+MARKED_PATCHES = 5
+
+
+def rankdata(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 of the flattened ``values``; ties get their average rank (as ``scipy.stats.rankdata - 1``)."""
+    values = np.asarray(values).ravel()
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    boundaries = np.flatnonzero(np.diff(sorted_values)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [values.size]])
+    ranks = np.empty(values.size, np.float64)
+    ranks[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two equal-size arrays (NaN if either is constant)."""
+    ra, rb = rankdata(a), rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt(np.dot(ra, ra) * np.dot(rb, rb))
+    return float(np.dot(ra, rb) / denom) if denom > 0 else float("nan")
+
+
+def sparsification_curve(sq_error: np.ndarray, order_key: np.ndarray) -> np.ndarray:
+    """RMSE of the pixels left after removing each fraction of pixels with the largest ``order_key``.
+
+    Fractions are :data:`SPARSIFICATION_FRACTIONS` (0, 0.02, ..., 0.98).
+    """
+    sq_error, order_key = np.ravel(sq_error), np.ravel(order_key)
+    sq_sorted = sq_error[np.argsort(-order_key, kind="stable")]
+    suffix = np.cumsum(sq_sorted[::-1])[::-1]  # suffix[k] = squared error left after removing the first k
+    n = sq_error.size
+    removed = (SPARSIFICATION_FRACTIONS * n).astype(int)
+    return np.sqrt(suffix[removed] / (n - removed))
+
+
+def _area(curve: np.ndarray) -> float:
+    return float(np.sum(curve) * (SPARSIFICATION_FRACTIONS[1] - SPARSIFICATION_FRACTIONS[0]))
+
+
+def least_most_ratio(scores: np.ndarray, patch_rmse: np.ndarray, k: int = MARKED_PATCHES) -> float:
+    """Mean RMSE of the ``k`` highest-scored patches over that of the ``k`` lowest (NaN with < 2k patches)."""
+    scores, patch_rmse = np.ravel(scores), np.ravel(patch_rmse)
+    if scores.size < 2 * k:
+        return float("nan")
+    order = np.argsort(scores, kind="stable")
+    return float(patch_rmse[order[-k:]].mean() / patch_rmse[order[:k]].mean())
+
+
+def image_uncertainty_stats(
+    mean: np.ndarray,
+    std: np.ndarray,
+    truth: np.ndarray,
+    *,
+    patch: int = 64,
+    scale: int = SCALE,
+    std_scale: float | None = None,
+) -> dict:
+    """Uncertainty metrics of one MC result against its ground truth.
+
+    Parameters
+    ----------
+    mean, std : ndarray, (H, W, C)
+        MC mean and per-channel std on the HR grid, model units.
+    truth : ndarray, (H, W, C)
+        Ground truth in the same units.
+    patch : int
+        Patch side in LR pixels (patches as the product marks them, :func:`patches.score_patches`).
+    scale : int
+        Upscaling factor; ``scale`` border pixels are left out of the pixel-level metrics.
+    std_scale : float, optional
+        Calibration factor; when given, the counts of pixel-channel errors inside ``±1.96 std_scale std``.
+
+    Returns
+    -------
+    dict
+        ``pixel_spearman`` (heatmap vs |error|), ``patch_spearman`` (patch score vs patch RMSE),
+        ``least_most_ratio`` and ``oracle_least_most_ratio`` (the same ratio when patches are ranked by their
+        true RMSE: the best any uncertainty map can reach on this image; NaN with fewer than 10 patches),
+        ``ause``, ``ause_random`` and ``oracle_area`` (RMSE sparsification, Ilg et al. 2018), and with
+        ``std_scale`` also ``covered`` and ``count``.
+    """
+    shave = np.s_[scale:-scale, scale:-scale]
+    error = mean - truth
+    heatmap = std.mean(axis=-1)
+    sq_error = (error * error).mean(axis=-1)
+    stats = {"pixel_spearman": spearman(heatmap[shave], np.abs(error).mean(axis=-1)[shave])}
+    scores = score_patches(heatmap, patch=patch, scale=scale).ravel()
+    patch_rmse = np.sqrt(score_patches(sq_error, patch=patch, scale=scale)).ravel()
+    stats["patch_spearman"] = spearman(scores, patch_rmse) if scores.size > 2 else float("nan")
+    stats["least_most_ratio"] = least_most_ratio(scores, patch_rmse)
+    stats["oracle_least_most_ratio"] = least_most_ratio(patch_rmse, patch_rmse)
+    sq, unc = sq_error[shave].ravel(), heatmap[shave].ravel()
+    oracle = sparsification_curve(sq, sq)
+    stats["ause"] = _area(sparsification_curve(sq, unc) - oracle)
+    stats["ause_random"] = _area(np.sqrt(sq.mean()) - oracle)
+    stats["oracle_area"] = _area(oracle)
+    if std_scale is not None:
+        within = np.abs(error[shave]) <= 1.96 * std_scale * std[shave]
+        stats["covered"], stats["count"] = int(within.sum()), int(within.size)
+    return stats

@@ -1,0 +1,52 @@
+"""Uncertainty metrics against SciPy and closed-form cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sr_uncertainty import uncertainty_metrics as um
+
+
+def test_rankdata_and_spearman_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 6, 200).astype(float)  # many ties
+    b = a + rng.normal(0, 2, 200)
+    np.testing.assert_allclose(um.rankdata(a), stats.rankdata(a) - 1)
+    assert um.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert np.isnan(um.spearman(np.ones(5), np.arange(5)))
+
+
+def test_sparsification_by_the_error_itself_is_the_oracle_and_monotone():
+    sq = np.random.default_rng(1).random(1000) ** 4
+    oracle = um.sparsification_curve(sq, sq)
+    assert oracle[0] == pytest.approx(np.sqrt(sq.mean()))
+    assert np.all(np.diff(oracle) <= 1e-15)
+    # removing the largest 2 % by hand
+    keep = np.sort(sq)[: 1000 - 20]
+    assert oracle[1] == pytest.approx(np.sqrt(keep.mean()))
+
+
+def test_image_stats_closed_form():
+    """Error and std rise together across the image: perfect ranks, AUSE 0, coverage as constructed."""
+    truth = np.zeros((256, 384, 1))
+    level = np.repeat(np.linspace(0.01, 0.2, 384)[None, :], 256, axis=0)[..., None]
+    stats = um.image_uncertainty_stats(truth + level, level / 1.9, truth, patch=32, std_scale=1.0)
+    assert stats["pixel_spearman"] == pytest.approx(1.0)
+    assert stats["patch_spearman"] == pytest.approx(1.0)
+    assert stats["least_most_ratio"] == pytest.approx(stats["oracle_least_most_ratio"])
+    assert stats["ause"] == pytest.approx(0.0, abs=1e-12)
+    assert stats["ause_random"] > 0.01
+    assert stats["covered"] == stats["count"]
+    # the same std, ranked backwards: the worst possible order
+    reverse = um.image_uncertainty_stats(truth + level, level[:, ::-1] / 1.9, truth, patch=32)
+    assert reverse["patch_spearman"] == pytest.approx(-1.0)
+    assert reverse["least_most_ratio"] == pytest.approx(1.0 / stats["oracle_least_most_ratio"])
+    assert reverse["ause"] > stats["ause_random"]
+
+
+def test_least_most_ratio_needs_ten_patches():
+    assert np.isnan(um.least_most_ratio(np.arange(9.0), np.arange(1.0, 10.0)))
+    scores = np.arange(10.0)
+    assert um.least_most_ratio(scores, scores + 1) == pytest.approx(np.mean([6, 7, 8, 9, 10]) / np.mean([1, 2, 3, 4, 5]))
