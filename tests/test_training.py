@@ -101,7 +101,7 @@ def test_train_steps_lower_the_loss(tiny_pairs):
     losses = []
     for step in range(config.steps):
         params, opt_state, loss = step_fn(params, opt_state, jnp.int32(step), lr, hr)
-        losses.append(float(loss))
+        losses.append(float(loss[0]))
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -145,3 +145,86 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tiny_pairs, tmp_pat
     assert a[3] == b[3]  # data sampler state
     for x, y in zip(jax.tree_util.tree_leaves((a[0], a[1])), jax.tree_util.tree_leaves((b[0], b[1]))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_uncertainty_loss_is_zero_when_variance_is_proportional_to_error():
+    rng = np.random.default_rng(0)
+    target = rng.random((2, 16, 16, 3)).astype(np.float32)
+    error = rng.random((2, 16, 16, 1)).astype(np.float32) * 0.1
+    error[:, :, 8:] *= 0.01  # an easy right half
+    mean = target + error
+    for scale in (0.01, 1.0):  # any factor: the loss only looks at where, not how much
+        samples = jnp.stack([mean - scale * error, mean + scale * error])  # variance = 2 scale^2 error^2
+        loss = training.uncertainty_loss(samples, target, window=4, eps=0.0)
+        assert float(loss) == pytest.approx(0.0, abs=1e-5)  # float32 rounding of the tiny errors
+    flat = jnp.stack([mean - 0.01, mean + 0.01])  # the same variance everywhere, whatever the error
+    assert float(training.uncertainty_loss(flat, target, window=4, eps=0.0)) > 1.0
+
+
+def test_training_loss_samples_use_consecutive_mask_indices(tiny_pairs):
+    """Sample j of crop i uses mask index j * N + i: one sample is plain dropout training (old runs resume)."""
+    config = _tiny_config()
+    params = model.to_flax_params(training.initial_arrays(config))["params"]
+    lr, hr = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
+    seed, n, size = jnp.uint32(7), config.batch, 2 * (config.crop_lr - 4)
+    masks = training.dropout_masks(seed, 2 * n, size)
+    preds = [training.forward_valid(params, lr, tuple(m[j * n : (j + 1) * n] for m in masks)) for j in range(2)]
+    target = training.target_crop(hr, preds[0].shape[1])
+    one = training.training_loss(params, lr, hr, seed, config)
+    assert float(one[0]) == pytest.approx(float(training.pixel_loss(preds[0], target, "mse")), rel=1e-5)
+    two_config = _tiny_config(mc_train_samples=2, uncertainty_weight=0.5)
+    total, (pixel, spread) = training.training_loss(params, lr, hr, seed, two_config)
+    samples = jnp.stack(preds)
+    assert float(pixel) == pytest.approx(float(training.pixel_loss(samples, target[None], "mse")), rel=1e-5)
+    assert float(spread) == pytest.approx(float(training.uncertainty_loss(samples, target, 8)), rel=1e-4)
+    assert float(total) == pytest.approx(float(pixel) + 0.5 * float(spread), rel=1e-5)
+
+
+def test_uncertainty_loss_has_a_useful_gradient(tiny_pairs):
+    """Descending the uncertainty term alone (fixed masks) makes the MC variance track the error."""
+    optax = pytest.importorskip("optax")
+    config = _tiny_config(init="bicubic", mc_train_samples=4, uncertainty_weight=1.0, uncertainty_window=4)
+    params = model.to_flax_params(training.initial_arrays(config))["params"]
+    lr, hr = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda p: training.training_loss(p, lr, hr, jnp.uint32(3), config)[1][1]))
+    optimizer = optax.adam(1e-3)
+    opt_state = optimizer.init(params)
+    values = []
+    for _ in range(30):
+        value, grads = value_and_grad(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        values.append(float(value))
+    assert values[-1] < 0.2 * values[0], values
+
+
+def test_progress_bar_shows_step_loss_validation_and_eta():
+    line = training.progress_bar(250, 1000, np.array([0.00123, 0.5]), 31.25, 0.4)
+    assert line.startswith("[" + "#" * 7 + "." * 23 + "] 250/1000")
+    assert "loss 0.001230" in line and "val 31.25 dB" in line and "ETA 5 min" in line
+    assert "val -" in training.progress_bar(1, 10, np.zeros(2), -np.inf, 1.0)
+
+
+def test_export_last_writes_the_latest_weights_with_a_card(tiny_pairs, tmp_path, monkeypatch):
+    train_pairs, val_pairs = tiny_pairs
+    config = _tiny_config(mc_train_samples=2, uncertainty_weight=0.1)
+    training.train(config, tmp_path, train_pairs=train_pairs, val_pairs=val_pairs, log=open("/dev/null", "w"))
+    monkeypatch.setattr(training, "load_pairs", lambda *a, **k: (train_pairs, val_pairs))
+    card = training.export(tmp_path, tmp_path / "out.msgpack", None, mc_samples=4, last=True)
+    params = model.to_flax_params(training.initial_arrays(config))["params"]
+    opt_state = training.make_optimizer(config).init(params)
+    latest = training.load_checkpoint(tmp_path / training.CHECKPOINT_NAME, params, opt_state)[0]
+    exported = load_weights(tmp_path / "out.msgpack")
+    np.testing.assert_array_equal(exported.arrays["conv3/kernel"], np.asarray(latest["conv3"]["kernel"]))
+    assert card["exported"] == {"which": "last", "step": config.steps}
+    assert "uncertainty loss" in card["loss"]
+    assert set(card["validation"]["uncertainty"]) == {"mc_samples", "pixel_spearman", "patch_spearman"}
+    assert card["sha256"] == exported.sha256
+
+
+def test_cli_refuses_uncertainty_loss_with_one_sample(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        training.main(["--run-dir", str(tmp_path), "--data", str(tmp_path), "--uncertainty-weight", "0.1"])
+    assert exit_info.value.code == 2
+    assert "--mc-train-samples" in capsys.readouterr().err

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import engine, metrics
+from . import engine, metrics, uncertainty_metrics
 from .model import PARAM_SHAPES, SCALE, from_flax_params, to_flax_params
 from .train_data import BSD200_VALIDATION_IDS, CropSampler, ImagePair, list_images, load_pairs, load_rgb, make_pair
 
@@ -57,6 +57,7 @@ RECEPTIVE_RADIUS_HR = 6  # 9x9 conv (4) + 5x5 conv (2), in HR pixels
 CHECKPOINT_NAME = "checkpoint.msgpack"
 BEST_NAME = "best.msgpack"
 LOG_NAME = "log.jsonl"
+PROGRESS_EVERY = 10  # steps between updates of the interactive progress bar
 
 
 @dataclass
@@ -77,6 +78,9 @@ class TrainConfig:
     signal_copies_conv1: int = 8
     signal_copies_conv2: int = 4
     signal_offset: float = 0.1
+    mc_train_samples: int = 1
+    uncertainty_weight: float = 0.0
+    uncertainty_window: int = 8
     val_every: int = 250
     checkpoint_every: int = 250
 
@@ -157,6 +161,36 @@ def polyphase_kernel(kernel_9x9):
     return poly.reshape(5, 5, kernel_9x9.shape[2], 4 * kernel_9x9.shape[3])
 
 
+def first_layer_valid(params: dict, lr):
+    """relu(conv1(upsample(lr))) with a "valid" 9x9 conv: (N, h, w, 3) -> (N, 2h - 8, 2w - 8, 64), before dropout."""
+    import jax
+
+    y = jax.lax.conv_general_dilated(lr, polyphase_kernel(params["conv1"]["kernel"]), (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, h, w, _ = y.shape
+    y = y.reshape(n, h, w, 2, 2, 64).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, 64)
+    return jax.nn.relu(y + params["conv1"]["bias"])
+
+
+def last_layers_valid(params: dict, h1, masks=None):
+    """Dropout, conv2, ReLU, dropout, "valid" 5x5 conv3 on first-layer activations (N, s, s, 64) -> (N, s - 4, s - 4, 3).
+
+    ``masks`` are two keep masks (N, s, s, 64) and (N, s, s, 32), or None for dropout off.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    keep_scale = 1.0 / (1.0 - engine.EFFECTIVE_DROPOUT_RATE)
+    if masks is not None:
+        h1 = jnp.where(masks[0], h1 * keep_scale, 0.0)
+    h2 = jax.nn.relu(h1 @ params["conv2"]["kernel"][0, 0] + params["conv2"]["bias"])
+    if masks is not None:
+        h2 = jnp.where(masks[1], h2 * keep_scale, 0.0)
+    out = jax.lax.conv_general_dilated(h2, params["conv3"]["kernel"], (1, 1), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return out + params["conv3"]["bias"]
+
+
 def forward_valid(params: dict, lr, masks=None):
     """ESRCNN on a batch of LR crops with "valid" convolutions (no padding anywhere).
 
@@ -174,23 +208,7 @@ def forward_valid(params: dict, lr, masks=None):
     array, (N, 2h - 12, 2w - 12, 3)
         Equal to the "same"-padded model's output with the 6 HR border pixels removed.
     """
-    import jax
-    import jax.numpy as jnp
-
-    dims = ("NHWC", "HWIO", "NHWC")
-    y = jax.lax.conv_general_dilated(lr, polyphase_kernel(params["conv1"]["kernel"]), (1, 1), "VALID",
-                                     dimension_numbers=dims)
-    n, h, w, _ = y.shape
-    y = y.reshape(n, h, w, 2, 2, 64).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, 64)
-    h1 = jax.nn.relu(y + params["conv1"]["bias"])
-    keep_scale = 1.0 / (1.0 - engine.EFFECTIVE_DROPOUT_RATE)
-    if masks is not None:
-        h1 = jnp.where(masks[0], h1 * keep_scale, 0.0)
-    h2 = jax.nn.relu(h1 @ params["conv2"]["kernel"][0, 0] + params["conv2"]["bias"])
-    if masks is not None:
-        h2 = jnp.where(masks[1], h2 * keep_scale, 0.0)
-    out = jax.lax.conv_general_dilated(h2, params["conv3"]["kernel"], (1, 1), "VALID", dimension_numbers=dims)
-    return out + params["conv3"]["bias"]
+    return last_layers_valid(params, first_layer_valid(params, lr), masks)
 
 
 def dropout_masks(seed, n: int, size: int):
@@ -223,6 +241,46 @@ def pixel_loss(pred, target, kind: str):
     return jnp.mean(jnp.abs(diff)) if kind == "l1" else jnp.mean(diff * diff)
 
 
+def uncertainty_loss(samples, target, window: int, eps: float = 1e-6):
+    """Spread of log(MC variance / squared error) over ``window`` x ``window`` HR windows (scale-free).
+
+    The MC-dropout variance of the output, estimated from the ``K`` samples, should be proportional to the
+    squared error of their mean wherever the image is. This loss is the variance, over all windows of the
+    batch, of ``log(window mean variance) - log(window mean squared error)``: zero when the two are
+    proportional, whatever the factor (which the calibration fits afterwards), so it shapes *where* the
+    model is uncertain, not how much. The error is a constant here (stop-gradient): this term moves only
+    the variance, while the pixel loss moves the prediction. Windows average out the noise of a
+    few-sample variance and of single-pixel errors.
+
+    Parameters
+    ----------
+    samples : array, (K, N, H, W, 3)
+        K >= 2 dropout samples of the output.
+    target : array, (N, H, W, 3)
+        Ground truth.
+    window : int
+        Window side in HR pixels; H and W are cropped to a multiple of it.
+    eps : float
+        Added to both window means (1e-6 is about the variance of uint8 rounding) so flat, error-free
+        windows do not dominate.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    mean = jax.lax.stop_gradient(samples.mean(axis=0))
+    variance = samples.var(axis=0, ddof=1).mean(axis=-1)
+    sq_error = ((mean - target) ** 2).mean(axis=-1)
+    n, h, w = variance.shape
+    rows, cols = h // window, w // window
+
+    def window_means(x):
+        x = x[:, : rows * window, : cols * window].reshape(n, rows, window, cols, window)
+        return x.mean(axis=(2, 4))
+
+    log_ratio = jnp.log(window_means(variance) + eps) - jnp.log(window_means(sq_error) + eps)
+    return jnp.var(log_ratio)
+
+
 def make_schedule(config: TrainConfig):
     """Linear warmup to ``learning_rate``, then cosine decay to ``final_lr_fraction`` of it at ``steps``."""
     import optax
@@ -243,26 +301,47 @@ def make_optimizer(config: TrainConfig):
     return optax.adam(make_schedule(config))
 
 
+def training_loss(params, lr, hr, seed, config: TrainConfig):
+    """``(pixel + uncertainty_weight * uncertainty, (pixel, uncertainty))`` for one batch.
+
+    ``config.mc_train_samples`` dropout samples share the first layer; sample ``j`` of crop ``i`` uses mask
+    index ``j * N + i``, so with one sample the masks are those of plain dropout training.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    h1 = first_layer_valid(params, lr)
+    n, size, k = lr.shape[0], h1.shape[1], config.mc_train_samples
+    masks = jax.tree_util.tree_map(lambda m: m.reshape(k, n, *m.shape[1:]), dropout_masks(seed, k * n, size))
+    samples = jax.vmap(lambda m: last_layers_valid(params, h1, m))(masks)  # (K, N, size - 4, size - 4, 3)
+    target = target_crop(hr, samples.shape[2])
+    pixel = pixel_loss(samples, target[None], config.loss)
+    if config.uncertainty_weight > 0:
+        spread = uncertainty_loss(samples, target, config.uncertainty_window)
+    else:
+        spread = jnp.zeros(())
+    return pixel + config.uncertainty_weight * spread, (pixel, spread)
+
+
 def make_train_step(config: TrainConfig):
-    """A jitted ``step(params, opt_state, step, lr, hr) -> (params, opt_state, loss)`` (dropout on)."""
+    """A jitted ``step(params, opt_state, step, lr, hr) -> (params, opt_state, losses)`` (dropout on).
+
+    ``losses`` is ``[pixel loss, uncertainty loss]`` (the second is 0 without ``config.uncertainty_weight``);
+    the optimised loss is ``pixel + uncertainty_weight * uncertainty``. The pixel loss is averaged over
+    ``config.mc_train_samples`` dropout samples that share the first layer.
+    """
     import jax
     import jax.numpy as jnp
     import optax
 
     optimizer = make_optimizer(config)
 
-    def loss_fn(params, lr, hr, seed):
-        size = SCALE * (lr.shape[1] - 4)
-        masks = dropout_masks(seed, lr.shape[0], size)
-        pred = forward_valid(params, lr, masks)
-        return pixel_loss(pred, target_crop(hr, pred.shape[1]), config.loss)
-
     @jax.jit
     def train_step(params, opt_state, step, lr, hr):
         seed = jnp.uint32(config.seed) * jnp.uint32(0x9E3779B9) + step.astype(jnp.uint32)
-        loss, grads = jax.value_and_grad(loss_fn)(params, lr, hr, seed)
+        (_, (pixel, spread)), grads = jax.value_and_grad(training_loss, has_aux=True)(params, lr, hr, seed, config)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return optax.apply_updates(params, updates), opt_state, jnp.stack([pixel, spread])
 
     return train_step
 
@@ -294,6 +373,25 @@ def evaluate_pairs(arrays: dict[str, np.ndarray], pairs: list[ImagePair], n_samp
         "bicubic_psnr_y": float(np.mean(bic_psnr)),
         "bicubic_ssim_y": float(np.mean(bic_ssim)),
     }
+
+
+def evaluate_uncertainty(arrays: dict[str, np.ndarray], pairs: list[ImagePair], n_samples: int = 16,
+                         seed: int = 0) -> dict:
+    """Mean pixel and patch Spearman of the MC std against the MC mean's error on ``pairs``.
+
+    Patches are the product's 64x64 LR patches (:func:`uncertainty_metrics.image_uncertainty_stats`); images
+    with fewer than three patches count only for the pixel correlation.
+    """
+    pixel, patch = [], []
+    for pair in pairs:
+        result = predict(arrays, pair.lr, n_samples, seed)
+        stats = uncertainty_metrics.image_uncertainty_stats(result.mean, result.std, pair.hr.astype(np.float32) / 255.0)
+        pixel.append(stats["pixel_spearman"])
+        if np.isfinite(stats["patch_spearman"]):
+            patch.append(stats["patch_spearman"])
+    return {"mc_samples": n_samples,
+            "pixel_spearman": float(np.nanmean(pixel)) if pixel else float("nan"),
+            "patch_spearman": float(np.mean(patch)) if patch else float("nan")}
 
 
 def calibrate_std_scale(arrays: dict[str, np.ndarray], pairs: list[ImagePair], n_samples: int = 40) -> dict:
@@ -384,6 +482,15 @@ def initial_arrays(config: TrainConfig) -> dict[str, np.ndarray]:
     return load_weights(config.init).arrays
 
 
+def progress_bar(step: int, total: int, loss, val_psnr: float, seconds_per_step: float, width: int = 30) -> str:
+    """One-line progress bar: steps done, running pixel (and uncertainty) loss, last validation Y-PSNR, ETA."""
+    filled = int(width * step / max(total, 1))
+    eta_minutes = (total - step) * seconds_per_step / 60.0
+    val = f"{val_psnr:.2f} dB" if np.isfinite(val_psnr) else "-"
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {step}/{total} loss {loss[0]:.6f} "
+            f"unc {loss[1]:.3f} val {val} {seconds_per_step:.2f} s/step ETA {eta_minutes:.0f} min")
+
+
 def train(
     config: TrainConfig,
     run_dir: str | Path,
@@ -438,8 +545,10 @@ def train(
         sampler.set_state(sampler_state)
         print(f"resumed from {checkpoint_path} at step {step}", file=log, flush=True)
     train_step = make_train_step(config)
-    start = time.monotonic()
-    loss_sum, loss_count, loss = 0.0, 0, float("nan")
+    start, start_step = time.monotonic(), step
+    loss_sum, loss_count, loss = np.zeros(2), 0, np.full(2, np.nan)
+    val_psnr = best["val_psnr_y"]
+    interactive = hasattr(log, "isatty") and log.isatty()
 
     def checkpoint():
         save_checkpoint(checkpoint_path, params, opt_state, step, sampler.state(), config, best)
@@ -449,29 +558,40 @@ def train(
             lr_batch, hr_batch = sampler.batch(config.batch)
             params, opt_state, loss_value = train_step(params, opt_state, jnp.int32(step), lr_batch, hr_batch)
             step += 1
-            loss_sum, loss_count = loss_sum + float(loss_value), loss_count + 1
-            timed_out = max_seconds is not None and time.monotonic() - start > max_seconds
+            loss_sum, loss_count = loss_sum + np.asarray(loss_value), loss_count + 1
+            elapsed = time.monotonic() - start
+            timed_out = max_seconds is not None and elapsed > max_seconds
+            if interactive and step % PROGRESS_EVERY == 0:
+                print("\r" + progress_bar(step, config.steps, loss_sum / loss_count, val_psnr,
+                                           elapsed / (step - start_step)), end="", file=log, flush=True)
             if step % config.val_every == 0 or step == config.steps or timed_out:
-                loss, loss_sum, loss_count = loss_sum / loss_count, 0.0, 0
+                loss, loss_sum, loss_count = loss_sum / loss_count, np.zeros(2), 0
                 arrays = from_flax_params({"params": jax.device_get(params)})
                 val = evaluate_pairs(arrays, val_pairs)
+                val_psnr = val["psnr_y"]
+                val_uncertainty = evaluate_uncertainty(arrays, val_pairs)
                 if val["psnr_y"] > best["val_psnr_y"]:
                     best = {"val_psnr_y": val["psnr_y"], "val_ssim_y": val["ssim_y"], "step": step,
                             "val_bicubic_psnr_y": val["bicubic_psnr_y"], "val_bicubic_ssim_y": val["bicubic_ssim_y"]}
                     save_weights(arrays, run_dir / BEST_NAME)
-                record = {"step": step, "loss": loss, "lr": float(make_schedule(config)(step)),
+                record = {"step": step, "loss": float(loss.sum()), "pixel_loss": float(loss[0]),
+                          "uncertainty_loss": float(loss[1]), "lr": float(make_schedule(config)(step)),
                           "val_psnr_y": val["psnr_y"], "val_bicubic_psnr_y": val["bicubic_psnr_y"],
+                          "val_pixel_spearman": val_uncertainty["pixel_spearman"],
+                          "val_patch_spearman": val_uncertainty["patch_spearman"],
                           "best_step": best["step"], "seconds": round(time.monotonic() - start, 1)}
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
-                print(f"step {step}/{config.steps} loss {loss:.6f} val Y-PSNR {val['psnr_y']:.3f} dB "
-                      f"(bicubic {val['bicubic_psnr_y']:.3f}, best {best['val_psnr_y']:.3f} @ {best['step']}) "
-                      f"{record['seconds']:.0f}s", file=log, flush=True)
+                print(("\n" if interactive else "")
+                      + f"step {step}/{config.steps} loss {loss[0]:.6f} (uncertainty {loss[1]:.3f}) "
+                      f"val Y-PSNR {val['psnr_y']:.3f} dB (bicubic {val['bicubic_psnr_y']:.3f}, best "
+                      f"{best['val_psnr_y']:.3f} @ {best['step']}) patch Spearman "
+                      f"{val_uncertainty['patch_spearman']:.3f} {record['seconds']:.0f}s", file=log, flush=True)
             if step % config.checkpoint_every == 0 or step == config.steps or timed_out:
                 checkpoint()
             if timed_out:
                 break
-    return {"step": step, "loss": loss, "best": best}
+    return {"step": step, "loss": float(loss.sum()), "best": best}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -497,24 +617,36 @@ def _init_record(init: str) -> str | dict:
     return record
 
 
-def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | None, mc_samples: int = 40) -> dict:
-    """Write the run's best weights to ``out_path`` (msgpack) and the training card next to it (``.json``).
+def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | None, mc_samples: int = 40,
+           last: bool = False) -> dict:
+    """Write the run's best (or ``last``) weights to ``out_path`` (msgpack) and the training card (``.json``).
 
-    The card records the data, steps, batch, crop, loss, schedule, best validation numbers, Set5 numbers
-    (deterministic and MC mean, measured here), the calibration of the MC std on the held-out training
-    images, and the sha256 of the written weights file.
+    The card records the data, steps, batch, crop, loss, schedule, which weights were exported, their
+    validation numbers on the held-out training images (Y-PSNR and the uncertainty's rank correlations,
+    measured here), Set5 numbers (deterministic and MC mean, measured here), the calibration of the MC std
+    on the held-out training images, and the sha256 of the written weights file.
+
+    ``last`` exports the checkpoint's latest weights instead of those with the best validation Y-PSNR: a
+    run trained with the uncertainty loss is meant to be taken at the end of its schedule.
     """
     from flax import serialization
 
     from .weights import load_weights, save_weights
 
     run_dir = Path(run_dir)
-    # only the run's metadata is needed here; the weights come from best.msgpack
     payload = serialization.msgpack_restore((run_dir / CHECKPOINT_NAME).read_bytes())
     config = TrainConfig(**json.loads(payload["config"]))
     best = json.loads(payload["best"])
-    arrays = load_weights(run_dir / BEST_NAME).arrays
+    if last:
+        params = payload["params"]
+        arrays = {f"{name}/{kind}": np.asarray(params[name][kind], np.float32)
+                  for name in PARAM_SHAPES for kind in ("kernel", "bias")}
+        exported_step = int(payload["step"])
+    else:
+        arrays = load_weights(run_dir / BEST_NAME).arrays
+        exported_step = best["step"]
     _, val_pairs = load_pairs(config.data, tuple(config.holdout), min_lr_size=config.crop_lr)
+    validation = evaluate_pairs(arrays, val_pairs)
     card = {
         "model": "ESRCNN x2 (napari_sr_uncertainty.model.ESRCNN, dropout 0.04)",
         "data": {
@@ -525,11 +657,15 @@ def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | Non
         },
         "steps_trained": int(payload["step"]),
         "best_step": best["step"],
+        "exported": {"which": "last" if last else "best validation Y-PSNR", "step": exported_step},
         "batch": config.batch,
         "crop_lr": config.crop_lr,
         "crop_hr": SCALE * config.crop_lr,
         "loss": f"{config.loss} on RGB in [0, 1], valid convolutions (crop borders of "
-        f"{RECEPTIVE_RADIUS_HR} HR px excluded)",
+        f"{RECEPTIVE_RADIUS_HR} HR px excluded)" + (
+            f" + {config.uncertainty_weight:g} x uncertainty loss (variance over {config.uncertainty_window}x"
+            f"{config.uncertainty_window} HR windows of log(MC variance / squared error), "
+            f"{config.mc_train_samples} dropout samples per crop)" if config.uncertainty_weight > 0 else ""),
         "optimizer": "adam",
         "schedule": {"kind": "linear warmup + cosine decay", "peak_lr": config.learning_rate,
                      "warmup_steps": config.warmup_steps, "decay_steps": config.steps,
@@ -537,7 +673,10 @@ def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | Non
         "init": _init_record(config.init),
         "seed": config.seed,
         "config": asdict(config),
-        "validation": {k: v for k, v in best.items() if k != "step"},
+        "validation": {"val_psnr_y": validation["psnr_y"], "val_ssim_y": validation["ssim_y"],
+                       "val_bicubic_psnr_y": validation["bicubic_psnr_y"],
+                       "val_bicubic_ssim_y": validation["bicubic_ssim_y"],
+                       "uncertainty": evaluate_uncertainty(arrays, val_pairs, mc_samples)},
     }
     if set5_dir is not None and Path(set5_dir).is_dir():
         set5 = load_eval_pairs(set5_dir)
@@ -562,6 +701,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--crop", type=int, default=defaults.crop_lr, help="LR crop size in pixels")
     parser.add_argument("--loss", choices=("mse", "l1"), default=defaults.loss)
+    parser.add_argument("--uncertainty-weight", type=float, default=defaults.uncertainty_weight,
+                        help="weight of the loss that makes the MC std proportional to the error (0: off)")
+    parser.add_argument("--mc-train-samples", type=int, default=defaults.mc_train_samples,
+                        help="dropout samples per crop (>= 2 with --uncertainty-weight)")
+    parser.add_argument("--uncertainty-window", type=int, default=defaults.uncertainty_window,
+                        help="window side in HR pixels over which variance and error are compared")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=defaults.warmup_steps)
     parser.add_argument("--init", default=defaults.init, metavar="{bicubic,random,WEIGHTS}",
@@ -573,6 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     parser.add_argument("--export", metavar="MSGPACK", default=None,
                         help="do not train: write the run's best weights here plus a training card (.json)")
+    parser.add_argument("--export-last", action="store_true",
+                        help="with --export: the latest weights instead of those with the best validation Y-PSNR")
     parser.add_argument("--set5", default=None, help="Set5 folder, measured for the training card on export")
     parser.add_argument("--mc-samples", type=int, default=40, help="MC samples for export numbers")
     return parser
@@ -582,20 +729,23 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point ``napari-sr-uncertainty-train``."""
     args = build_parser().parse_args(argv)
     if args.export:
-        card = export(args.run_dir, args.export, args.set5, args.mc_samples)
+        card = export(args.run_dir, args.export, args.set5, args.mc_samples, last=args.export_last)
         print(json.dumps({k: card[k] for k in ("steps_trained", "best_step", "validation", "calibration", "sha256")}
                          | ({"set5": card["set5"]} if "set5" in card else {}), indent=2))
         return 0
     resuming = not args.no_resume and (Path(args.run_dir) / CHECKPOINT_NAME).exists()
     if not args.data and not resuming:
         build_parser().error("--data is required for a new run")
+    if args.uncertainty_weight > 0 and args.mc_train_samples < 2:
+        build_parser().error("--uncertainty-weight needs --mc-train-samples 2 or more (a variance needs two samples)")
     for folder in args.data:
         list_images(folder)  # fails early on evaluation sets and missing folders
     if args.init not in ("bicubic", "random"):
         args.init = str(Path(args.init).resolve())
     config = TrainConfig(
         data=[str(Path(d).resolve()) for d in args.data], steps=args.steps, batch=args.batch, crop_lr=args.crop,
-        loss=args.loss, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed, init=args.init,
+        loss=args.loss, uncertainty_weight=args.uncertainty_weight, mc_train_samples=args.mc_train_samples,
+        uncertainty_window=args.uncertainty_window, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed, init=args.init,
         val_every=args.val_every, checkpoint_every=args.checkpoint_every,
     )
     result = train(config, args.run_dir, max_seconds=args.max_seconds, resume=not args.no_resume)
