@@ -20,7 +20,7 @@ from napari_sr_uncertainty.sample_data import load_sample
 
 ERROR_PREFIX = "napari-sr-uncertainty: error: "
 TOP_LEVEL = ["cropped_LR_img.png", "one_prediction.png", "mean_prediction.png", "uncertainty_map.png",
-             "colorbar.png", "mean.tif", "single.tif", "std.tif", "summary.json"]
+             "colorbar.png", "mean.tif", "single.tif", "std.tif", "sigma.tif", "summary.json"]
 DETAIL_STEMS = ["original_lr_patch", "mean_pred", "heatmap"]
 
 
@@ -85,6 +85,29 @@ def test_sample_run_image_sizes_and_tiffs(sample_run):
         assert np.isfinite(data).all()
     std = tifffile.imread(outdir / "std.tif")
     assert (std >= 0).all() and std.max() > 0
+
+
+def test_sample_run_writes_calibrated_sigma(sample_run, weights_path):
+    """sigma.tif = the card's std_scale x std.tif; the summary records the factor and each mark's sigma."""
+    from napari_sr_uncertainty.weights import load_weights
+
+    _, outdir = sample_run
+    std_scale = load_weights(weights_path).calibration_scale
+    assert std_scale is not None
+    std, sigma = (tifffile.imread(outdir / name) for name in ("std.tif", "sigma.tif"))
+    np.testing.assert_allclose(sigma, std * np.float32(std_scale), rtol=1e-6)
+    summary = json.loads((outdir / "summary.json").read_text())
+    assert summary["calibration"]["std_scale"] == std_scale
+    for mark in summary["most_certain"] + summary["least_certain"]:
+        assert mark["calibrated_sigma"] == pytest.approx(std_scale * mark["score"])
+
+
+def test_weights_without_calibration_write_no_sigma(tmp_path, random_weights_path):
+    outdir = tmp_path / "out"
+    assert cli.main(["--samples", "2", "--weights", str(random_weights_path), "-o", str(outdir), "--quiet"]) == 0
+    assert not (outdir / "sigma.tif").exists()
+    summary = json.loads((outdir / "summary.json").read_text())
+    assert summary["calibration"] is None and "calibrated_sigma" not in summary["most_certain"][0]
 
 
 def test_sample_run_summary_records_provenance_and_disjoint_patches(sample_run, weights_path):

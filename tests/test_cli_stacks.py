@@ -85,9 +85,10 @@ def test_stack_or_channels_give_per_plane_results_equal_to_single_runs(capfd, tm
     planes = planes_of(data, plane_axes)
     assert f"plane {len(planes)}/{len(planes)}, block 1/1" in err
 
-    assert {p.name for p in outdir.iterdir()} == {"summary.json", "mean.tif", "single.tif", "std.tif", parent}
+    assert {p.name for p in outdir.iterdir()} == {"summary.json", "mean.tif", "single.tif", "std.tif", "sigma.tif",
+                                                 parent}
     assert leftovers(tmp_path) == []
-    tiffs = {name: tifffile.imread(outdir / f"{name}.tif") for name in ("mean", "single", "std")}
+    tiffs = {name: tifffile.imread(outdir / f"{name}.tif") for name in ("mean", "single", "std", "sigma")}
     for array in tiffs.values():
         assert array.dtype == np.float32 and array.shape == tiff_shape
 
@@ -112,6 +113,7 @@ def test_stack_or_channels_give_per_plane_results_equal_to_single_runs(capfd, tm
         np.testing.assert_array_equal(tiffs["mean"][index], norm.to_input_units(ref.mean))
         np.testing.assert_array_equal(tiffs["single"][index], norm.to_input_units(ref.single))
         np.testing.assert_array_equal(tiffs["std"][index], norm.std_to_input_units(ref.std))
+        np.testing.assert_array_equal(tiffs["sigma"][index], ref.calibrated_sigma(norm.std_to_input_units(ref.std)))
         np.testing.assert_array_equal(np.asarray(Image.open(folder / "mean_prediction.png")), to_uint8_view(ref.mean))
         assert entry["normalization"] == norm.as_dict()
         assert entry["scores"] == np.round(ref.scores, 8).tolist()

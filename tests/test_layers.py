@@ -71,6 +71,25 @@ def test_values_are_in_the_input_units(results):
     assert rgb_layers["input SR mean"].rgb and rgb_layers["input SR mean"].data.shape == results["rgb"][1].mean.shape
 
 
+def test_calibrated_sigma_is_the_std_times_the_cards_factor(results, random_weights):
+    from napari_sr_uncertainty.imaging import InputError
+    from napari_sr_uncertainty.pipeline import SROptions, super_resolve
+
+    image, result = results["gray"]
+    assert result.std_scale is not None  # the bundled weights carry a calibration
+    source = Image(image, name="input")
+    tuples = build_layer_data([result], InputGeometry.from_layer(source), calibrated=True)
+    data, kwargs, _ = tuples[2]
+    assert kwargs["name"] == "input SR uncertainty"
+    assert kwargs["metadata"][PLUGIN_KEY]["uncertainty_units"] == "calibrated sigma"
+    raw = result.normalization.std_to_input_units(result.heatmap)
+    np.testing.assert_allclose(data, raw * np.float32(result.std_scale), rtol=1e-6)
+    uncalibrated = super_resolve(image, random_weights, SROptions(n_samples=2, patch_size=8, n_patches=2))
+    assert uncalibrated.std_scale is None
+    with pytest.raises(InputError, match="no calibration"):
+        build_layer_data([uncalibrated], InputGeometry.from_layer(source), calibrated=True)
+
+
 def test_points_outline_the_marked_patches_with_features(results):
     image, result = results["crop"]
     _, layers = make_layers(image, result, scale=(2.0, 2.0))

@@ -75,3 +75,19 @@ def test_keras_weights_convert_to_our_format_losslessly(tmp_path):
     converted = load_weights(tmp_path / "converted.msgpack")
     for key in original.arrays:
         np.testing.assert_array_equal(converted.arrays[key], original.arrays[key])
+
+
+def test_a_training_card_next_to_a_weights_file_is_read_and_checked(tmp_path, random_arrays):
+    path = tmp_path / "mine.msgpack"
+    sha = save_weights(random_arrays, path)
+    card = path.with_suffix(".json")
+    card.write_text(json.dumps({"sha256": sha, "calibration": {"std_scale": 3.5}}))
+    assert load_weights(path).calibration_scale == 3.5
+    card.write_text(json.dumps({"sha256": "0" * 64, "calibration": {"std_scale": 3.5}}))
+    with pytest.raises(WeightsError, match="does not match its training card"):
+        load_weights(path)
+    card.write_text("{not json")
+    with pytest.raises(WeightsError, match="unreadable training card"):
+        load_weights(path)
+    card.unlink()
+    assert load_weights(path).calibration_scale is None

@@ -46,6 +46,30 @@ def test_sample_data_run_gives_five_aligned_layers(qtbot, viewer_and_widget, err
     assert widget.run_button.enabled and widget.export_button.enabled and not widget.cancel_button.enabled
 
 
+def test_uncertainty_as_calibrated_sigma(qtbot, viewer_and_widget, errors, random_weights_path):
+    from napari_sr_uncertainty._widget import UNCERTAINTY_UNITS
+    from napari_sr_uncertainty.weights import load_weights
+
+    viewer, widget = viewer_and_widget
+    image = viewer.add_image(np.random.default_rng(0).random((24, 30)).astype(np.float32), name="img")
+    run_and_wait(qtbot, widget)
+    raw = viewer.layers["img SR uncertainty"].data.copy()
+    widget.uncertainty_units.value = UNCERTAINTY_UNITS[1]
+    widget.image_layer.value = image
+    run_and_wait(qtbot, widget)
+    assert errors == []
+    sigma = viewer.layers["img SR uncertainty"]
+    assert sigma.metadata[PLUGIN_KEY]["uncertainty_units"] == "calibrated sigma"
+    std_scale = load_weights(widget.weights.value).calibration_scale
+    np.testing.assert_allclose(sigma.data, raw * np.float32(std_scale), rtol=1e-6)
+    # weights without a calibration: a clear message before any computation, nothing added
+    widget.weights.value = random_weights_path
+    widget.image_layer.value = image
+    n_layers = len(viewer.layers)
+    run_and_wait(qtbot, widget)
+    assert len(errors) == 1 and "no calibration" in errors[0] and len(viewer.layers) == n_layers
+
+
 def test_picker_lists_only_image_layers(viewer_and_widget):
     viewer, widget = viewer_and_widget
     image = viewer.add_image(np.zeros((16, 16), np.uint8), name="img")

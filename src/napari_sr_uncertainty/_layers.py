@@ -133,6 +133,7 @@ def build_layer_data(
     geometry: InputGeometry,
     slices_shape: Sequence[int] | None = None,
     colormap: str = UNCERTAINTY_COLORMAP,
+    calibrated: bool = False,
 ) -> list[LayerDataTuple]:
     """Layer data tuples for ``<input> SR mean / SR single / SR uncertainty / most certain / least certain``.
 
@@ -146,6 +147,9 @@ def build_layer_data(
         Shape of the processed leading axes; defaults to one slice per leading axis.
     colormap : str
         Colormap of the uncertainty layer.
+    calibrated : bool
+        Show the uncertainty as calibrated sigma (``std_scale * std``, an error estimate) instead of the
+        raw MC std; raises ``InputError`` when the weights carry no calibration.
     """
     n_lead = geometry.ndim - 2
     slices_shape = tuple(slices_shape) if slices_shape is not None else (1,) * n_lead
@@ -172,6 +176,7 @@ def build_layer_data(
                     "source_layer": geometry.name,
                     "source_layer_id": geometry.layer_id,
                     "slice_origin": list(geometry.slice_origin),
+                    "uncertainty_units": uncertainty_units,
                 },
             },
         }
@@ -188,6 +193,9 @@ def build_layer_data(
     mean = stack([r.normalization.to_input_units(r.mean) for r in results])
     single = stack([r.normalization.to_input_units(r.single) for r in results])
     std = stack([r.normalization.std_to_input_units(r.heatmap) for r in results])
+    if calibrated:
+        std = first.calibrated_sigma(std)
+    uncertainty_units = "calibrated sigma" if calibrated else "MC std"
     layers: list[LayerDataTuple] = [
         (mean, {**common("SR mean"), **shown_as_input}, "image"),
         (single, {**common("SR single"), **shown_as_input, "visible": False}, "image"),

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 # Perceptually uniform colormaps: equal steps in std look like equal steps in colour.
 UNCERTAINTY_COLORMAPS = ("magma", "inferno", "viridis", "plasma", "cividis", "gray")
+UNCERTAINTY_UNITS = ("MC std (raw)", "calibrated sigma")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class RunJob:
     options: dict[str, Any]
     weights_path: Path | None
     colormap: str
+    calibrated: bool = False
 
 
 def current_slice_index(layer: Layer, world_point: Any) -> tuple[int, ...]:
@@ -68,6 +70,8 @@ def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult
     from .weights import load_weights
 
     weights = load_weights(job.weights_path)
+    if job.calibrated and weights.calibration_scale is None:  # say so before minutes of computing
+        raise InputError(f"the weights {weights.source} carry no calibration: show the uncertainty as MC std")
     options = SROptions(**job.options)
     results = []
     try:
@@ -80,7 +84,7 @@ def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult
                     results.append(stop.value)
                     break
                 yield index, step
-        return results, build_layer_data(results, job.geometry, job.slices_shape, job.colormap)
+        return results, build_layer_data(results, job.geometry, job.slices_shape, job.colormap, job.calibrated)
     except RuntimeError as exc:
         # superqt takes a RuntimeError from a generator worker for a deleted worker and then emits neither
         # errored nor finished, which would leave the widget running forever; XLA's errors (out of memory,
@@ -161,6 +165,13 @@ class SuperResolveWidget(Container):
             value=UNCERTAINTY_COLORMAP,
             tooltip="Colormap of the uncertainty layer; perceptually uniform maps (magma default) read best.",
         )
+        self.uncertainty_units = ComboBox(
+            label="uncertainty shown as",
+            choices=UNCERTAINTY_UNITS,
+            value=UNCERTAINTY_UNITS[0],
+            tooltip="MC std: the spread of the dropout samples. Calibrated sigma: std x the weights' calibration "
+            "factor, an estimate of the error (mean ± 1.96 sigma held 95 % of errors on held-out images).",
+        )
         self.weights = FileEdit(
             label="weights",
             mode="r",
@@ -186,6 +197,7 @@ class SuperResolveWidget(Container):
                 self.region,
                 self.all_slices,
                 self.colormap,
+                self.uncertainty_units,
                 self.weights,
                 self.run_button,
                 self.cancel_button,
@@ -277,6 +289,7 @@ class SuperResolveWidget(Container):
             },
             weights_path=self._weights_path(),
             colormap=str(self.colormap.value),
+            calibrated=self.uncertainty_units.value == UNCERTAINTY_UNITS[1],
         )
 
     def run(self) -> None:

@@ -10,9 +10,10 @@ Layout (file names as in the original ESRCNN project, plus data files)::
     details/most_certain/     original_lr_patch_{i}.png, mean_pred_{i}.png, heatmap_{i}.png
     details/least_certain/    the same; i = 0 is the most (least) certain patch
     mean.tif single.tif std.tif   float32, HR size, channels last, in the input's units
+    sigma.tif                 calibrated sigma = std_scale x std (when the weights carry a calibration)
     summary.json              provenance, patch grid, scores, marked patches, timings
 
-A stack or a multi-channel image (:class:`StackReport`) keeps ``summary.json`` and the three TIFFs at the
+A stack or a multi-channel image (:class:`StackReport`) keeps ``summary.json`` and the TIFFs at the
 top, holding every plane (leading axes kept; channels first, ``(C, 2H, 2W)``), and puts each plane's
 PNG file set (the five images and ``details/``) in ``planes/z000/``, ``planes/t000_z000/`` or
 ``channels/c000/``; ``summary.json`` lists the planes with their own patch grids and marks.
@@ -171,6 +172,8 @@ def _plane_summary(result: SRResult) -> dict:
         entry["lr_box_in_input"] = [y0 + r0, x0 + c0, y1 + r0, x1 + c0]
         entry["lr_box"] = list(mark.lr_box)
         entry["hr_box"] = list(mark.hr_box)
+        if result.std_scale is not None:
+            entry["calibrated_sigma"] = result.std_scale * mark.score
         return entry
 
     return {
@@ -221,21 +224,28 @@ def _write_folder(result: SRResult, folder: Path, input_name: str) -> None:
     _save_tiff(folder / "mean.tif", result.mean, norm.to_input_units, meta)
     _save_tiff(folder / "single.tif", result.single, norm.to_input_units, meta)
     _save_tiff(folder / "std.tif", result.std, norm.std_to_input_units, meta)
+    if result.std_scale is not None:
+        _save_tiff(folder / "sigma.tif", result.std, _sigma_in_input_units(result), meta)
     summary = summary_dict(result, input_name)
     (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+
+
+def _sigma_in_input_units(result: SRResult):
+    """Block converter: model-unit std -> calibrated sigma in the input's units."""
+    return lambda std: result.calibrated_sigma(result.normalization.std_to_input_units(std))
 
 
 def report_bytes(lr_shape: tuple[int, ...], n_planes: int = 1) -> int:
     """Upper bound of the disk space of a report on ``n_planes`` images whose processed LR region is ``lr_shape``.
 
-    Three float32 TIFFs plus the 8-bit PNG views counted uncompressed, twice (the ``details/`` patches
-    are at most the same pixels again).
+    Four float32 TIFFs (mean, single, std, sigma) plus the 8-bit PNG views counted uncompressed, twice (the
+    ``details/`` patches are at most the same pixels again).
     """
     h, w, channels = image_layout(tuple(lr_shape))
     out_channels = 1 if channels == 1 else 3
     hr = SCALE * SCALE * h * w
     views = h * w * out_channels + 2 * hr * out_channels + 3 * hr  # LR, single and mean, RGB heatmap
-    return n_planes * (3 * 4 * hr * out_channels + 2 * views)
+    return n_planes * (4 * 4 * hr * out_channels + 2 * views)
 
 
 class StackReport:
@@ -271,15 +281,16 @@ class StackReport:
             self.output_axes = self.layout.plane_axes + "YX" + ("S" if result.mean.ndim == 3 else "")
             shape = (*self.layout.plane_shape, *result.mean.shape)
             tiff_meta = {"summary": json.dumps(self.provenance), "axes": self.output_axes}
-            for name in ("mean", "single", "std"):
+            names = ("mean", "single", "std") + (("sigma",) if result.std_scale is not None else ())
+            for name in names:
                 self.tiffs[name] = _open_tiff(self.folder / f"{name}.tif", shape, result.mean.ndim == 3, tiff_meta)
         norm = result.normalization
-        for name, convert in (
-            ("mean", norm.to_input_units),
-            ("single", norm.to_input_units),
-            ("std", norm.std_to_input_units),
-        ):
-            _blockwise(convert, getattr(result, name), self.tiffs[name][index])
+        outputs = [("mean", result.mean, norm.to_input_units), ("single", result.single, norm.to_input_units),
+                   ("std", result.std, norm.std_to_input_units)]
+        if "sigma" in self.tiffs:
+            outputs.append(("sigma", result.std, _sigma_in_input_units(result)))
+        for name, array, convert in outputs:
+            _blockwise(convert, array, self.tiffs[name][index])
         plane_meta = {k: meta[k] for k in _PLANE_KEYS}
         self.planes.append({"index": list(index), "folder": folder, **plane_meta, **_plane_summary(result)})
 

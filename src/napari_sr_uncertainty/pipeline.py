@@ -75,6 +75,8 @@ class SRResult:
     ``(2h, 2w, 3)`` for colour. ``heatmap`` is the std averaged over channels, ``(2h, 2w)``.
     ``lr`` is the processed LR region (model units, input layout); it starts at ``crop_offset``
     (row, col) in the input image. Use ``normalization`` to map values back to the input's units.
+    ``std_scale`` is the weights' calibration (training card): ``std_scale * std`` is the calibrated sigma,
+    an estimate of the error in the same units; None when the weights carry no calibration.
     """
 
     mean: np.ndarray
@@ -92,6 +94,22 @@ class SRResult:
     weights_source: str
     weights_sha256: str
     timings: dict[str, float] = field(default_factory=dict)
+    std_scale: float | None = None
+
+    def calibrated_sigma(self, std: np.ndarray) -> np.ndarray:
+        """``std_scale * std``: the std in error units (about 95 % of errors lie within ±1.96 of it).
+
+        Raises
+        ------
+        InputError
+            If the weights carry no calibration.
+        """
+        if self.std_scale is None:
+            raise InputError(
+                f"the weights {self.weights_source} carry no calibration (training card with "
+                "calibration.std_scale): only the raw MC std can be shown"
+            )
+        return std * np.float32(self.std_scale)
 
     @property
     def metadata(self) -> dict:
@@ -108,6 +126,11 @@ class SRResult:
             "crop_offset": list(self.crop_offset),
             "patch_size": self.options.patch_size,
             "normalization": self.normalization.as_dict(),
+            "calibration": None if self.std_scale is None else {
+                "std_scale": self.std_scale,
+                "calibrated_sigma": "std_scale x std (sigma.tif): mean ± 1.96 sigma held 95 % of pixel errors on "
+                "held-out training images (see the weights' training card)",
+            },
             "timings_s": dict(self.timings),
             "versions": library_versions(),
         }
@@ -358,6 +381,7 @@ def iter_super_resolve(
         weights_source=weights.source,
         weights_sha256=weights.sha256,
         timings={"prepare": t_compute - t_start, "compute": t_done - t_compute, "total": time.perf_counter() - t_start},
+        std_scale=None if n_samples == 0 else weights.calibration_scale,
     )
 
 

@@ -144,18 +144,27 @@ def _load_keras_h5(path: Path) -> dict[str, np.ndarray]:
 def load_weights(path: str | Path | None = None) -> Weights:
     """Load weights from ``path`` (ours or Keras ``.h5``), or the bundled weights when ``path`` is None.
 
+    A training card next to a ``.msgpack`` file (same name, ``.json``, as ``napari-sr-uncertainty-train
+    --export`` writes it) is read too: it carries the calibration, and its sha256 must match the file.
+
     Raises
     ------
     WeightsError
-        If the file is missing, unreadable, corrupt, fails its checksum or has the wrong architecture.
+        If the file is missing, unreadable, corrupt, fails its checksum, has the wrong architecture, or its
+        training card is unreadable.
     """
-    card: dict = {}
     if path is None:
         path = bundled_weights_dir() / f"{BUNDLED_NAME}.msgpack"
-        card_path = path.with_suffix(".json")
-        if card_path.is_file():
-            card = json.loads(card_path.read_text())
     path = Path(path).expanduser()
+    card: dict = {}
+    card_path = path.with_suffix(".json")
+    if path.suffix == ".msgpack" and card_path.is_file():
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WeightsError(f"{card_path}: unreadable training card ({exc})") from exc
+        if not isinstance(card, dict):
+            raise WeightsError(f"{card_path}: not a training card (expected a JSON object)")
     if not path.exists():
         raise WeightsError(f"{path}: weights file not found")
     if not path.is_file():
