@@ -553,6 +553,9 @@ def train(
     def checkpoint():
         save_checkpoint(checkpoint_path, params, opt_state, step, sampler.state(), config, best)
 
+    def optimised_loss(losses) -> float:
+        return float(losses[0] + config.uncertainty_weight * losses[1])
+
     with open(run_dir / LOG_NAME, "a") as log_file:
         while step < config.steps:
             lr_batch, hr_batch = sampler.batch(config.batch)
@@ -574,7 +577,7 @@ def train(
                     best = {"val_psnr_y": val["psnr_y"], "val_ssim_y": val["ssim_y"], "step": step,
                             "val_bicubic_psnr_y": val["bicubic_psnr_y"], "val_bicubic_ssim_y": val["bicubic_ssim_y"]}
                     save_weights(arrays, run_dir / BEST_NAME)
-                record = {"step": step, "loss": float(loss.sum()), "pixel_loss": float(loss[0]),
+                record = {"step": step, "loss": optimised_loss(loss), "pixel_loss": float(loss[0]),
                           "uncertainty_loss": float(loss[1]), "lr": float(make_schedule(config)(step)),
                           "val_psnr_y": val["psnr_y"], "val_bicubic_psnr_y": val["bicubic_psnr_y"],
                           "val_pixel_spearman": val_uncertainty["pixel_spearman"],
@@ -591,7 +594,7 @@ def train(
                 checkpoint()
             if timed_out:
                 break
-    return {"step": step, "loss": float(loss.sum()), "best": best}
+    return {"step": step, "loss": optimised_loss(loss), "best": best}
 
 
 # ----------------------------------------------------------------------------------------------
