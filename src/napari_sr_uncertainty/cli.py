@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default: 0)")
     parser.add_argument("--weights", help="weights file: ours (.msgpack) or the original Keras .h5")
     parser.add_argument("--center-crop", action="store_true", help="crop to the largest multiple of the patch size, as the original")
-    parser.add_argument("--deterministic", action="store_true", help="one pass with dropout off (no uncertainty)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="one pass with dropout off: no uncertainty, and less accurate than the MC mean")
     parser.add_argument("--patch-size", type=int, default=DEFAULT_PATCH, help="LR patch size for ranking (default: 64)")
     parser.add_argument("--patches", type=int, default=5, help="patches marked in each set (default: 5)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -173,7 +173,7 @@ def first_layer_valid(params: dict, lr):
 
 
 def last_layers_valid(params: dict, h1, masks=None):
-    """Dropout, conv2, ReLU, dropout, "valid" 5x5 conv3 on first-layer activations (N, s, s, 64) -> (N, s - 4, s - 4, 3).
+    """Dropout, conv2, ReLU, dropout, "valid" 5x5 conv3: first-layer activations (N, s, s, 64) -> (N, s - 4, s - 4, 3).
 
     ``masks`` are two keep masks (N, s, s, 64) and (N, s, s, 32), or None for dropout off.
     """
@@ -748,8 +748,8 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(
         data=[str(Path(d).resolve()) for d in args.data], steps=args.steps, batch=args.batch, crop_lr=args.crop,
         loss=args.loss, uncertainty_weight=args.uncertainty_weight, mc_train_samples=args.mc_train_samples,
-        uncertainty_window=args.uncertainty_window, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed, init=args.init,
-        val_every=args.val_every, checkpoint_every=args.checkpoint_every,
+        uncertainty_window=args.uncertainty_window, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed,
+        init=args.init, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
     )
     result = train(config, args.run_dir, max_seconds=args.max_seconds, resume=not args.no_resume)
     print(json.dumps(result), file=sys.stderr)
