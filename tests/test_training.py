@@ -228,3 +228,8 @@ def test_cli_refuses_uncertainty_loss_with_one_sample(tmp_path, capsys):
         training.main(["--run-dir", str(tmp_path), "--data", str(tmp_path), "--uncertainty-weight", "0.1"])
     assert exit_info.value.code == 2
     assert "--mc-train-samples" in capsys.readouterr().err
+
+
+def test_training_without_validation_images_is_refused(tiny_pairs, tmp_path):
+    with pytest.raises(ValueError, match="no validation images"):
+        training.train(_tiny_config(), tmp_path, train_pairs=tiny_pairs[0], val_pairs=[], log=open("/dev/null", "w"))

@@ -536,6 +536,9 @@ def train(
         config = read_checkpoint_config(checkpoint_path)
     if train_pairs is None or val_pairs is None:
         train_pairs, val_pairs = load_pairs(config.data, tuple(config.holdout), min_lr_size=config.crop_lr)
+    if not val_pairs:
+        raise ValueError(f"no validation images: none of the held-out images ({', '.join(config.holdout)}) is in "
+                         f"the data folders; include BSD200 in --data")
     sampler = CropSampler(train_pairs, config.crop_lr, seed=config.seed)
     params = to_flax_params(initial_arrays(config))["params"]
     opt_state = make_optimizer(config).init(params)
@@ -751,7 +754,11 @@ def main(argv: list[str] | None = None) -> int:
         uncertainty_window=args.uncertainty_window, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed,
         init=args.init, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
     )
-    result = train(config, args.run_dir, max_seconds=args.max_seconds, resume=not args.no_resume)
+    try:
+        result = train(config, args.run_dir, max_seconds=args.max_seconds, resume=not args.no_resume)
+    except ValueError as exc:
+        print(f"napari-sr-uncertainty-train: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result), file=sys.stderr)
     return 0
 
