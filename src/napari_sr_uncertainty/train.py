@@ -18,6 +18,10 @@ Design notes (why it looks like this):
 * **Dropout masks** come from :func:`napari_sr_uncertainty.engine.keep_mask` (a counter-based hash, far
   cheaper than threefry on a CPU), keyed on (seed + step, crop index, layer, position, channel), at the
   engine's effective rate, so training sees the same dropout as inference.
+* **Uncertainty loss** (optional, :func:`uncertainty_loss`). Plain dropout training lets the MC std follow
+  the image's brightness (the intensity rides on a few channels). Drawing K dropout samples per crop (they
+  share the first layer) and penalising the spread of log(variance / squared error) over small windows
+  teaches the network to put its dropout variance where its errors are.
 * **Checkpoints** are flax msgpack (params, optimiser state, step, data-sampler state, config); no pickle.
 """
 
