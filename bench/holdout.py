@@ -6,7 +6,7 @@ Usage::
 
 This is where choices between trained models are made (never on Set5, Set14 or BSD100). One row per
 weights file: Y-PSNR of bicubic and of the MC mean, and the uncertainty metrics of
-:func:`napari_sr_uncertainty.uncertainty_metrics.image_uncertainty_stats` (64 px LR patches), mean over
+:func:`napari_sr_uncertainty.train.mc_image_stats` (64 px LR patches), mean over
 the images.
 """
 
@@ -18,24 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sr_uncertainty import engine, metrics
+from napari_sr_uncertainty import metrics
+from napari_sr_uncertainty.train import mc_image_stats
 from napari_sr_uncertainty.train_data import BSD200_VALIDATION_IDS, load_pairs
-from napari_sr_uncertainty.uncertainty_metrics import image_uncertainty_stats
 from napari_sr_uncertainty.weights import load_weights
 
 COLUMNS = ("psnr_y", "pixel_spearman", "patch_spearman", "least_most_ratio", "oracle_least_most_ratio", "ause")
 
 
 def evaluate(weights_path: str, pairs, n_samples: int) -> dict:
-    params = engine.prepare_params(load_weights(weights_path).arrays)
-    rows = []
-    for pair in pairs:
-        mc = engine.mc_predict(pair.lr.astype(np.float32) / 255.0, params, n_samples=n_samples, seed=0)
-        stats = image_uncertainty_stats(mc.mean, mc.std, pair.hr.astype(np.float32) / 255.0)
-        stats["psnr_y"] = metrics.psnr_y(mc.mean, pair.hr)
-        stats["bicubic_psnr_y"] = metrics.psnr_y(metrics.bicubic_upscale(pair.lr), pair.hr)
-        rows.append(stats)
-    return {key: float(np.nanmean([r[key] for r in rows])) for key in (*COLUMNS, "bicubic_psnr_y")}
+    rows = mc_image_stats(load_weights(weights_path).arrays, pairs, n_samples)
+    means = {key: float(np.nanmean([r[key] for r in rows])) for key in COLUMNS}
+    means["bicubic_psnr_y"] = float(np.mean([metrics.psnr_y(metrics.bicubic_upscale(p.lr), p.hr) for p in pairs]))
+    return means
 
 
 def main(argv: list[str] | None = None) -> int:

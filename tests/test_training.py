@@ -223,6 +223,11 @@ def test_export_last_writes_the_latest_weights_with_a_card(tiny_pairs, tmp_path,
     assert card["sha256"] == exported.sha256
 
 
+def test_uncertainty_loss_with_one_sample_is_refused():
+    with pytest.raises(ValueError, match="two or more dropout samples"):
+        training.TrainConfig(uncertainty_weight=0.1, mc_train_samples=1)
+
+
 def test_cli_refuses_uncertainty_loss_with_one_sample(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         training.main(["--run-dir", str(tmp_path), "--data", str(tmp_path), "--uncertainty-weight", "0.1"])

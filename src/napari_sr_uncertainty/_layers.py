@@ -159,6 +159,7 @@ def build_layer_data(
     names = output_names(geometry.name)
     scale, translate = output_scale_translate(geometry, first.crop_offset)
     metadata = combined_metadata(results)
+    uncertainty_units = "calibrated sigma" if calibrated else "MC std"
 
     def stack(arrays: list[np.ndarray]) -> np.ndarray:
         return np.stack(arrays).reshape(*slices_shape, *arrays[0].shape)
@@ -195,7 +196,6 @@ def build_layer_data(
     std = stack([r.normalization.std_to_input_units(r.heatmap) for r in results])
     if calibrated:
         std = first.calibrated_sigma(std)
-    uncertainty_units = "calibrated sigma" if calibrated else "MC std"
     layers: list[LayerDataTuple] = [
         (mean, {**common("SR mean"), **shown_as_input}, "image"),
         (single, {**common("SR single"), **shown_as_input, "visible": False}, "image"),

@@ -88,6 +88,11 @@ class TrainConfig:
     val_every: int = 250
     checkpoint_every: int = 250
 
+    def __post_init__(self):
+        if self.uncertainty_weight > 0 and self.mc_train_samples < 2:
+            raise ValueError("the uncertainty loss needs two or more dropout samples per crop (a variance): "
+                             "set --mc-train-samples 2 or more")
+
 
 # ----------------------------------------------------------------------------------------------
 # Initialisation
@@ -379,20 +384,28 @@ def evaluate_pairs(arrays: dict[str, np.ndarray], pairs: list[ImagePair], n_samp
     }
 
 
+def mc_image_stats(arrays: dict[str, np.ndarray], pairs: list[ImagePair], n_samples: int, seed: int = 0) -> list[dict]:
+    """Per image of ``pairs``: :func:`uncertainty_metrics.image_uncertainty_stats` of an MC run (64x64 LR
+    patches), plus ``psnr_y``, the protocol Y-PSNR of its MC mean."""
+    rows = []
+    for pair in pairs:
+        result = predict(arrays, pair.lr, n_samples, seed)
+        stats = uncertainty_metrics.image_uncertainty_stats(result.mean, result.std, pair.hr.astype(np.float32) / 255.0)
+        stats["psnr_y"] = metrics.psnr_y(result.mean, pair.hr)
+        rows.append(stats)
+    return rows
+
+
 def evaluate_uncertainty(arrays: dict[str, np.ndarray], pairs: list[ImagePair], n_samples: int = 16,
                          seed: int = 0) -> dict:
     """Mean pixel and patch Spearman of the MC std against the MC mean's error on ``pairs``.
 
-    Patches are the product's 64x64 LR patches (:func:`uncertainty_metrics.image_uncertainty_stats`); images
-    with fewer than three patches count only for the pixel correlation.
+    Patches are the product's 64x64 LR patches (:func:`mc_image_stats`); images with fewer than three
+    patches count only for the pixel correlation.
     """
-    pixel, patch = [], []
-    for pair in pairs:
-        result = predict(arrays, pair.lr, n_samples, seed)
-        stats = uncertainty_metrics.image_uncertainty_stats(result.mean, result.std, pair.hr.astype(np.float32) / 255.0)
-        pixel.append(stats["pixel_spearman"])
-        if np.isfinite(stats["patch_spearman"]):
-            patch.append(stats["patch_spearman"])
+    rows = mc_image_stats(arrays, pairs, n_samples, seed)
+    pixel = [r["pixel_spearman"] for r in rows]
+    patch = [r["patch_spearman"] for r in rows if np.isfinite(r["patch_spearman"])]
     return {"mc_samples": n_samples,
             "pixel_spearman": float(np.nanmean(pixel)) if pixel else float("nan"),
             "patch_spearman": float(np.mean(patch)) if patch else float("nan")}
@@ -648,9 +661,7 @@ def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | Non
     config = TrainConfig(**json.loads(payload["config"]))
     best = json.loads(payload["best"])
     if last:
-        params = payload["params"]
-        arrays = {f"{name}/{kind}": np.asarray(params[name][kind], np.float32)
-                  for name in PARAM_SHAPES for kind in ("kernel", "bias")}
+        arrays = from_flax_params({"params": payload["params"]})
         exported_step = int(payload["step"])
     else:
         arrays = load_weights(run_dir / BEST_NAME).arrays
@@ -746,18 +757,19 @@ def main(argv: list[str] | None = None) -> int:
     resuming = not args.no_resume and (Path(args.run_dir) / CHECKPOINT_NAME).exists()
     if not args.data and not resuming:
         build_parser().error("--data is required for a new run")
-    if args.uncertainty_weight > 0 and args.mc_train_samples < 2:
-        build_parser().error("--uncertainty-weight needs --mc-train-samples 2 or more (a variance needs two samples)")
-    for folder in args.data:
-        list_images(folder)  # fails early on evaluation sets and missing folders
     if args.init not in ("bicubic", "random"):
         args.init = str(Path(args.init).resolve())
-    config = TrainConfig(
-        data=[str(Path(d).resolve()) for d in args.data], steps=args.steps, batch=args.batch, crop_lr=args.crop,
-        loss=args.loss, uncertainty_weight=args.uncertainty_weight, mc_train_samples=args.mc_train_samples,
-        uncertainty_window=args.uncertainty_window, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed,
-        init=args.init, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
-    )
+    try:
+        config = TrainConfig(
+            data=[str(Path(d).resolve()) for d in args.data], steps=args.steps, batch=args.batch, crop_lr=args.crop,
+            loss=args.loss, uncertainty_weight=args.uncertainty_weight, mc_train_samples=args.mc_train_samples,
+            uncertainty_window=args.uncertainty_window, learning_rate=args.lr, warmup_steps=args.warmup,
+            seed=args.seed, init=args.init, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
+        )
+    except ValueError as exc:
+        build_parser().error(str(exc))
+    for folder in args.data:
+        list_images(folder)  # fails early on evaluation sets and missing folders
     try:
         result = train(config, args.run_dir, max_seconds=args.max_seconds, resume=not args.no_resume)
     except ValueError as exc:
