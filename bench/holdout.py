@@ -6,7 +6,7 @@ Usage::
 
 This is where choices between trained models are made (never on Set5, Set14 or BSD100). One row per
 weights file: Y-PSNR of bicubic and of the MC mean, and the uncertainty metrics of
-:func:`napari_sr_uncertainty.train.mc_image_stats` (64 px LR patches), mean over
+:func:`napari_sr_uncertainty.training.train.mc_image_stats` (64 px LR patches), mean over
 the images.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sr_uncertainty import metrics
-from napari_sr_uncertainty.train import mc_image_stats
-from napari_sr_uncertainty.train_data import BSD200_VALIDATION_IDS, load_pairs
-from napari_sr_uncertainty.weights import load_weights
+from napari_sr_uncertainty.core import metrics
+from napari_sr_uncertainty.training.train import mc_image_stats
+from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_pairs
+from napari_sr_uncertainty.models.weights import load_weights
 
 COLUMNS = ("psnr_y", "pixel_spearman", "patch_spearman", "least_most_ratio", "oracle_least_most_ratio", "ause")
 

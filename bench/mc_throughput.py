@@ -34,7 +34,8 @@ def load_arrays() -> tuple[dict, str]:
     """ESRCNN weights as flat float32 arrays, and where they came from."""
     import numpy as np
 
-    from napari_sr_uncertainty import model, weights
+    from napari_sr_uncertainty.models import esrcnn_module as model
+    from napari_sr_uncertainty.models import weights
 
     bundled = weights.bundled_weights_dir() / f"{weights.BUNDLED_NAME}.msgpack"
     for path in (bundled, KERAS_WEIGHTS):
@@ -58,7 +59,7 @@ def baseline_runner(arrays):
     import jax
     import jax.numpy as jnp
 
-    from napari_sr_uncertainty import model
+    from napari_sr_uncertainty.models import esrcnn_module as model
 
     net = model.ESRCNN()
     variables = model.to_flax_params(arrays)
@@ -82,7 +83,7 @@ def baseline_runner(arrays):
 
 
 def engine_runner(arrays):
-    from napari_sr_uncertainty import engine
+    from napari_sr_uncertainty.models import esrcnn_fast as engine
 
     params = engine.prepare_params(arrays)
     return lambda lr: engine.mc_predict(lr, params, n_samples=N_SAMPLES, seed=0)
@@ -125,7 +126,7 @@ def worker(kind: str, size: int, repeats: int) -> dict:
     run = RUNNERS[kind](arrays)
     start = time.perf_counter()
     if kind == "engine" and repeats == 0:  # one run with progress reporting (the large image)
-        from napari_sr_uncertainty import engine
+        from napari_sr_uncertainty.models import esrcnn_fast as engine
 
         out = engine.allocate_result(lr.shape, N_SAMPLES, 0)
         progress = list(engine.iter_mc_predict(lr, engine.prepare_params(arrays), n_samples=N_SAMPLES, out=out))
@@ -151,7 +152,7 @@ def profile(block: int, repeats: int = 16) -> None:
     import jax
     import jax.numpy as jnp
 
-    from napari_sr_uncertainty import engine
+    from napari_sr_uncertainty.models import esrcnn_fast as engine
 
     params = {k: jnp.asarray(v) for k, v in engine.prepare_params(load_arrays()[0]).items()}
     size = 2 * block + 4  # h1 side of a block: output plus conv3's halo
@@ -213,7 +214,7 @@ def main() -> None:
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile:
-        from napari_sr_uncertainty import engine
+        from napari_sr_uncertainty.models import esrcnn_fast as engine
 
         profile(engine.BLOCK)
         return

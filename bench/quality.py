@@ -11,7 +11,7 @@ Rows: bicubic, the original Keras weights (``modelesrcnn8.h5``), ours determinis
 mean of ``--samples`` dropout samples, and the published SRCNN / FSRCNN numbers (copied from PROTOCOL.md,
 not measured here). The uncertainty section (Set14, BSD100, ours) uses the heatmap = MC std averaged over
 RGB, errors of the MC mean in RGB [0, 1] with ``scale`` pixels shaved
-(:mod:`napari_sr_uncertainty.uncertainty_metrics`), as follows:
+(:mod:`napari_sr_uncertainty.core.uncertainty_metrics`), as follows:
 
 * pixel Spearman: per image, Spearman rank correlation of heatmap and |error| (mean over RGB), averaged;
 * patch Spearman: per image, Spearman of patch scores (mean heatmap per 64x64 LR patch) and patch RMSE;
@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from napari_sr_uncertainty import engine, metrics
-from napari_sr_uncertainty.weights import load_weights
+from napari_sr_uncertainty.models import esrcnn_fast as engine
+from napari_sr_uncertainty.core import metrics
+from napari_sr_uncertainty.models.weights import load_weights
 
-from napari_sr_uncertainty.uncertainty_metrics import image_uncertainty_stats
+from napari_sr_uncertainty.core.uncertainty_metrics import image_uncertainty_stats
 
 SCALE = 2
 PATCH_LR = 64

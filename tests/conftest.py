@@ -10,7 +10,7 @@ import pytest
 
 def _random_esrcnn_arrays(seed: int = 1) -> dict[str, np.ndarray]:
     """Random ESRCNN weights: fan-in scaled kernels and non-zero biases, so every layer matters in a test."""
-    from napari_sr_uncertainty.model import PARAM_SHAPES
+    from napari_sr_uncertainty.models.esrcnn_module import PARAM_SHAPES
 
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -29,8 +29,8 @@ def random_arrays() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def random_weights(random_arrays):
-    """The same random weights as a :class:`~napari_sr_uncertainty.weights.Weights`."""
-    from napari_sr_uncertainty.weights import Weights
+    """The same random weights as a :class:`~napari_sr_uncertainty.models.weights.Weights`."""
+    from napari_sr_uncertainty.models.weights import Weights
 
     return Weights(arrays=random_arrays, source="random", sha256="0" * 64)
 
@@ -38,7 +38,7 @@ def random_weights(random_arrays):
 @pytest.fixture(scope="session")
 def random_weights_path(random_arrays, tmp_path_factory) -> Path:
     """The same random weights saved in our msgpack format."""
-    from napari_sr_uncertainty.weights import save_weights
+    from napari_sr_uncertainty.models.weights import save_weights
 
     path = tmp_path_factory.mktemp("weights") / "random_esrcnn_x2.msgpack"
     save_weights(random_arrays, path)
@@ -52,7 +52,7 @@ def weights_path(random_weights_path) -> Path:
     Random weights exercise every code path (shapes, dropout, uncertainty) but not image quality;
     tests that need a trained network should use ``bundled_weights_path`` instead.
     """
-    from napari_sr_uncertainty.weights import BUNDLED_NAME, bundled_weights_dir
+    from napari_sr_uncertainty.models.weights import BUNDLED_NAME, bundled_weights_dir
 
     bundled = bundled_weights_dir() / f"{BUNDLED_NAME}.msgpack"
     return bundled if bundled.is_file() else random_weights_path
@@ -61,7 +61,7 @@ def weights_path(random_weights_path) -> Path:
 @pytest.fixture(scope="session")
 def bundled_weights_path() -> Path:
     """The bundled (trained) weights; skips the test when they are not in this checkout."""
-    from napari_sr_uncertainty.weights import BUNDLED_NAME, bundled_weights_dir
+    from napari_sr_uncertainty.models.weights import BUNDLED_NAME, bundled_weights_dir
 
     path = bundled_weights_dir() / f"{BUNDLED_NAME}.msgpack"
     if not path.is_file():
@@ -72,7 +72,7 @@ def bundled_weights_path() -> Path:
 @pytest.fixture
 def errors(monkeypatch):
     """Messages the widget shows with napari's ``show_error``, collected instead of shown."""
-    import napari_sr_uncertainty._widget as widget_module
+    import napari_sr_uncertainty.plugin.widget as widget_module
 
     shown: list[str] = []
     monkeypatch.setattr(widget_module, "show_error", shown.append)
@@ -82,7 +82,7 @@ def errors(monkeypatch):
 @pytest.fixture
 def make_widget(make_napari_viewer, weights_path):
     """Factory: a viewer with the dock widget docked, set up for quick runs (``samples`` dropout samples)."""
-    from napari_sr_uncertainty._widget import SuperResolveWidget
+    from napari_sr_uncertainty.plugin.widget import SuperResolveWidget
 
     def make(samples=4):
         viewer = make_napari_viewer()

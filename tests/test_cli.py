@@ -14,9 +14,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_sr_uncertainty import cli, export
-from napari_sr_uncertainty.model import PARAM_SHAPES
-from napari_sr_uncertainty.sample_data import load_sample
+from napari_sr_uncertainty import cli
+from napari_sr_uncertainty.core import report as export
+from napari_sr_uncertainty.models.esrcnn_module import PARAM_SHAPES
+from napari_sr_uncertainty.core.samples import load_sample
 
 ERROR_PREFIX = "napari-sr-uncertainty: error: "
 TOP_LEVEL = ["cropped_LR_img.png", "one_prediction.png", "mean_prediction.png", "uncertainty_map.png",
@@ -89,7 +90,7 @@ def test_sample_run_image_sizes_and_tiffs(sample_run):
 
 def test_sample_run_writes_calibrated_sigma(sample_run, weights_path):
     """sigma.tif = the card's std_scale x std.tif; the summary records the factor and each mark's sigma."""
-    from napari_sr_uncertainty.weights import load_weights
+    from napari_sr_uncertainty.models.weights import load_weights
 
     _, outdir = sample_run
     std_scale = load_weights(weights_path).calibration_scale
@@ -183,7 +184,7 @@ def _weights_file(tmp_path: Path, weights_path: Path, kind: str) -> Path:
     """A broken weights file of the given kind."""
     from flax import serialization
 
-    from napari_sr_uncertainty.weights import FORMAT_TAG
+    from napari_sr_uncertainty.models.weights import FORMAT_TAG
 
     path = tmp_path / f"{kind}.msgpack"
     good = weights_path.read_bytes()
@@ -302,7 +303,7 @@ def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, small_image, weigh
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_scratch_files_are_private(tmp_path):
-    from napari_sr_uncertainty.pipeline import _allocate
+    from napari_sr_uncertainty.core.pipeline import _allocate
 
     array = _allocate((4, 4), str(tmp_path), "mean")
     assert os.stat(array.filename).st_mode & 0o077 == 0

@@ -11,11 +11,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_sr_uncertainty import cli, export, pipeline
-from napari_sr_uncertainty.export import report_bytes, to_uint8_view
-from napari_sr_uncertainty.imaging import InputError, array_layout, read_image
-from napari_sr_uncertainty.pipeline import SROptions, output_bytes, super_resolve
-from napari_sr_uncertainty.weights import load_weights
+from napari_sr_uncertainty import cli
+from napari_sr_uncertainty.core import report as export
+from napari_sr_uncertainty.core import pipeline
+from napari_sr_uncertainty.core.report import report_bytes, to_uint8_view
+from napari_sr_uncertainty.core.imaging import InputError, array_layout, read_image
+from napari_sr_uncertainty.core.pipeline import SROptions, output_bytes, super_resolve
+from napari_sr_uncertainty.models.weights import load_weights
 
 ERROR_PREFIX = "napari-sr-uncertainty: error: "
 VIEWS = {"cropped_LR_img.png", "one_prediction.png", "mean_prediction.png", "uncertainty_map.png", "colorbar.png",

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty import engine, model
+from napari_sr_uncertainty.models import esrcnn_fast as engine
+from napari_sr_uncertainty.models import esrcnn_module as model
 
 # One compiled program per mask shape instead of dozens of op-by-op dispatches.
 keep_mask = jax.jit(engine.keep_mask, static_argnums=5)
@@ -154,7 +155,7 @@ def test_masks_independent_of_coordinate_range():
 
 @needs_reference
 def test_keras_reference_deterministic():
-    from napari_sr_uncertainty.weights import load_weights
+    from napari_sr_uncertainty.models.weights import load_weights
 
     ref = np.load(REFERENCE / "keras_reference_outputs.npz")
     params = engine.prepare_params(load_weights(REFERENCE / "modelesrcnn8.h5").arrays)
@@ -166,7 +167,7 @@ def test_keras_reference_deterministic():
 
 @needs_reference
 def test_keras_reference_mc_statistics():
-    from napari_sr_uncertainty.weights import load_weights
+    from napari_sr_uncertainty.models.weights import load_weights
 
     ref = np.load(REFERENCE / "keras_reference_outputs.npz")
     n = int(ref["mc_samples"])
@@ -183,7 +184,8 @@ def test_keras_reference_mc_statistics():
 def _run_in_fresh_process(cache_dir: str, weights_file: Path) -> dict:
     code = (
         "import json, sys, numpy as np, jax\n"
-        "from napari_sr_uncertainty import engine, weights\n"
+        "from napari_sr_uncertainty.models import esrcnn_fast as engine\n"
+        "from napari_sr_uncertainty.models import weights\n"
         "params = engine.prepare_params(weights.load_weights(sys.argv[1]).arrays)\n"
         "lr = np.random.default_rng(0).random((8, 8, 3), dtype=np.float32)\n"
         "r = engine.mc_predict(lr, params, n_samples=3)\n"
@@ -212,7 +214,7 @@ def test_compile_cache_used_and_corrupt_or_unwritable_cache_is_harmless(tmp_path
 
 
 def test_compile_cache_is_pruned_oldest_first(tmp_path):
-    from napari_sr_uncertainty._jax_setup import prune_cache
+    from napari_sr_uncertainty.models.jax_setup import prune_cache
 
     for age, name in enumerate(["newest", "middle", "oldest"]):
         entry = tmp_path / name

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from napari.layers import Image, Layer
 
-from napari_sr_uncertainty._layers import PLUGIN_KEY, InputGeometry, build_layer_data, output_names
+from napari_sr_uncertainty.plugin.layers import PLUGIN_KEY, InputGeometry, build_layer_data, output_names
 
 
 @pytest.fixture(scope="module")
 def results(weights_path):
-    from napari_sr_uncertainty.pipeline import SROptions, super_resolve
-    from napari_sr_uncertainty.weights import load_weights
+    from napari_sr_uncertainty.core.pipeline import SROptions, super_resolve
+    from napari_sr_uncertainty.models.weights import load_weights
 
     weights = load_weights(weights_path)
     rng = np.random.default_rng(1)
@@ -72,8 +72,8 @@ def test_values_are_in_the_input_units(results):
 
 
 def test_calibrated_sigma_is_the_std_times_the_cards_factor(results, random_weights):
-    from napari_sr_uncertainty.imaging import InputError
-    from napari_sr_uncertainty.pipeline import SROptions, super_resolve
+    from napari_sr_uncertainty.core.imaging import InputError
+    from napari_sr_uncertainty.core.pipeline import SROptions, super_resolve
 
     image, result = results["gray"]
     assert result.std_scale is not None  # the bundled weights carry a calibration

@@ -45,8 +45,8 @@ def test_sample_data_functions_return_layer_data(key, shape):
 
 def test_importing_the_plugin_modules_does_not_import_jax():
     code = (
-        "import sys, napari_sr_uncertainty._widget, napari_sr_uncertainty._sample_data, "
-        "napari_sr_uncertainty._layers; napari_sr_uncertainty._sample_data.astronaut(); "
+        "import sys, napari_sr_uncertainty.plugin.widget, napari_sr_uncertainty.plugin.sample_data, "
+        "napari_sr_uncertainty.plugin.layers; napari_sr_uncertainty.plugin.sample_data.astronaut(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'jaxlib')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

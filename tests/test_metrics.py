@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty import metrics
+from napari_sr_uncertainty.core import metrics
 
 
 def _photo_crop(size: int = 96) -> np.ndarray:

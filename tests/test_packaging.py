@@ -28,7 +28,7 @@ def test_wheel_contains_manifest_weights_and_samples(wheel):
         "napari_sr_uncertainty/napari.yaml",
         "napari_sr_uncertainty/weights/esrcnn_x2.msgpack",
         "napari_sr_uncertainty/weights/esrcnn_x2.json",
-        "napari_sr_uncertainty/data/astronaut_lr.png",
+        "napari_sr_uncertainty/core/data/astronaut_lr.png",
     ):
         assert member in names, f"{member} missing from the wheel"
 
@@ -60,7 +60,7 @@ def test_npe2_validates_the_installed_manifest():
 
 def test_importing_the_package_and_its_napari_modules_does_not_import_jax():
     code = (
-        "import sys, napari_sr_uncertainty, napari_sr_uncertainty.sample_data, napari_sr_uncertainty.pipeline; "
+        "import sys, napari_sr_uncertainty, napari_sr_uncertainty.core.samples, napari_sr_uncertainty.core.pipeline; "
         "assert 'jax' not in sys.modules, 'jax imported at startup'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty.patches import score_patches, select_patches
+from napari_sr_uncertainty.core.patches import score_patches, select_patches
 
 
 def test_scores_are_block_means_of_known_values():

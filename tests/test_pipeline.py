@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty.imaging import InputError, to_model_input
-from napari_sr_uncertainty.model import ESRCNN, to_flax_params
-from napari_sr_uncertainty.pipeline import SROptions, center_crop_box, super_resolve
+from napari_sr_uncertainty.core.imaging import InputError, to_model_input
+from napari_sr_uncertainty.models.esrcnn_module import ESRCNN, to_flax_params
+from napari_sr_uncertainty.core.pipeline import SROptions, center_crop_box, super_resolve
 
 
 def flax_forward(weights, rgb01):

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_sr_uncertainty import engine, metrics
-from napari_sr_uncertainty.weights import BUNDLED_NAME, bundled_weights_dir, file_sha256, load_weights
+from napari_sr_uncertainty.models import esrcnn_fast as engine
+from napari_sr_uncertainty.core import metrics
+from napari_sr_uncertainty.models.weights import BUNDLED_NAME, bundled_weights_dir, file_sha256, load_weights
 
 PHOTOGRAPHS = ("astronaut", "chelsea", "coffee")
 TARGET_GAIN_DB = 1.5

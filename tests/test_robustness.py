@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_sr_uncertainty.imaging import InputError, to_model_input
-from napari_sr_uncertainty.model import PARAM_SHAPES
-from napari_sr_uncertainty.pipeline import (
+from napari_sr_uncertainty.core.imaging import InputError, to_model_input
+from napari_sr_uncertainty.models.esrcnn_module import PARAM_SHAPES
+from napari_sr_uncertainty.core.pipeline import (
     SROptions,
     estimate_memory,
     iter_super_resolve,
@@ -17,7 +17,7 @@ from napari_sr_uncertainty.pipeline import (
     iter_super_resolve_stack,
     super_resolve,
 )
-from napari_sr_uncertainty.weights import Weights, load_weights
+from napari_sr_uncertainty.models.weights import Weights, load_weights
 
 MC2 = SROptions(n_samples=2, patch_size=4, n_patches=2)
 DTYPES = ["uint8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool"]

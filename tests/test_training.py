@@ -10,10 +10,12 @@ pytest.importorskip("optax")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from napari_sr_uncertainty import engine, metrics, model  # noqa: E402
-from napari_sr_uncertainty import train as training  # noqa: E402
-from napari_sr_uncertainty.train_data import CropSampler, augment, list_images, make_pair  # noqa: E402
-from napari_sr_uncertainty.weights import load_weights, save_weights  # noqa: E402
+from napari_sr_uncertainty.models import esrcnn_fast as engine  # noqa: E402
+from napari_sr_uncertainty.core import metrics  # noqa: E402
+from napari_sr_uncertainty.models import esrcnn_module as model  # noqa: E402
+from napari_sr_uncertainty.training import train as training  # noqa: E402
+from napari_sr_uncertainty.training.data import CropSampler, augment, list_images, make_pair  # noqa: E402
+from napari_sr_uncertainty.models.weights import load_weights, save_weights  # noqa: E402
 
 
 def _smooth_image(seed: int, size: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty import uncertainty_metrics as um
+from napari_sr_uncertainty.core import uncertainty_metrics as um
 
 
 def test_rankdata_and_spearman_match_scipy():

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty.weights import (
+from napari_sr_uncertainty.models.weights import (
     WeightsError,
     bundled_weights_dir,
     file_sha256,
@@ -42,7 +42,7 @@ def test_bundled_weights_match_their_training_card():
 def test_bundled_weights_with_a_wrong_card_checksum_are_refused(tmp_path, monkeypatch):
     import shutil
 
-    import napari_sr_uncertainty.weights as weights_module
+    import napari_sr_uncertainty.models.weights as weights_module
 
     folder = tmp_path / "weights"
     shutil.copytree(bundled_weights_dir(), folder)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sr_uncertainty._layers import PLUGIN_KEY, output_names
+from napari_sr_uncertainty.plugin.layers import PLUGIN_KEY, output_names
 
 pytestmark = pytest.mark.gui
 RUN_TIMEOUT_MS = 120_000
@@ -47,8 +47,8 @@ def test_sample_data_run_gives_five_aligned_layers(qtbot, viewer_and_widget, err
 
 
 def test_uncertainty_as_calibrated_sigma(qtbot, viewer_and_widget, errors, random_weights_path):
-    from napari_sr_uncertainty._widget import UNCERTAINTY_UNITS
-    from napari_sr_uncertainty.weights import load_weights
+    from napari_sr_uncertainty.plugin.widget import UNCERTAINTY_UNITS
+    from napari_sr_uncertainty.models.weights import load_weights
 
     viewer, widget = viewer_and_widget
     image = viewer.add_image(np.random.default_rng(0).random((24, 30)).astype(np.float32), name="img")
@@ -109,7 +109,7 @@ def test_runtime_error_in_the_computation_is_reported_and_the_widget_recovers(
     qtbot, viewer_and_widget, errors, monkeypatch
 ):
     """XLA reports e.g. out-of-memory as a RuntimeError, which superqt would otherwise swallow silently."""
-    import napari_sr_uncertainty.pipeline as pipeline
+    import napari_sr_uncertainty.core.pipeline as pipeline
 
     def failing(*args, **kwargs):
         yield pipeline.Progress(0, 1, "starting")

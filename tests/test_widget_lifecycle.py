@@ -10,7 +10,7 @@ import napari
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty._layers import OUTPUTS, POINT_OUTPUTS
+from napari_sr_uncertainty.plugin.layers import OUTPUTS, POINT_OUTPUTS
 
 pytestmark = pytest.mark.gui
 RUN_TIMEOUT_MS = 120_000

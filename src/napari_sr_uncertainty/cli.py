@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .export import OutputError, StackReport, check_output_dir, report_bytes, staged_folder, write_report
-from .imaging import ArrayLayout, InputError, array_layout, read_image
-from .pipeline import (
+from .core.report import OutputError, StackReport, check_output_dir, report_bytes, staged_folder, write_report
+from .core.imaging import ArrayLayout, InputError, array_layout, read_image
+from .core.pipeline import (
     DEFAULT_PATCH,
     DEFAULT_SAMPLES,
     Progress,
@@ -41,8 +41,8 @@ from .pipeline import (
     region_shape,
     run_to_end,
 )
-from .sample_data import DEFAULT_SAMPLE, load_sample, sample_image_paths
-from .weights import WeightsError, load_weights
+from .core.samples import DEFAULT_SAMPLE, load_sample, sample_image_paths
+from .models.weights import WeightsError, load_weights
 
 
 class _OneLineParser(argparse.ArgumentParser):

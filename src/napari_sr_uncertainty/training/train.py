@@ -38,9 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import engine, metrics, uncertainty_metrics
-from .model import PARAM_SHAPES, SCALE, from_flax_params, to_flax_params
-from .train_data import BSD200_VALIDATION_IDS, CropSampler, ImagePair, list_images, load_pairs, load_rgb, make_pair
+from ..core import metrics, uncertainty_metrics
+from ..models import esrcnn_fast as engine
+from ..models.esrcnn_module import PARAM_SHAPES, SCALE, from_flax_params, to_flax_params
+from .data import BSD200_VALIDATION_IDS, CropSampler, ImagePair, list_images, load_pairs, load_rgb, make_pair
 
 # Pillow's cubic (a = -0.5) x2 upscaling filter as a 9-tap kernel acting after nearest upsampling.
 _CUBIC_FAR, _CUBIC_NEAR_BEHIND, _CUBIC_NEAR, _CUBIC_FAR_BEHIND = -0.0234375, 0.2265625, 0.8671875, -0.0703125
@@ -494,7 +495,7 @@ def initial_arrays(config: TrainConfig) -> dict[str, np.ndarray]:
     if config.init == "bicubic":
         return bicubic_init(config.seed, config.signal_copies_conv1, config.signal_copies_conv2,
                             config.signal_offset)
-    from .weights import load_weights
+    from ..models.weights import load_weights
 
     return load_weights(config.init).arrays
 
@@ -544,7 +545,7 @@ def train(
     import jax
     import jax.numpy as jnp
 
-    from .weights import save_weights
+    from ..models.weights import save_weights
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -654,7 +655,7 @@ def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | Non
     """
     from flax import serialization
 
-    from .weights import load_weights, save_weights
+    from ..models.weights import load_weights, save_weights
 
     run_dir = Path(run_dir)
     payload = serialization.msgpack_restore((run_dir / CHECKPOINT_NAME).read_bytes())

@@ -23,11 +23,11 @@ from typing import Callable, Generator
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from .imaging import InputError, Normalization, image_layout, scan_values, to_model_input, to_output_layout
-from .architecture import SCALE
+from ..models.esrcnn import SCALE
 from .patches import PatchMark, score_patches, select_patches
-from .weights import Weights, load_weights
+from ..models.weights import Weights, load_weights
 
 DEFAULT_SAMPLES = 40
 DEFAULT_PATCH = 64
@@ -160,7 +160,7 @@ _HR_PIXELS_PER_LR = SCALE * SCALE
 
 def _engine_working_bytes(chunk: int) -> int:
     """JAX working memory of one block: ~(64 + 32 + 75 + 2*64) float32 activations per HR pixel per sample."""
-    from . import engine
+    from ..models import esrcnn_fast as engine
 
     side = SCALE * (engine.BLOCK + 2 * engine.HALO)
     return chunk * side * side * 300 * 4 + (256 << 20)  # + the XLA runtime and compiled code
@@ -180,7 +180,7 @@ def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None,
     are all kept; none with ``options.scratch_dir``) and the engine's per-block working memory. Writing a
     report adds its 8-bit views (up to 12 bytes per LR pixel).
     """
-    from . import engine
+    from ..models import esrcnn_fast as engine
 
     options = options or SROptions()
     h, w, channels = image_layout(tuple(lr_shape))
@@ -326,7 +326,7 @@ def iter_super_resolve(
     InputError
         Bad options or input, or not enough memory; raised before any computation.
     """
-    from . import engine  # imports jax: keep it out of module import time
+    from ..models import esrcnn_fast as engine  # imports jax: keep it out of module import time
 
     options = options or SROptions()
     options.validate()

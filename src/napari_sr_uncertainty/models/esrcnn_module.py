@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .architecture import DROPOUT_RATE, PARAM_SHAPES, SCALE, check_param_shapes  # noqa: F401 (re-exported)
+from .esrcnn import DROPOUT_RATE, PARAM_SHAPES, SCALE, check_param_shapes  # noqa: F401 (re-exported)
 
 
 def upsample_nearest(x: jax.Array, scale: int = SCALE) -> jax.Array:

@@ -20,13 +20,13 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
-from ._layers import PLUGIN_KEY, UNCERTAINTY_COLORMAP, InputGeometry, LayerDataTuple, build_layer_data
-from .imaging import InputError
+from .layers import PLUGIN_KEY, UNCERTAINTY_COLORMAP, InputGeometry, LayerDataTuple, build_layer_data
+from ..core.imaging import InputError
 
 if TYPE_CHECKING:
     import napari
 
-    from .pipeline import SRResult
+    from ..core.pipeline import SRResult
 
 # Perceptually uniform colormaps: equal steps in std look like equal steps in colour.
 UNCERTAINTY_COLORMAPS = ("magma", "inferno", "viridis", "plasma", "cividis", "gray")
@@ -66,8 +66,8 @@ def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult
 
     Returns the results and their layer data, built here so the GUI thread only has to add the layers.
     """
-    from .pipeline import SROptions, iter_super_resolve  # imports jax: only once a run starts
-    from .weights import load_weights
+    from ..core.pipeline import SROptions, iter_super_resolve  # imports jax: only once a run starts
+    from ..models.weights import load_weights
 
     weights = load_weights(job.weights_path)
     if job.calibrated and weights.calibration_scale is None:  # say so before minutes of computing
@@ -94,7 +94,7 @@ def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult
 
 def error_message(exc: BaseException, input_name: str) -> str:
     """An actionable one-line message for a failed run."""
-    from .weights import WeightsError  # the worker has imported it already when this can happen
+    from ..models.weights import WeightsError  # the worker has imported it already when this can happen
 
     if isinstance(exc, InputError):
         return f"Cannot super-resolve '{input_name}': {exc}"
@@ -403,7 +403,7 @@ class SuperResolveWidget(Container):
 
     def export_report(self, outdir: str | Path) -> list[Path]:
         """Write the last result as the CLI's report folder (one subfolder per slice for stacks)."""
-        from .export import write_report
+        from ..core.report import write_report
 
         if not self.last_results:
             raise RuntimeError("nothing to export: run first")

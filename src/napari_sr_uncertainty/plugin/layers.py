@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from .pipeline import SRResult
+    from ..core.pipeline import SRResult
 
 # Key under which each output layer's metadata records what it is and which input it came from.
 PLUGIN_KEY = "sr_uncertainty"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .architecture import PARAM_SHAPES, check_param_shapes
+from .esrcnn import PARAM_SHAPES, check_param_shapes
 
 FORMAT_TAG = "napari-sr-uncertainty/esrcnn-x2/v1"
 BUNDLED_NAME = "esrcnn_x2"
@@ -53,7 +53,7 @@ class Weights:
 
 def bundled_weights_dir() -> Path:
     """Folder of the weights shipped with the package (inside the wheel, or the repo in a dev install)."""
-    return Path(__file__).resolve().parent / "weights"
+    return Path(__file__).resolve().parents[1] / "weights"
 
 
 def file_sha256(path: Path) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .architecture import SCALE
+from ..models.esrcnn import SCALE
 from .patches import score_patches
 
 SPARSIFICATION_FRACTIONS = np.arange(0.0, 1.0, 0.02)

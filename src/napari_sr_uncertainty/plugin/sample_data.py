@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .sample_data import load_sample, sample_spacing
+from ..core.samples import load_sample, sample_spacing
 
 
 def _sample(name: str, display_name: str) -> list[tuple]:

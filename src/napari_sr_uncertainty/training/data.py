@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .metrics import crop_to_scale, make_lr, to_rgb_uint8
-from .model import SCALE
+from ..core.metrics import crop_to_scale, make_lr, to_rgb_uint8
+from ..models.esrcnn import SCALE
 
 # BSD200 images held out from training for validation and calibration: every 20th file in name order.
 BSD200_VALIDATION_IDS = (

@@ -39,8 +39,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ._jax_setup import configure_compilation_cache
-from .architecture import DROPOUT_RATE, SCALE
+from .jax_setup import configure_compilation_cache
+from .esrcnn import DROPOUT_RATE, SCALE
 
 HALO = 3  # LR pixels: (9 // 2 + 5 // 2) HR pixels = 6 HR pixels = 3 LR pixels of receptive field radius
 _UNIFORMS_PER_HASH = 3  # 10-bit uniforms per 32-bit hash

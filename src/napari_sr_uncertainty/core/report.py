@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .architecture import SCALE
+from ..models.esrcnn import SCALE
 from .imaging import ArrayLayout, image_layout, row_blocks
 from .pipeline import SRResult
 
