@@ -34,10 +34,10 @@ def load_arrays() -> tuple[dict, str]:
     """ESRCNN weights as flat float32 arrays, and where they came from."""
     import numpy as np
 
-    from napari_sr_uncertainty.models import esrcnn_module as model
+    from napari_sr_uncertainty.models.esrcnn import SPEC
     from napari_sr_uncertainty.models import weights
 
-    bundled = weights.bundled_weights_dir() / f"{weights.BUNDLED_NAME}.msgpack"
+    bundled = weights.bundled_weights_dir() / SPEC.default_weights
     for path in (bundled, KERAS_WEIGHTS):
         if path.is_file():
             return weights.load_weights(path).arrays, path.name
@@ -59,10 +59,10 @@ def baseline_runner(arrays):
     import jax
     import jax.numpy as jnp
 
-    from napari_sr_uncertainty.models import esrcnn_module as model
+    from napari_sr_uncertainty.models.esrcnn import SPEC
 
-    net = model.ESRCNN()
-    variables = model.to_flax_params(arrays)
+    net = SPEC.module()
+    variables = SPEC.to_flax(arrays)
 
     @jax.jit
     def forward(x, key):

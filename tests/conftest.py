@@ -10,7 +10,7 @@ import pytest
 
 def _random_esrcnn_arrays(seed: int = 1) -> dict[str, np.ndarray]:
     """Random ESRCNN weights: fan-in scaled kernels and non-zero biases, so every layer matters in a test."""
-    from napari_sr_uncertainty.models.esrcnn_module import PARAM_SHAPES
+    from napari_sr_uncertainty.models.esrcnn import PARAM_SHAPES
 
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -52,18 +52,20 @@ def weights_path(random_weights_path) -> Path:
     Random weights exercise every code path (shapes, dropout, uncertainty) but not image quality;
     tests that need a trained network should use ``bundled_weights_path`` instead.
     """
-    from napari_sr_uncertainty.models.weights import BUNDLED_NAME, bundled_weights_dir
+    from napari_sr_uncertainty.models.esrcnn import SPEC
+    from napari_sr_uncertainty.models.weights import bundled_weights_dir
 
-    bundled = bundled_weights_dir() / f"{BUNDLED_NAME}.msgpack"
+    bundled = bundled_weights_dir() / SPEC.default_weights
     return bundled if bundled.is_file() else random_weights_path
 
 
 @pytest.fixture(scope="session")
 def bundled_weights_path() -> Path:
     """The bundled (trained) weights; skips the test when they are not in this checkout."""
-    from napari_sr_uncertainty.models.weights import BUNDLED_NAME, bundled_weights_dir
+    from napari_sr_uncertainty.models.esrcnn import SPEC
+    from napari_sr_uncertainty.models.weights import bundled_weights_dir
 
-    path = bundled_weights_dir() / f"{BUNDLED_NAME}.msgpack"
+    path = bundled_weights_dir() / SPEC.default_weights
     if not path.is_file():
         pytest.skip("bundled weights not present")
     return path

@@ -16,7 +16,7 @@ from PIL import Image
 
 from napari_sr_uncertainty import cli
 from napari_sr_uncertainty.core import report as export
-from napari_sr_uncertainty.models.esrcnn_module import PARAM_SHAPES
+from napari_sr_uncertainty.models.esrcnn import PARAM_SHAPES
 from napari_sr_uncertainty.core.samples import load_sample
 
 ERROR_PREFIX = "napari-sr-uncertainty: error: "
@@ -184,7 +184,7 @@ def _weights_file(tmp_path: Path, weights_path: Path, kind: str) -> Path:
     """A broken weights file of the given kind."""
     from flax import serialization
 
-    from napari_sr_uncertainty.models.weights import FORMAT_TAG
+    from napari_sr_uncertainty.models.weights import FORMAT_V2
 
     path = tmp_path / f"{kind}.msgpack"
     good = weights_path.read_bytes()
@@ -198,7 +198,7 @@ def _weights_file(tmp_path: Path, weights_path: Path, kind: str) -> Path:
         path.write_bytes(bytes(data))
     elif kind == "wrong_shapes":
         params = {f"{n}/{k}": np.zeros((2, 2), np.float32) for n in PARAM_SHAPES for k in ("kernel", "bias")}
-        path.write_bytes(serialization.msgpack_serialize({"format": FORMAT_TAG, "params": params, "sha256": ""}))
+        path.write_bytes(serialization.msgpack_serialize({"format": FORMAT_V2, "model": "esrcnn-x2", "params": params, "sha256": ""}))
     elif kind == "wrong_shapes_h5":
         h5py = pytest.importorskip("h5py")
         path = path.with_suffix(".h5")
@@ -214,8 +214,8 @@ def _weights_file(tmp_path: Path, weights_path: Path, kind: str) -> Path:
         ("truncated", "not a readable weights file"),
         ("random", "not a"),
         ("tampered", "checksum mismatch"),
-        ("wrong_shapes", "not ESRCNN weights"),
-        ("wrong_shapes_h5", "not ESRCNN weights"),
+        ("wrong_shapes", "not esrcnn-x2 weights"),
+        ("wrong_shapes_h5", "not esrcnn-x2 weights"),
     ],
 )
 def test_broken_weights_are_refused_naming_the_file(capsys, tmp_path, small_image, weights_path, kind, message):

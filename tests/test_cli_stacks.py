@@ -15,6 +15,7 @@ from napari_sr_uncertainty import cli
 from napari_sr_uncertainty.core import report as export
 from napari_sr_uncertainty.core import pipeline
 from napari_sr_uncertainty.core.report import report_bytes, to_uint8_view
+from napari_sr_uncertainty.models.registry import get_spec
 from napari_sr_uncertainty.core.imaging import InputError, array_layout, read_image
 from napari_sr_uncertainty.core.pipeline import SROptions, output_bytes, super_resolve
 from napari_sr_uncertainty.models.weights import load_weights
@@ -223,7 +224,7 @@ def test_ctrl_c_on_the_second_plane_exits_130_and_leaves_nothing(capsys, tmp_pat
 
 
 def test_the_disk_check_counts_every_plane_before_computing(capsys, tmp_path, stack_file, weights_path, monkeypatch):
-    one_plane = output_bytes((20, 24), True) + report_bytes((20, 24), 1)  # enough for a single image
+    one_plane = output_bytes((20, 24), get_spec("esrcnn-x2")) + report_bytes((20, 24), 1)  # enough for a single image
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=one_plane + 1))
     monkeypatch.setattr(pipeline, "iter_super_resolve", None)  # computing anything would fail loudly

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
+
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +16,11 @@ import numpy as np
 import pytest
 
 from napari_sr_uncertainty.models import esrcnn_fast as engine
-from napari_sr_uncertainty.models import esrcnn_module as model
+from napari_sr_uncertainty.models import dropout
+from napari_sr_uncertainty.models.esrcnn import DROPOUT_RATE, SPEC, upsample_nearest
 
 # One compiled program per mask shape instead of dozens of op-by-op dispatches.
-keep_mask = jax.jit(engine.keep_mask, static_argnums=5)
+keep_mask = jax.jit(partial(dropout.keep_mask, rate=DROPOUT_RATE), static_argnums=5)
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed000"
 needs_reference = pytest.mark.skipif(
@@ -37,7 +40,7 @@ def params(arrays):
 
 
 def flax_forward(arrays, lr):
-    return np.asarray(model.ESRCNN().apply(model.to_flax_params(arrays), jnp.asarray(lr)[None]))[0]
+    return np.asarray(SPEC.module().apply(SPEC.to_flax(arrays), jnp.asarray(lr)[None]))[0]
 
 
 def explicit_samples(arrays, lr, seed, n_samples):
@@ -49,7 +52,7 @@ def explicit_samples(arrays, lr, seed, n_samples):
         y = jax.lax.conv_general_dilated(x, arrays[f"{name}/kernel"], (1, 1), "SAME", dimension_numbers=dims)
         return y + arrays[f"{name}/bias"]
 
-    h1 = jax.nn.relu(conv(model.upsample_nearest(jnp.asarray(lr))[None], "conv1"))
+    h1 = jax.nn.relu(conv(upsample_nearest(jnp.asarray(lr), 2)[None], "conv1"))
     rows = jnp.arange(h1.shape[1], dtype=jnp.int32)
     cols = jnp.arange(h1.shape[2], dtype=jnp.int32)
     samples = []
@@ -119,13 +122,13 @@ def test_keep_rate_and_independence():
     # 2 layers x 8 samples x 512 x 512 x 64 = 2.7e8 Bernoulli draws: the std error of the keep rate is
     # sqrt(0.04 * 0.96 / 2.7e8) = 1.2e-5, so the 1e-4 tolerance (minus the 3.9e-5 offset of 41/1024) is
     # 5 sigma. Correlations over 4e6 pairs have std error 5e-4; they are checked at 0.005 (10 sigma).
-    assert abs(engine.EFFECTIVE_DROPOUT_RATE - model.DROPOUT_RATE) < 1e-4
+    assert abs(engine.EFFECTIVE_DROPOUT_RATE - DROPOUT_RATE) < 1e-4
     coords = jnp.arange(512, dtype=jnp.int32)
     kept_per_channel = jax.jit(lambda sample, layer: keep_mask(11, sample, layer, coords, coords, 64).sum((0, 1)))
     per_channel = sum(np.asarray(kept_per_channel(s, layer), np.int64) for layer in (0, 1) for s in range(8))
     n = 2 * 8 * 512 * 512 * 64
     kept = per_channel.sum()
-    assert abs(kept / n - (1 - model.DROPOUT_RATE)) < 1e-4
+    assert abs(kept / n - (1 - DROPOUT_RATE)) < 1e-4
     # each channel: 2 * 8 * 512 * 512 = 4.2e6 draws, std error 9.6e-5; 6 sigma
     np.testing.assert_allclose(per_channel / (n / 64), 1 - engine.EFFECTIVE_DROPOUT_RATE, atol=6e-4)
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from napari_sr_uncertainty.core.imaging import InputError, to_model_input
-from napari_sr_uncertainty.models.esrcnn_module import ESRCNN, to_flax_params
+from napari_sr_uncertainty.models.esrcnn import SPEC
 from napari_sr_uncertainty.core.pipeline import SROptions, center_crop_box, super_resolve
 
 
 def flax_forward(weights, rgb01):
-    return np.asarray(ESRCNN().apply(to_flax_params(weights.arrays), rgb01[None]))[0]
+    return np.asarray(SPEC.module().apply(SPEC.to_flax(weights.arrays), rgb01[None]))[0]
 
 
 def test_deterministic_uint8_run_equals_the_flax_model(random_weights):

@@ -18,7 +18,8 @@ from PIL import Image
 
 from napari_sr_uncertainty.models import esrcnn_fast as engine
 from napari_sr_uncertainty.core import metrics
-from napari_sr_uncertainty.models.weights import BUNDLED_NAME, bundled_weights_dir, file_sha256, load_weights
+from napari_sr_uncertainty.models.esrcnn import SPEC
+from napari_sr_uncertainty.models.weights import bundled_weights_dir, file_sha256, load_weights
 
 PHOTOGRAPHS = ("astronaut", "chelsea", "coffee")
 TARGET_GAIN_DB = 1.5
@@ -28,7 +29,7 @@ SHARED_SET5 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 @pytest.fixture(scope="module")
 def bundled():
-    if not (bundled_weights_dir() / f"{BUNDLED_NAME}.msgpack").is_file():
+    if not (bundled_weights_dir() / SPEC.default_weights).is_file():
         pytest.skip("no bundled weights in this checkout")
     return load_weights()
 
@@ -81,9 +82,9 @@ def test_shipped_weights_beat_bicubic_by_target_margin_on_photographs(photograph
 
 
 def test_training_card_matches_the_shipped_file(bundled):
-    card_path = bundled_weights_dir() / f"{BUNDLED_NAME}.json"
+    card_path = (bundled_weights_dir() / SPEC.default_weights).with_suffix(".json")
     card = json.loads(card_path.read_text())
-    assert card["sha256"] == file_sha256(bundled_weights_dir() / f"{BUNDLED_NAME}.msgpack")
+    assert card["sha256"] == file_sha256(bundled_weights_dir() / SPEC.default_weights)
     assert bundled.calibration_scale is not None and bundled.calibration_scale > 0
     for key in ("data", "steps_trained", "batch", "crop_lr", "loss", "schedule", "validation"):
         assert key in card

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from napari_sr_uncertainty.core.imaging import InputError, to_model_input
-from napari_sr_uncertainty.models.esrcnn_module import PARAM_SHAPES
+from napari_sr_uncertainty.models.esrcnn import PARAM_SHAPES
 from napari_sr_uncertainty.core.pipeline import (
     SROptions,
     estimate_memory,

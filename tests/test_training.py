@@ -12,7 +12,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from napari_sr_uncertainty.models import esrcnn_fast as engine  # noqa: E402
 from napari_sr_uncertainty.core import metrics  # noqa: E402
-from napari_sr_uncertainty.models import esrcnn_module as model  # noqa: E402
+from napari_sr_uncertainty.models.esrcnn import SPEC  # noqa: E402
 from napari_sr_uncertainty.training import train as training  # noqa: E402
 from napari_sr_uncertainty.training.data import CropSampler, augment, list_images, make_pair  # noqa: E402
 from napari_sr_uncertainty.models.weights import load_weights, save_weights  # noqa: E402
@@ -45,9 +45,9 @@ def tiny_pairs():
 
 
 def test_forward_valid_equals_interior_of_reference_model():
-    variables = model.to_flax_params(training.bicubic_init(0, noise=1.0))
+    variables = SPEC.to_flax(training.bicubic_init(0, noise=1.0))
     lr = np.random.default_rng(1).random((2, 14, 17, 3)).astype(np.float32)
-    reference = model.ESRCNN().apply(variables, lr)
+    reference = SPEC.module().apply(variables, lr)
     r = training.RECEPTIVE_RADIUS_HR
     np.testing.assert_allclose(training.forward_valid(variables["params"], lr), reference[:, r:-r, r:-r], atol=2e-6)
 
@@ -97,7 +97,7 @@ def test_train_steps_lower_the_loss(tiny_pairs):
     train_pairs, _ = tiny_pairs
     config = _tiny_config(steps=40, init="random")
     step_fn = training.make_train_step(config)
-    params = model.to_flax_params(training.initial_arrays(config))["params"]
+    params = SPEC.to_flax(training.initial_arrays(config))["params"]
     opt_state = training.make_optimizer(config).init(params)
     lr, hr = CropSampler(train_pairs, config.crop_lr, seed=0).batch(config.batch)
     losses = []
@@ -138,7 +138,7 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tiny_pairs, tmp_pat
     training.train(config, chunked, train_pairs=train_pairs, val_pairs=val_pairs, log=quiet)
 
     def state(run_dir):
-        params = model.to_flax_params(training.initial_arrays(config))["params"]
+        params = SPEC.to_flax(training.initial_arrays(config))["params"]
         opt_state = training.make_optimizer(config).init(params)
         return training.load_checkpoint(run_dir / training.CHECKPOINT_NAME, params, opt_state)
 
@@ -166,7 +166,7 @@ def test_uncertainty_loss_is_zero_when_variance_is_proportional_to_error():
 def test_training_loss_samples_use_consecutive_mask_indices(tiny_pairs):
     """Sample j of crop i uses mask index j * N + i: one sample is plain dropout training (old runs resume)."""
     config = _tiny_config()
-    params = model.to_flax_params(training.initial_arrays(config))["params"]
+    params = SPEC.to_flax(training.initial_arrays(config))["params"]
     lr, hr = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
     seed, n, size = jnp.uint32(7), config.batch, 2 * (config.crop_lr - 4)
     masks = training.dropout_masks(seed, 2 * n, size)
@@ -186,7 +186,7 @@ def test_uncertainty_loss_has_a_useful_gradient(tiny_pairs):
     """Descending the uncertainty term alone (fixed masks) makes the MC variance track the error."""
     optax = pytest.importorskip("optax")
     config = _tiny_config(init="bicubic", mc_train_samples=4, uncertainty_weight=1.0, uncertainty_window=4)
-    params = model.to_flax_params(training.initial_arrays(config))["params"]
+    params = SPEC.to_flax(training.initial_arrays(config))["params"]
     lr, hr = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
     value_and_grad = jax.jit(jax.value_and_grad(
         lambda p: training.training_loss(p, lr, hr, jnp.uint32(3), config)[1][1]))
@@ -214,7 +214,7 @@ def test_export_last_writes_the_latest_weights_with_a_card(tiny_pairs, tmp_path,
     training.train(config, tmp_path, train_pairs=train_pairs, val_pairs=val_pairs, log=open("/dev/null", "w"))
     monkeypatch.setattr(training, "load_pairs", lambda *a, **k: (train_pairs, val_pairs))
     card = training.export(tmp_path, tmp_path / "out.msgpack", None, mc_samples=4, last=True)
-    params = model.to_flax_params(training.initial_arrays(config))["params"]
+    params = SPEC.to_flax(training.initial_arrays(config))["params"]
     opt_state = training.make_optimizer(config).init(params)
     latest = training.load_checkpoint(tmp_path / training.CHECKPOINT_NAME, params, opt_state)[0]
     exported = load_weights(tmp_path / "out.msgpack")

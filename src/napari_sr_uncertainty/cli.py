@@ -29,8 +29,6 @@ from . import __version__
 from .core.report import OutputError, StackReport, check_output_dir, report_bytes, staged_folder, write_report
 from .core.imaging import ArrayLayout, InputError, array_layout, read_image
 from .core.pipeline import (
-    DEFAULT_PATCH,
-    DEFAULT_SAMPLES,
     Progress,
     SROptions,
     SRResult,
@@ -42,6 +40,7 @@ from .core.pipeline import (
     run_to_end,
 )
 from .core.samples import DEFAULT_SAMPLE, load_sample, sample_image_paths
+from .models.registry import all_specs
 from .models.weights import WeightsError, load_weights
 
 
@@ -55,23 +54,28 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="napari-sr-uncertainty",
-        description="Upscale an image x2 with ESRCNN and map where the result can be trusted "
-        "(Monte Carlo dropout).",
+        description="Super-resolve or restore an image and map where the result can be trusted "
+        "(Monte Carlo dropout). Models: --list-models.",
     )
+    defaults = SROptions()  # the one source of every default the CLI and the widget show
     parser.add_argument(
         "image",
         nargs="?",
         help="input image, stack or multi-channel image (PNG, JPEG, TIFF, .npy); default: bundled sample",
     )
     parser.add_argument("-o", "--output", default="output", help="output folder (default: ./output)")
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="dropout samples (default: 40)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default: 0)")
-    parser.add_argument("--weights", help="weights file: ours (.msgpack) or the original Keras .h5")
+    parser.add_argument("--model", default=defaults.model, help="registered model id (default: %(default)s)")
+    parser.add_argument("--list-models", action="store_true", help="list the models and exit")
+    parser.add_argument("--samples", type=int, default=defaults.n_samples, help="dropout samples (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dropout masks (default: %(default)s)")
+    parser.add_argument("--weights", help="weights file: ours (.msgpack) or the original's for --model (.h5, .keras, .pth)")
     parser.add_argument("--center-crop", action="store_true", help="crop to the largest multiple of the patch size, as the original")
     parser.add_argument("--deterministic", action="store_true",
                         help="one pass with dropout off: no uncertainty, and less accurate than the MC mean")
-    parser.add_argument("--patch-size", type=int, default=DEFAULT_PATCH, help="LR patch size for ranking (default: 64)")
-    parser.add_argument("--patches", type=int, default=5, help="patches marked in each set (default: 5)")
+    parser.add_argument("--patch-size", type=int, default=defaults.patch_size,
+                        help="LR patch size for ranking (default: %(default)s)")
+    parser.add_argument("--patches", type=int, default=defaults.n_patches,
+                        help="patches marked in each set (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -107,10 +111,11 @@ def run(args: argparse.Namespace) -> Path:
     else:
         image, input_name = load_sample(DEFAULT_SAMPLE), str(sample_image_paths()[DEFAULT_SAMPLE])
         layout = array_layout(image.shape)
-    weights = load_weights(args.weights)
+    weights = load_weights(args.weights, model=args.model)
     progress = None if args.quiet else _ProgressPrinter()
     with tempfile.TemporaryDirectory(prefix=f".{outdir.name}.scratch-", dir=outdir.parent) as scratch:
         options = SROptions(
+            model=weights.model,
             n_samples=args.samples,
             seed=args.seed,
             patch_size=args.patch_size,
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> Path:
         # One plane's scratch arrays at a time, plus the whole report (all planes) on the same disk.
         region = region_shape(layout.image_shape, options)
         n_planes = int(np.prod(layout.plane_shape, dtype=np.int64))
-        check_resources(region, options, extra_disk=report_bytes(region, n_planes))
+        check_resources(region, options, extra_disk=report_bytes(region, n_planes, scale=options.spec.scale))
         if layout.kind == "image":
             result = run_to_end(iter_super_resolve(image, weights, options), progress)
             return write_report(result, outdir, input_name=input_name)
@@ -156,8 +161,20 @@ def _drop_scratch(result: SRResult) -> None:
             os.remove(path)
 
 
+def list_models() -> str:
+    """One line per registered model: id, scale, colour mode, parameter count, default weights."""
+    lines = []
+    for spec in all_specs():
+        weights = spec.default_weights or "import only (" + ", ".join(spec.importers) + ")"
+        lines.append(f"{spec.id:<20} x{spec.scale}  {spec.colour:<4}  {spec.n_params:>10,} params  {weights}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_models:
+        print(list_models())
+        return 0
     try:
         outdir = run(args)
     except (InputError, WeightsError, OutputError) as exc:

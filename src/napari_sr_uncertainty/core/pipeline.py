@@ -18,18 +18,21 @@ needs and :func:`iter_super_resolve` refuses, before computing anything, a run t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Generator
 
 import numpy as np
 
 from .. import __version__
 from .imaging import InputError, Normalization, image_layout, scan_values, to_model_input, to_output_layout
-from ..models.esrcnn import SCALE
-from .patches import PatchMark, score_patches, select_patches
+from ..models.mc import DEFAULT_CHUNK, DEFAULT_SAMPLES, Engine, MCResult, working_bytes
+from ..models.registry import DEFAULT_MODEL, get_spec
+from ..models.spec import ModelSpec
 from ..models.weights import Weights, load_weights
+from .colour import chroma_differences, luma_to_rgb, network_input
+from .patches import PatchMark, score_patches, select_patches
+from .progress import Progress, run_to_end
 
-DEFAULT_SAMPLES = 40
 DEFAULT_PATCH = 64
 
 
@@ -39,6 +42,8 @@ class SROptions:
 
     n_samples: int = DEFAULT_SAMPLES
     seed: int = 0
+    #: registry id; the weights' own model when weights are given (see :func:`resolve_weights`)
+    model: str = DEFAULT_MODEL
     patch_size: int = DEFAULT_PATCH
     n_patches: int = 5
     center_crop: bool = False
@@ -58,21 +63,32 @@ class SROptions:
             raise InputError(f"number of marked patches must be >= 0, got {self.n_patches}")
         if self.chunk is not None and self.chunk < 1:
             raise InputError(f"chunk must be >= 1, got {self.chunk}")
+        try:
+            get_spec(self.model)
+        except KeyError as exc:
+            raise InputError(str(exc.args[0])) from None
+
+    @property
+    def spec(self) -> ModelSpec:
+        return get_spec(self.model)
 
 
-@dataclass(frozen=True)
-class Progress:
-    done: int
-    total: int
-    message: str
+def resolve_weights(weights: Weights | None, options: SROptions | None) -> tuple[Weights, SROptions]:
+    """The weights to run (``options.model``'s bundled ones when None) and options naming their model."""
+    options = options or SROptions()
+    options.validate()
+    weights = weights or load_weights(model=options.model)
+    if weights.model != options.model:
+        options = replace(options, model=weights.model)
+    return weights, options
 
 
 @dataclass
 class SRResult:
     """Outputs on the HR grid of the processed region, in model units (input mapped to [0, 1]).
 
-    ``mean``, ``single`` and ``std`` have the input's layout: ``(2h, 2w)`` for grayscale input,
-    ``(2h, 2w, 3)`` for colour. ``heatmap`` is the std averaged over channels, ``(2h, 2w)``.
+    ``mean``, ``single`` and ``std`` have the input's layout at ``scale`` times its size: ``(s*h, s*w)``
+    for grayscale input (and for ``gray`` models), ``(s*h, s*w, 3)`` for colour. ``heatmap`` is the std averaged over channels, ``(2h, 2w)``.
     ``lr`` is the processed LR region (model units, input layout); it starts at ``crop_offset``
     (row, col) in the input image. Use ``normalization`` to map values back to the input's units.
     ``std_scale`` is the weights' calibration (training card): ``std_scale * std`` is the calibrated sigma,
@@ -112,11 +128,19 @@ class SRResult:
         return std * np.float32(self.std_scale)
 
     @property
+    def scale(self) -> int:
+        return self.options.spec.scale
+
+    @property
     def metadata(self) -> dict:
         """Provenance recorded with every output (layer metadata, summary.json)."""
+        spec = self.options.spec
         return {
             "package": "napari-sr-uncertainty",
             "version": __version__,
+            "model": spec.id,
+            "scale": spec.scale,
+            "colour_mode": spec.colour,
             "seed": self.options.seed,
             "samples": 0 if self.options.deterministic else self.options.n_samples,
             "deterministic": self.options.deterministic,
@@ -153,41 +177,37 @@ def library_versions() -> dict[str, str]:
 # RAM per LR pixel outside the outputs: the RGB float32 model input and the engine's zero-padded copy
 # (24 bytes), the LR view in the input's layout and allocator slack. 40 is the measured upper bound
 # (peak anonymous memory above a warmed-up process, 512^2 vs 1536^2 images, disk-backed outputs:
-# 32 bytes grayscale, 41 bytes RGB). Outputs: 4 HR pixels of 1 (grayscale) or 3 float32 channels each.
+# 32 bytes grayscale, 41 bytes RGB). Outputs: s^2 output pixels of 1 (grayscale) or 3 float32 channels each,
+# plus the upscaled chroma of a luma model on colour input.
 _LR_BYTES_PER_PIXEL = 40
-_HR_PIXELS_PER_LR = SCALE * SCALE
 
 
-def _engine_working_bytes(chunk: int) -> int:
-    """JAX working memory of one block: ~(64 + 32 + 75 + 2*64) float32 activations per HR pixel per sample."""
-    from ..models import esrcnn_fast as engine
-
-    side = SCALE * (engine.BLOCK + 2 * engine.HALO)
-    return chunk * side * side * 300 * 4 + (256 << 20)  # + the XLA runtime and compiled code
+def _output_grayscale(lr_shape: tuple[int, ...], spec: ModelSpec) -> bool:
+    return image_layout(tuple(lr_shape))[2] == 1 or spec.colour == "gray"
 
 
-def output_bytes(lr_shape: tuple[int, ...], grayscale: bool) -> int:
-    """Bytes of the HR output arrays (mean, single, std and, for colour, the heatmap)."""
-    hr_pixels = _HR_PIXELS_PER_LR * int(lr_shape[0]) * int(lr_shape[1])
-    return hr_pixels * 4 * (3 if grayscale else 3 * 3 + 1)
+def output_bytes(lr_shape: tuple[int, ...], spec: ModelSpec) -> int:
+    """Bytes of the output arrays (mean, single, std and, for colour, the heatmap and upscaled chroma)."""
+    out_pixels = spec.scale * spec.scale * int(lr_shape[0]) * int(lr_shape[1])
+    if _output_grayscale(lr_shape, spec):
+        return out_pixels * 4 * 3
+    return out_pixels * 4 * (3 * 3 + 1 + (2 if spec.colour == "y" else 0))
 
 
 def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None, *, n_planes: int = 1) -> int:
     """RAM (bytes) a run on an image of ``lr_shape`` needs, beyond the input array itself.
 
-    The LR-sized buffers (40 bytes per LR pixel), the HR outputs when they are kept in RAM
-    (48 bytes per LR pixel grayscale, 160 colour, times ``n_planes``, the planes of a stack whose results
-    are all kept; none with ``options.scratch_dir``) and the engine's per-block working memory. Writing a
-    report adds its 8-bit views (up to 12 bytes per LR pixel).
+    The LR-sized buffers (40 bytes per LR pixel), the outputs when they are kept in RAM
+    (:func:`output_bytes` times ``n_planes``, the planes of a stack whose results are all kept; none with
+    ``options.scratch_dir``) and the engine's per-block working memory (:func:`.mc.working_bytes`, per
+    model). Writing a report adds its 8-bit views.
     """
-    from ..models import esrcnn_fast as engine
-
     options = options or SROptions()
-    h, w, channels = image_layout(tuple(lr_shape))
+    h, w, _ = image_layout(tuple(lr_shape))
     total = _LR_BYTES_PER_PIXEL * h * w
     if options.scratch_dir is None:
-        total += n_planes * output_bytes((h, w), channels == 1)
-    return total + _engine_working_bytes(options.chunk or engine.DEFAULT_CHUNK)
+        total += n_planes * output_bytes(lr_shape, options.spec)
+    return total + working_bytes(options.spec, options.chunk or DEFAULT_CHUNK)
 
 
 def check_resources(
@@ -207,14 +227,11 @@ def check_resources(
     """
     import shutil
 
-    try:
-        import psutil
-    except ImportError:  # not a declared dependency yet: without it only the disk check runs
-        psutil = None
+    import psutil
 
-    h, w, channels = image_layout(tuple(lr_shape))
+    h, w, _ = image_layout(tuple(lr_shape))
     need = estimate_memory(lr_shape, options, n_planes=n_planes)
-    available = psutil.virtual_memory().available if psutil else need
+    available = psutil.virtual_memory().available
     what = f"{n_planes} planes of {h}x{w}" if n_planes > 1 else f"a {h}x{w} image"
     if need > available:
         hint = "" if options.scratch_dir else "; use disk-backed outputs (the CLI does; SROptions.scratch_dir)"
@@ -223,7 +240,7 @@ def check_resources(
             f"{available / 2**30:.1f} GiB is available; process a smaller region or a centre crop{hint}"
         )
     if options.scratch_dir is not None:
-        disk = n_planes * output_bytes((h, w), channels == 1) + extra_disk
+        disk = n_planes * output_bytes(lr_shape, options.spec) + extra_disk
         free = shutil.disk_usage(options.scratch_dir).free
         if disk > free:
             raise InputError(
@@ -233,22 +250,31 @@ def check_resources(
 
 
 class _LayoutWriter:
-    """Slice-assignable target for the engine: stores its RGB HR blocks in the output's layout.
+    """Slice-assignable target for the engine: stores its network-channel blocks in the output's layout.
 
-    Grayscale outputs get the channel mean, so no RGB HR array is ever allocated for them; the writer
-    of the std also fills the heatmap (channel mean of the std), block by block.
+    RGB network output for a grayscale image is averaged to one channel, so no RGB array is allocated for
+    it. Luma output for a colour image becomes RGB with the upscaled ``chroma`` (mean, single) or is
+    repeated on the three channels (std: the chroma is deterministic). The std's writer also fills the
+    heatmap (channel mean of the std).
     """
 
-    def __init__(self, target: np.ndarray, grayscale: bool, heatmap: np.ndarray | None = None):
+    def __init__(self, target: np.ndarray, grayscale: bool, *, heatmap=None, chroma=None, is_std: bool = False):
         self.target, self.grayscale, self.heatmap = target, grayscale, heatmap
+        self.chroma, self.is_std = chroma, is_std
 
-    def __setitem__(self, key, rgb_block: np.ndarray) -> None:
+    def __setitem__(self, key, block: np.ndarray) -> None:
         if self.grayscale:
-            self.target[key] = rgb_block.mean(axis=-1)
+            self.target[key] = block.mean(axis=-1)
             return
-        self.target[key] = rgb_block
+        if block.shape[-1] == 1:  # luma of a colour image
+            plane = block[..., 0]
+            self.target[key] = plane[..., None] if self.is_std else luma_to_rgb(plane, self.chroma[key])
+            if self.heatmap is not None:
+                self.heatmap[key] = plane
+            return
+        self.target[key] = block
         if self.heatmap is not None:
-            self.heatmap[key] = rgb_block.mean(axis=-1)
+            self.heatmap[key] = block.mean(axis=-1)
 
 
 def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.ndarray:
@@ -263,12 +289,12 @@ def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
 
 
-def _score_in_bands(heatmap: np.ndarray, patch: int) -> np.ndarray:
+def _score_in_bands(heatmap: np.ndarray, patch: int, scale: int) -> np.ndarray:
     """:func:`score_patches` over bands of patch rows, so a huge (disk-backed) heatmap is read piecewise."""
-    side = patch * SCALE
+    side = patch * scale
     band = max(1, (64 << 20) // max(side * heatmap.shape[1] * 32, 1)) * side  # float64 work arrays x4
     return np.concatenate(
-        [score_patches(np.asarray(heatmap[r : r + band]), patch, SCALE) for r in range(0, heatmap.shape[0], band)]
+        [score_patches(np.asarray(heatmap[r : r + band]), patch, scale) for r in range(0, heatmap.shape[0], band)]
     )
 
 
@@ -303,7 +329,8 @@ def iter_super_resolve(
     *,
     value_range: tuple[float, float] | None = None,
 ) -> Generator[Progress, None, SRResult]:
-    """Super-resolve ``image`` x2 with Monte Carlo dropout, yielding progress between blocks.
+    """Super-resolve (or, for a scale-1 model, restore) ``image`` with Monte Carlo dropout, yielding progress
+    between blocks.
 
     Parameters
     ----------
@@ -311,7 +338,7 @@ def iter_super_resolve(
         2D grayscale or RGB/RGBA image (see :mod:`napari_sr_uncertainty.imaging` for the rules); numpy,
         memmap or dask arrays (read in row blocks).
     weights : Weights, optional
-        Defaults to the bundled weights.
+        Defaults to ``options.model``'s bundled weights; given weights decide the model.
     options : SROptions, optional
     value_range : (float, float), optional
         Scale with this ``(min, max)`` instead of the image's own (see :func:`imaging.to_model_input`).
@@ -326,51 +353,55 @@ def iter_super_resolve(
     InputError
         Bad options or input, or not enough memory; raised before any computation.
     """
-    from ..models import esrcnn_fast as engine  # imports jax: keep it out of module import time
-
-    options = options or SROptions()
-    options.validate()
+    weights, options = resolve_weights(weights, options)
+    spec = options.spec
     t_start = time.perf_counter()
     shape = tuple(np.shape(image))
     channels = image_layout(shape)[2]
     r0, c0, r1, c1 = region_box(shape, options)
     check_resources((r1 - r0, c1 - c0, channels), options)
-    rgb, normalization = to_model_input(image, value_range)
-    weights = weights or load_weights()
-    region = np.ascontiguousarray(rgb[r0:r1, c0:c1])
-    del rgb  # a centre crop copied the region: free the full image before the engine pads it
+    model_input, normalization = to_model_input(image, value_range)
+    region = np.ascontiguousarray(model_input[r0:r1, c0:c1])
+    del model_input  # a centre crop copied the region: free the full image before the engine pads it
+    grayscale = normalization.grayscale or spec.colour == "gray"
+    chroma = chroma_differences(region, spec.scale) if spec.colour == "y" and not grayscale else None
     n_samples = 0 if options.deterministic else options.n_samples
-    params = engine.prepare_params(weights.arrays)
-    hr_shape = (SCALE * region.shape[0], SCALE * region.shape[1]) + (() if normalization.grayscale else (3,))
-    mean, single, std = (_allocate(hr_shape, options.scratch_dir, name) for name in ("mean", "single", "std"))
-    heatmap = std if normalization.grayscale else _allocate(hr_shape[:2], options.scratch_dir, "heatmap")
-    out = engine.MCResult(
-        mean=_LayoutWriter(mean, normalization.grayscale),
-        single=_LayoutWriter(single, normalization.grayscale),
-        std=_LayoutWriter(std, normalization.grayscale, None if normalization.grayscale else heatmap),
+    engine = Engine(spec, weights.arrays)
+    out_shape = (spec.scale * region.shape[0], spec.scale * region.shape[1]) + (() if grayscale else (3,))
+    mean, single, std = (_allocate(out_shape, options.scratch_dir, name) for name in ("mean", "single", "std"))
+    heatmap = std if grayscale else _allocate(out_shape[:2], options.scratch_dir, "heatmap")
+    out = MCResult(
+        mean=_LayoutWriter(mean, grayscale, chroma=chroma),
+        single=_LayoutWriter(single, grayscale, chroma=chroma),
+        std=_LayoutWriter(std, grayscale, heatmap=None if grayscale else heatmap, is_std=True),
         n_samples=n_samples,
         seed=options.seed,
     )
+    del chroma  # the writers hold it for the run
     t_compute = time.perf_counter()
     yield Progress(0, 1, "compiling and starting")
-    for done, total in engine.iter_mc_predict(
-        region,
-        params,
+    for done, total in engine.iter_predict(
+        network_input(region, spec.colour, normalization.grayscale),
         n_samples=n_samples,
         seed=options.seed,
-        chunk=options.chunk or engine.DEFAULT_CHUNK,
+        chunk=options.chunk or DEFAULT_CHUNK,
         out=out,
     ):
         yield Progress(done, total, f"block {done}/{total}")
     t_done = time.perf_counter()
-    scores = _score_in_bands(heatmap, options.patch_size)
-    most, least = select_patches(scores, region.shape[:2], options.n_patches, options.patch_size, SCALE)
+    scores = _score_in_bands(heatmap, options.patch_size, spec.scale)
+    most, least = select_patches(scores, region.shape[:2], options.n_patches, options.patch_size, spec.scale)
+    lr_view = to_output_layout(region, normalization)
+    if spec.colour == "gray" and lr_view.ndim == 3:
+        from .colour import luma
+
+        lr_view = luma(lr_view)
     return SRResult(
         mean=mean,
         single=single,
         std=std,
         heatmap=heatmap,
-        lr=to_output_layout(region, normalization),
+        lr=lr_view,
         input_shape=shape,
         crop_offset=(r0, c0),
         scores=scores,
@@ -438,8 +469,7 @@ def iter_super_resolve_stack(
     InputError
         Bad options or input, or not enough memory for the kept outputs; raised before any computation.
     """
-    weights = weights or load_weights()
-    options = options or SROptions()
+    weights, options = resolve_weights(weights, options)
     shape = tuple(np.shape(stack))
     n_plane_axes = 3 if rgb else 2
     if len(shape) < n_plane_axes:
@@ -448,7 +478,6 @@ def iter_super_resolve_stack(
     indices = list(np.ndindex(*lead))
     if not indices:
         raise InputError(f"the stack is empty (shape {shape})")
-    options.validate()
     check_resources(region_shape(shape[len(lead) :], options), options, n_planes=1 if on_plane else len(indices))
     value_range = None
     if shared_range:
@@ -497,23 +526,6 @@ def iter_super_resolve_channels(
     return (
         yield from iter_super_resolve_stack(planes, weights, options, rgb=False, shared_range=False, on_plane=on_plane)
     )
-
-
-def run_to_end(gen: Generator[Progress, None, object], progress: Callable[[Progress], None] | None = None):
-    """Run one of the ``iter_*`` generators to completion, passing each :class:`Progress` to ``progress``.
-
-    Returns the generator's result; the generator is closed if ``progress`` raises (e.g. Ctrl-C).
-    """
-    try:
-        while True:
-            try:
-                step = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if progress is not None:
-                progress(step)
-    finally:
-        gen.close()
 
 
 def super_resolve(

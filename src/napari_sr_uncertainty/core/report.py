@@ -9,7 +9,8 @@ Layout (file names as in the original ESRCNN project, plus data files)::
     colorbar.png              that scale, labelled "Uncertainty"
     details/most_certain/     original_lr_patch_{i}.png, mean_pred_{i}.png, heatmap_{i}.png
     details/least_certain/    the same; i = 0 is the most (least) certain patch
-    mean.tif single.tif std.tif   float32, HR size, channels last, in the input's units
+    mean.tif single.tif std.tif   float32, s times the input size (the model's scale), channels last,
+                              in the input's units
     sigma.tif                 calibrated sigma = std_scale x std (when the weights carry a calibration)
     summary.json              provenance, patch grid, scores, marked patches, timings
 
@@ -38,7 +39,6 @@ from typing import Iterator
 
 import numpy as np
 
-from ..models.esrcnn import SCALE
 from .imaging import ArrayLayout, image_layout, row_blocks
 from .pipeline import SRResult
 
@@ -140,7 +140,7 @@ def check_output_dir(outdir: str | Path, overwrite: bool = True) -> Path:
                     f"{outdir} already holds other files; choose an empty or new output folder"
                 )
             if not overwrite:
-                raise OutputError(f"{outdir} holds a previous result; pass --overwrite to replace it")
+                raise OutputError(f"{outdir} holds a previous result; choose another folder or remove it first")
     parent = outdir.parent
     if not parent.exists():
         raise OutputError(f"cannot create {outdir}: {parent} does not exist")
@@ -235,7 +235,7 @@ def _sigma_in_input_units(result: SRResult):
     return lambda std: result.calibrated_sigma(result.normalization.std_to_input_units(std))
 
 
-def report_bytes(lr_shape: tuple[int, ...], n_planes: int = 1) -> int:
+def report_bytes(lr_shape: tuple[int, ...], n_planes: int = 1, *, scale: int = 2) -> int:
     """Upper bound of the disk space of a report on ``n_planes`` images whose processed LR region is ``lr_shape``.
 
     Four float32 TIFFs (mean, single, std, sigma) plus the 8-bit PNG views counted uncompressed, twice (the
@@ -243,7 +243,7 @@ def report_bytes(lr_shape: tuple[int, ...], n_planes: int = 1) -> int:
     """
     h, w, channels = image_layout(tuple(lr_shape))
     out_channels = 1 if channels == 1 else 3
-    hr = SCALE * SCALE * h * w
+    hr = scale * scale * h * w
     views = h * w * out_channels + 2 * hr * out_channels + 3 * hr  # LR, single and mean, RGB heatmap
     return n_planes * (4 * 4 * hr * out_channels + 2 * views)
 

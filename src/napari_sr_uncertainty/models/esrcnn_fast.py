@@ -1,6 +1,6 @@
 """The Monte Carlo dropout engine: mean, one sample and std of ESRCNN under dropout, block by block.
 
-It computes exactly the function of :class:`napari_sr_uncertainty.model.ESRCNN` with dropout on, in a
+It computes exactly the function of :class:`napari_sr_uncertainty.models.esrcnn`'s Flax module with dropout on, in a
 form that is cheap on a CPU:
 
 * **Deterministic first layer, once.** Everything before the first dropout (upsampling, 9x9 conv, ReLU)
@@ -33,37 +33,19 @@ All blocks share one compiled function; the sample count is a traced value, not 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Iterator
 
 import numpy as np
 
+from .dropout import drop_threshold, effective_rate, keep_from_bits, lane_ids, layer_key, mask_bits
+from .esrcnn import DROPOUT_RATE, HALO, SCALE
 from .jax_setup import configure_compilation_cache
-from .esrcnn import DROPOUT_RATE, SCALE
+from ..core.progress import run_to_end
+from .mc import BLOCK, DEFAULT_CHUNK, MCResult, allocate_result, block_grid
 
-HALO = 3  # LR pixels: (9 // 2 + 5 // 2) HR pixels = 6 HR pixels = 3 LR pixels of receptive field radius
-_UNIFORMS_PER_HASH = 3  # 10-bit uniforms per 32-bit hash
-DROP_THRESHOLD_10 = round(DROPOUT_RATE * 1024)  # 41
-EFFECTIVE_DROPOUT_RATE = DROP_THRESHOLD_10 / 1024  # 0.0400390625, within 4e-5 of DROPOUT_RATE
-BLOCK = 64  # LR pixels per block side
-DEFAULT_CHUNK = 2
-
-
-@dataclass
-class MCResult:
-    """Monte Carlo statistics on the high-resolution grid, float32, shape (2H, 2W, 3).
-
-    ``single`` is sample 0, ``std`` the population std (ddof=0) over ``n_samples`` samples.
-    For a deterministic run (``n_samples == 0``) ``mean`` and ``single`` are the dropout-off output
-    and ``std`` is all zeros.
-    """
-
-    mean: np.ndarray
-    single: np.ndarray
-    std: np.ndarray
-    n_samples: int
-    seed: int
+DROP_THRESHOLD_10 = drop_threshold(DROPOUT_RATE)  # 41
+EFFECTIVE_DROPOUT_RATE = effective_rate(DROPOUT_RATE)  # 0.0400390625, within 4e-5 of DROPOUT_RATE
 
 
 def prepare_params(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -87,7 +69,7 @@ def prepare_params(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             for b in range(2):
                 for kx in range(9):
                     poly[(a + ky) // 2, (b + kx) // 2, :, a, b, :] += k1[ky, kx]
-    keep_scale = 1.0 / (1.0 - EFFECTIVE_DROPOUT_RATE)
+    keep_scale = 1.0 / (1.0 - EFFECTIVE_DROPOUT_RATE)  # = dropout.keep_scale, folded into the weights
     w2 = np.asarray(arrays["conv2/kernel"], np.float64)[0, 0].T  # (out 32, in 64)
     w3 = np.asarray(arrays["conv3/kernel"], np.float64)  # (5, 5, 32, 3)
     w3_taps = w3.transpose(0, 1, 3, 2).reshape(75, 32)  # (tap * 3 + out, in)
@@ -102,68 +84,6 @@ def prepare_params(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "w3_drop": f32(w3_taps * keep_scale),
         "b3": f32(arrays["conv3/bias"]),
     }
-
-
-def _mix32(x):
-    """lowbias32 integer hash (a bijection on uint32, good avalanche)."""
-    import jax.numpy as jnp
-
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _layer_key(seed, sample, layer):
-    import jax.numpy as jnp
-
-    u32 = partial(jnp.asarray, dtype=jnp.uint32)
-    return _mix32(_mix32(u32(seed) ^ u32(0x5BD1E995)) + u32(sample) * u32(2) + u32(layer))
-
-
-def _lane_ids(cols, channels: int):
-    """Per-(hash group, column) odd-multiplied counters, shape (ceil(channels / 3), len(cols)).
-
-    They do not depend on the sample, so a block computes them once for all its samples.
-    """
-    import jax.numpy as jnp
-
-    groups = -(-channels // _UNIFORMS_PER_HASH)
-    lane = jnp.asarray(cols, jnp.uint32)[None, :] * jnp.uint32(groups) + jnp.arange(groups, dtype=jnp.uint32)[:, None]
-    return lane * jnp.uint32(0x85EBCA77)
-
-
-def _mask_bits(key, rows, lane_ids):
-    """One 32-bit hash per (hash group, row, column): shape (groups, len(rows), len(cols)), uint32.
-
-    Each hash holds the 10-bit uniforms of three channels (bits 0-9, 10-19, 20-29), see
-    :func:`_keep_from_bits`.
-    """
-    import jax.numpy as jnp
-
-    row_key = _mix32(key + jnp.asarray(rows, jnp.uint32) * jnp.uint32(0x9E3779B1))  # (R,)
-    return _mix32(row_key[None, :, None] ^ lane_ids[:, None, :])
-
-
-def _keep_from_bits(bits, channels: int):
-    """Channel-major keep mask (channels, R, C): an element is dropped when its uniform is below the threshold."""
-    import jax.numpy as jnp
-
-    shifts = jnp.arange(0, 10 * _UNIFORMS_PER_HASH, 10, dtype=jnp.uint32)[:, None, None, None]
-    keep = ((bits[None] >> shifts) & jnp.uint32(1023)) >= DROP_THRESHOLD_10  # (3, groups, R, C)
-    return keep.reshape(-1, *bits.shape[1:])[:channels]
-
-
-def keep_mask(seed, sample, layer, rows, cols, channels: int):
-    """Boolean keep mask of shape (len(rows), len(cols), channels), keyed on global HR positions.
-
-    ``rows`` and ``cols`` are int32 global high-resolution coordinates; the mask bit of an element depends
-    only on (seed, sample, layer, row, col, channel). This is the engine's own generator (the engine uses
-    the same bits in channel-major order).
-    """
-    bits = _mask_bits(_layer_key(seed, sample, layer), rows, _lane_ids(cols, channels))
-    return _keep_from_bits(bits, channels).transpose(1, 2, 0)
 
 
 def _first_layer(p, lr_block):
@@ -237,13 +157,14 @@ def _compiled_block_fns(chunk: int):
     def mc_block(p, lr_block, origin, hr_shape, seed, n_samples):
         h1 = _first_layer(p, lr_block)
         rows, cols, valid = _block_geometry(h1.shape[-1], origin, hr_shape)
-        lanes = (_lane_ids(cols, 64), _lane_ids(cols, 32))
+        lanes = (lane_ids(cols, 64), lane_ids(cols, 32))
 
         def sample_bits(s):
-            return tuple(_mask_bits(_layer_key(seed, s, layer), rows, lanes[layer]) for layer in (0, 1))
+            return tuple(mask_bits(layer_key(seed, s, layer), rows, lanes[layer]) for layer in (0, 1))
 
         def one_sample(bits):
-            return _last_layers(p, h1, valid, (_keep_from_bits(bits[0], 64), _keep_from_bits(bits[1], 32)))
+            keep = (keep_from_bits(bits[0], 64, DROP_THRESHOLD_10), keep_from_bits(bits[1], 32, DROP_THRESHOLD_10))
+            return _last_layers(p, h1, valid, keep)
 
         def chunk_bits(c):
             return tuple(sample_bits(1 + c * chunk + k) for k in range(chunk))
@@ -271,11 +192,6 @@ def _compiled_block_fns(chunk: int):
     return deterministic_block, mc_block
 
 
-def block_grid(lr_shape: tuple[int, int]) -> list[tuple[int, int]]:
-    """Top-left LR corners of the blocks covering an image."""
-    return [(r, c) for r in range(0, lr_shape[0], BLOCK) for c in range(0, lr_shape[1], BLOCK)]
-
-
 def iter_mc_predict(
     lr: np.ndarray,
     params: dict[str, np.ndarray],
@@ -299,15 +215,16 @@ def iter_mc_predict(
         Seed of the dropout masks (0 <= seed < 2**32).
     chunk : int
         Samples per loop iteration (run as independent chains); changes speed and memory, never the result.
-    out : MCResult
-        Preallocated result (see :func:`allocate_result`), filled in place.
+    out : MCResult, optional
+        Target filled in place (see :func:`.mc.allocate_result`); a new one when None. It is also the
+        generator's return value.
 
     Closing the generator early (cancel) leaves ``out`` partially filled; callers discard it.
     """
     import jax.numpy as jnp
 
     if out is None:
-        raise ValueError("pass out=allocate_result(lr.shape, ...)")
+        out = allocate_result(lr.shape, n_samples, seed, scale=SCALE, channels=3)
     configure_compilation_cache()
     h, w = lr.shape[:2]
     deterministic_block, mc_block = _compiled_block_fns(int(chunk))
@@ -331,23 +248,9 @@ def iter_mc_predict(
             out.single[dst] = np.asarray(single)[:hr_r, :hr_c]
             out.std[dst] = np.asarray(std)[:hr_r, :hr_c]
         yield i + 1, len(grid)
-
-
-def allocate_result(lr_shape: tuple[int, ...], n_samples: int, seed: int) -> MCResult:
-    """Zero-filled :class:`MCResult` for an LR image of shape ``lr_shape`` (HR float32 arrays)."""
-    hr = (SCALE * lr_shape[0], SCALE * lr_shape[1], 3)
-    return MCResult(
-        mean=np.zeros(hr, np.float32),
-        single=np.zeros(hr, np.float32),
-        std=np.zeros(hr, np.float32),
-        n_samples=n_samples,
-        seed=seed,
-    )
+    return out
 
 
 def mc_predict(lr: np.ndarray, params: dict[str, np.ndarray], **kwargs) -> MCResult:
-    """Run :func:`iter_mc_predict` to completion and return the :class:`MCResult`."""
-    out = allocate_result(lr.shape, kwargs.get("n_samples", 40), kwargs.get("seed", 0))
-    for _ in iter_mc_predict(lr, params, out=out, **kwargs):
-        pass
-    return out
+    """Run :func:`iter_mc_predict` to the end and return the :class:`MCResult`."""
+    return run_to_end(iter_mc_predict(lr, params, **kwargs))

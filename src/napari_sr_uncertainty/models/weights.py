@@ -1,15 +1,18 @@
-"""Loading and saving ESRCNN weights, safely.
+"""Loading and saving model weights, safely, for every registered model.
 
-Two formats are read, neither of which can execute code:
+Formats read, none of which can execute code:
 
-* our own ``.msgpack`` format: a msgpack map (via :mod:`flax.serialization`, which stores arrays as raw
-  bytes, never pickles) holding ``format``, ``params`` (flat ``"conv1/kernel"`` ... arrays) and ``sha256``,
-  the digest of the serialised ``params``; it is verified on every load;
-* the original project's Keras HDF5 file (``modelesrcnn8.h5``), read as plain datasets with h5py
-  (optional dependency); its architecture JSON is never evaluated.
+* ours, ``.msgpack``: a msgpack map (:mod:`flax.serialization`, arrays as raw bytes, never pickle).
+  Version 2 holds ``format``, ``model`` (the registry id), ``architecture``, ``scale``, ``colour``,
+  ``params`` (flat ``"conv1/kernel"`` ... arrays) and ``sha256``, the digest of the serialised params,
+  verified on every load. Version 1 files (``napari-sr-uncertainty/esrcnn-x2/v1``, no model header) are
+  ESRCNN x2 and still load.
+* the originals' files through each model's importers (:attr:`ModelSpec.importers`): Keras HDF5 read as
+  plain datasets with h5py (the architecture JSON is never evaluated), PyTorch ``.pth`` through the
+  restricted unpickler in :mod:`.pth`.
 
-The bundled weights also have a training card (``<name>.json``) that records the file's own sha256,
-checked when the bundled file is loaded.
+A training card (``<name>.json`` beside a ``.msgpack``) records the file's sha256 (checked) and the
+calibration.
 """
 
 from __future__ import annotations
@@ -21,28 +24,34 @@ from pathlib import Path
 
 import numpy as np
 
-from .esrcnn import PARAM_SHAPES, check_param_shapes
+from .registry import get_spec, model_ids
+from .spec import ModelSpec
 
-FORMAT_TAG = "napari-sr-uncertainty/esrcnn-x2/v1"
-BUNDLED_NAME = "esrcnn_x2"
+FORMAT_V1 = "napari-sr-uncertainty/esrcnn-x2/v1"
+FORMAT_V2 = "napari-sr-uncertainty/weights/v2"
 
 
 class WeightsError(ValueError):
-    """A weights file is missing, unreadable, corrupt or not ESRCNN weights."""
+    """A weights file is missing, unreadable, corrupt, or not weights of the requested model."""
 
 
 @dataclass(frozen=True)
 class Weights:
-    """ESRCNN parameters plus where they came from.
+    """Parameters of one registered model plus where they came from.
 
-    ``arrays`` maps ``"conv1/kernel"``-style names to float32 arrays (HWIO kernels).
-    ``sha256`` is the digest of the file they were read from.
+    ``arrays`` maps ``"conv1/kernel"``-style names to float32 arrays (HWIO kernels); ``model`` is the
+    registry id; ``sha256`` is the digest of the file they were read from.
     """
 
     arrays: dict[str, np.ndarray]
     source: str
     sha256: str
     card: dict = field(default_factory=dict)
+    model: str = "esrcnn-x2"
+
+    @property
+    def spec(self) -> ModelSpec:
+        return get_spec(self.model)
 
     @property
     def calibration_scale(self) -> float | None:
@@ -52,7 +61,7 @@ class Weights:
 
 
 def bundled_weights_dir() -> Path:
-    """Folder of the weights shipped with the package (inside the wheel, or the repo in a dev install)."""
+    """Folder of the weights shipped with the package (the wheel's copy, or an editable install's)."""
     return Path(__file__).resolve().parents[1] / "weights"
 
 
@@ -74,13 +83,21 @@ def _params_digest(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def save_weights(arrays: dict[str, np.ndarray], path: str | Path) -> str:
-    """Write weights in our msgpack format; returns the file's sha256."""
+def save_weights(arrays: dict[str, np.ndarray], path: str | Path, model: str = "esrcnn-x2") -> str:
+    """Write weights of ``model`` in our msgpack format (v2); returns the file's sha256."""
     from flax import serialization
 
-    check_param_shapes(arrays)
+    spec = get_spec(model)
+    spec.check_params(arrays)
     clean = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in sorted(arrays)}
-    payload = {"format": FORMAT_TAG, "params": clean, "sha256": _params_digest(clean)}
+    payload = {
+        "format": FORMAT_V2,
+        "model": spec.id,
+        "scale": spec.scale,
+        "colour": spec.colour,
+        "params": clean,
+        "sha256": _params_digest(clean),
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -89,72 +106,109 @@ def save_weights(arrays: dict[str, np.ndarray], path: str | Path) -> str:
     return file_sha256(path)
 
 
-def _load_msgpack(path: Path) -> dict[str, np.ndarray]:
+def _load_msgpack(path: Path, model: str | None) -> tuple[str, dict[str, np.ndarray]]:
     from flax import serialization
 
     try:
         payload = serialization.msgpack_restore(path.read_bytes())
     except Exception as exc:  # msgpack raises several unrelated types on truncated/corrupt data
         raise WeightsError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt == FORMAT_V1:
+        stored = "esrcnn-x2"
+    elif fmt == FORMAT_V2:
+        stored = str(payload.get("model"))
+        if stored not in model_ids():
+            raise WeightsError(f"{path}: weights of an unknown model {stored!r}; known: {', '.join(model_ids())}")
+    else:
         raise WeightsError(f"{path}: not a napari-sr-uncertainty weights file (format tag missing)")
+    if model is not None and model != stored:
+        raise WeightsError(f"{path}: these are {stored} weights, not {model}; choose the model {stored}")
     arrays = {k: np.asarray(v, np.float32) for k, v in dict(payload.get("params", {})).items()}
     try:
-        check_param_shapes(arrays)
+        get_spec(stored).check_params(arrays)
     except ValueError as exc:
         raise WeightsError(f"{path}: {exc}") from None
     if _params_digest(arrays) != payload.get("sha256"):
         raise WeightsError(f"{path}: checksum mismatch, the file is corrupt")
-    return arrays
+    return stored, arrays
 
 
-def _load_keras_h5(path: Path) -> dict[str, np.ndarray]:
+def read_keras_layers(path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(kernel, bias) float32 pairs of every layer in a Keras HDF5 weights file, in file order.
+
+    Only datasets are read: the model's code and config are never evaluated.
+    """
     try:
         import h5py
     except ImportError:
         raise WeightsError(
             f"{path}: reading Keras .h5 weights needs h5py: pip install 'napari-sr-uncertainty[keras]'"
         ) from None
-    by_shape = {kshape: name for name, (kshape, _) in PARAM_SHAPES.items()}
-    arrays: dict[str, np.ndarray] = {}
+    layers = []
     try:
         with h5py.File(path, "r") as h5:
             group = h5["model_weights"] if "model_weights" in h5 else h5
-            kernels = []
+            kernels: list[str] = []
             group.visititems(
                 lambda n, o: kernels.append(n) if isinstance(o, h5py.Dataset) and n.endswith("kernel:0") else None
             )
             for kname in kernels:
-                kernel = np.asarray(group[kname], np.float32)
-                name = by_shape.get(tuple(kernel.shape))
                 bname = kname[: -len("kernel:0")] + "bias:0"
-                if name is None or bname not in group:
-                    continue
-                arrays[f"{name}/kernel"] = kernel
-                arrays[f"{name}/bias"] = np.asarray(group[bname], np.float32)
+                if bname in group:
+                    layers.append((np.asarray(group[kname], np.float32), np.asarray(group[bname], np.float32)))
     except (OSError, KeyError) as exc:
         raise WeightsError(f"{path}: not a readable Keras HDF5 file ({exc})") from None
+    return layers
+
+
+def _import_original(path: Path, model: str | None) -> tuple[str, dict[str, np.ndarray]]:
+    suffix = path.suffix.lower()
+    if model is None:
+        candidates = [s.id for s in map(get_spec, model_ids()) if suffix in s.importers]
+        if len(candidates) != 1:
+            known = ", ".join(candidates) or "none"
+            raise WeightsError(f"{path}: choose the model these {suffix} weights belong to (models that import it: {known})")
+        model = candidates[0]
+    spec = get_spec(model)
+    importer = spec.importers.get(suffix)
+    if importer is None:
+        accepted = ", ".join([".msgpack", *spec.importers])
+        raise WeightsError(f"{path}: {spec.id} reads {accepted} weights, not {suffix or 'this file'}")
     try:
-        check_param_shapes(arrays)
-    except ValueError as exc:
+        arrays = importer(path)
+        spec.check_params(arrays)
+    except WeightsError:
+        raise
+    except ValueError as exc:  # includes PthError
         raise WeightsError(f"{path}: {exc}") from None
-    return arrays
+    return spec.id, arrays
 
 
-def load_weights(path: str | Path | None = None) -> Weights:
-    """Load weights from ``path`` (ours or Keras ``.h5``), or the bundled weights when ``path`` is None.
+def load_weights(path: str | Path | None = None, model: str | None = None) -> Weights:
+    """Load weights of ``model`` from ``path`` (ours or an original's file), or the model's bundled weights.
 
-    A training card next to a ``.msgpack`` file (same name, ``.json``, as ``napari-sr-uncertainty-train
-    --export`` writes it) is read too: it carries the calibration, and its sha256 must match the file.
+    Parameters
+    ----------
+    path : str or Path, optional
+        None loads ``model``'s bundled weights.
+    model : str, optional
+        Registry id. None: the default model, or the model a ``.msgpack`` file names, or the only model that
+        imports the file's suffix.
 
     Raises
     ------
     WeightsError
-        If the file is missing, unreadable, corrupt, fails its checksum, has the wrong architecture, or its
-        training card is unreadable.
+        If the file is missing, unreadable, corrupt, fails its checksum, belongs to another model or has the
+        wrong shapes, its training card is unreadable, or the model ships no weights.
     """
     if path is None:
-        path = bundled_weights_dir() / f"{BUNDLED_NAME}.msgpack"
+        spec = get_spec(model)
+        if spec.default_weights is None:
+            importers = ", ".join(spec.importers) or "our .msgpack"
+            raise WeightsError(f"{spec.id} ships no weights: give a weights file ({importers} of the original, or .msgpack)")
+        path = bundled_weights_dir() / spec.default_weights
+        model = spec.id
     path = Path(path).expanduser()
     card: dict = {}
     card_path = path.with_suffix(".json")
@@ -174,5 +228,6 @@ def load_weights(path: str | Path | None = None) -> Weights:
         raise WeightsError(f"{path}: sha256 {sha[:12]}... does not match its training card; the file is corrupt")
     with open(path, "rb") as fh:
         magic = fh.read(8)
-    arrays = _load_keras_h5(path) if magic.startswith(b"\x89HDF") else _load_msgpack(path)
-    return Weights(arrays=arrays, source=str(path), sha256=sha, card=card)
+    ours = path.suffix.lower() == ".msgpack" or not (magic.startswith(b"\x89HDF") or magic.startswith(b"PK"))
+    model_id, arrays = _load_msgpack(path, model) if ours else _import_original(path, model)
+    return Weights(arrays=arrays, source=str(path), sha256=sha, card=card, model=model_id)

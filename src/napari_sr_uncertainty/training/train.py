@@ -15,7 +15,7 @@ Design notes (why it looks like this):
 * **Polyphase first layer.** "Nearest x2 upsampling then 9x9 conv" is computed as a 5x5 conv on the LR grid
   with 4 x 64 outputs (one group per output phase), a quarter of the multiply-adds, in the backward pass
   too; the 9x9 kernel stays the trained parameter.
-* **Dropout masks** come from :func:`napari_sr_uncertainty.engine.keep_mask` (a counter-based hash, far
+* **Dropout masks** come from :func:`napari_sr_uncertainty.models.dropout.keep_mask` (a counter-based hash, far
   cheaper than threefry on a CPU), keyed on (seed + step, crop index, layer, position, channel), at the
   engine's effective rate, so training sees the same dropout as inference.
 * **Uncertainty loss** (optional, :func:`uncertainty_loss`). Plain dropout training lets the MC std follow
@@ -40,7 +40,8 @@ import numpy as np
 
 from ..core import metrics, uncertainty_metrics
 from ..models import esrcnn_fast as engine
-from ..models.esrcnn_module import PARAM_SHAPES, SCALE, from_flax_params, to_flax_params
+from ..models.dropout import keep_mask
+from ..models.esrcnn import DROPOUT_RATE, PARAM_SHAPES, SCALE, SPEC
 from .data import BSD200_VALIDATION_IDS, CropSampler, ImagePair, list_images, load_pairs, load_rgb, make_pair
 
 # Pillow's cubic (a = -0.5) x2 upscaling filter as a 9-tap kernel acting after nearest upsampling.
@@ -230,8 +231,8 @@ def dropout_masks(seed, n: int, size: int):
 
     def one(i):
         return (
-            engine.keep_mask(seed, i, 0, coords, coords, 64),
-            engine.keep_mask(seed, i, 1, coords, coords, 32),
+            keep_mask(seed, i, 0, coords, coords, 64, DROPOUT_RATE),
+            keep_mask(seed, i, 1, coords, coords, 32, DROPOUT_RATE),
         )
 
     return jax.vmap(one)(jnp.arange(n, dtype=jnp.int32))
@@ -558,7 +559,7 @@ def train(
         raise ValueError(f"no validation images: none of the held-out images ({', '.join(config.holdout)}) is in "
                          f"the data folders; include BSD200 in --data")
     sampler = CropSampler(train_pairs, config.crop_lr, seed=config.seed)
-    params = to_flax_params(initial_arrays(config))["params"]
+    params = SPEC.to_flax(initial_arrays(config))["params"]
     opt_state = make_optimizer(config).init(params)
     step, best = 0, {"val_psnr_y": -math.inf, "step": 0}
     if resume and checkpoint_path.exists():
@@ -590,7 +591,7 @@ def train(
                                            elapsed / (step - start_step)), end="", file=log, flush=True)
             if step % config.val_every == 0 or step == config.steps or timed_out:
                 loss, loss_sum, loss_count = loss_sum / loss_count, np.zeros(2), 0
-                arrays = from_flax_params({"params": jax.device_get(params)})
+                arrays = SPEC.from_flax({"params": jax.device_get(params)})
                 val = evaluate_pairs(arrays, val_pairs)
                 val_psnr = val["psnr_y"]
                 val_uncertainty = evaluate_uncertainty(arrays, val_pairs)
@@ -662,7 +663,7 @@ def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | Non
     config = TrainConfig(**json.loads(payload["config"]))
     best = json.loads(payload["best"])
     if last:
-        arrays = from_flax_params({"params": payload["params"]})
+        arrays = SPEC.from_flax({"params": payload["params"]})
         exported_step = int(payload["step"])
     else:
         arrays = load_weights(run_dir / BEST_NAME).arrays
@@ -670,7 +671,7 @@ def export(run_dir: str | Path, out_path: str | Path, set5_dir: str | Path | Non
     _, val_pairs = load_pairs(config.data, tuple(config.holdout), min_lr_size=config.crop_lr)
     validation = evaluate_pairs(arrays, val_pairs)
     card = {
-        "model": "ESRCNN x2 (napari_sr_uncertainty.model.ESRCNN, dropout 0.04)",
+        "model": "ESRCNN x2 (napari_sr_uncertainty.models.esrcnn, dropout 0.04)",
         "data": {
             "train": [str(Path(d).name) for d in config.data],
             "held_out_for_validation_and_calibration": config.holdout,

@@ -1,0 +1,30 @@
+"""Progress reports of the long-running generators, and the one loop that drives a generator to its end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generator
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    message: str
+
+
+def run_to_end(gen: Generator, progress: Callable[[object], None] | None = None):
+    """Run a generator to completion (the ``iter_*`` functions), passing each step to ``progress``.
+
+    Returns the generator's result; the generator is closed if ``progress`` raises (e.g. Ctrl-C).
+    """
+    try:
+        while True:
+            try:
+                step = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if progress is not None:
+                progress(step)
+    finally:
+        gen.close()

@@ -1,0 +1,146 @@
+"""Position-keyed dropout: the masks every engine and the trainer share, and a Flax layer that applies them.
+
+A mask bit is a hash of (seed, sample, layer, global row, global column, channel) on the layer's own grid
+(input pixels for layers before upsampling, output pixels after it). It is a counter-based generator, much
+cheaper than threefry on a CPU, and it makes every result independent of how the image is cut into blocks
+and of how samples are chunked: the same element of the same sample always gets the same bit.
+
+One 32-bit hash gives the 10-bit uniforms of three channels (bits 0-9, 10-19, 20-29); an element is dropped
+when its uniform is below ``drop_threshold(rate)``, so the realised rate is ``round(rate * 1024) / 1024``
+(:func:`effective_rate`), and kept activations are scaled by the exact inverse keep rate.
+
+:class:`Grid` tells a module where its input block lies in the image, so that the dropout layers know the
+global positions and the convolutions can zero what lies outside the image (zero "same" padding at the true
+border only, whatever the block).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+UNIFORMS_PER_HASH = 3  # 10-bit uniforms per 32-bit hash
+
+
+def drop_threshold(rate: float) -> int:
+    """10-bit threshold below which an element is dropped."""
+    return round(rate * 1024)
+
+
+def effective_rate(rate: float) -> float:
+    """The dropout rate the masks realise."""
+    return drop_threshold(rate) / 1024
+
+
+def keep_scale(rate: float) -> float:
+    """Inverted dropout's factor for kept activations: the exact inverse of the realised keep rate."""
+    return 1.0 / (1.0 - effective_rate(rate))
+
+
+def _mix32(x):
+    """lowbias32 integer hash (a bijection on uint32, good avalanche)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def layer_key(seed, sample, layer):
+    u32 = partial(jnp.asarray, dtype=jnp.uint32)
+    return _mix32(_mix32(u32(seed) ^ u32(0x5BD1E995)) + u32(sample) * u32(2) + u32(layer))
+
+
+def lane_ids(cols, channels: int):
+    """Per-(hash group, column) odd-multiplied counters, shape (ceil(channels / 3), len(cols)).
+
+    They do not depend on the sample, so a block can compute them once for all its samples.
+    """
+    groups = -(-channels // UNIFORMS_PER_HASH)
+    lane = jnp.asarray(cols, jnp.uint32)[None, :] * jnp.uint32(groups) + jnp.arange(groups, dtype=jnp.uint32)[:, None]
+    return lane * jnp.uint32(0x85EBCA77)
+
+
+def mask_bits(key, rows, lanes):
+    """One 32-bit hash per (hash group, row, column): shape (groups, len(rows), len(cols)), uint32."""
+    row_key = _mix32(key + jnp.asarray(rows, jnp.uint32) * jnp.uint32(0x9E3779B1))  # (R,)
+    return _mix32(row_key[None, :, None] ^ lanes[:, None, :])
+
+
+def keep_from_bits(bits, channels: int, threshold: int):
+    """Channel-major keep mask (channels, R, C) from :func:`mask_bits`."""
+    shifts = jnp.arange(0, 10 * UNIFORMS_PER_HASH, 10, dtype=jnp.uint32)[:, None, None, None]
+    keep = ((bits[None] >> shifts) & jnp.uint32(1023)) >= threshold  # (3, groups, R, C)
+    return keep.reshape(-1, *bits.shape[1:])[:channels]
+
+
+def keep_mask(seed, sample, layer, rows, cols, channels: int, rate: float):
+    """Boolean keep mask of shape (len(rows), len(cols), channels) at global positions ``rows`` x ``cols``.
+
+    The bit of an element depends only on (seed, sample, layer, row, col, channel).
+    """
+    bits = mask_bits(layer_key(seed, sample, layer), rows, lane_ids(cols, channels))
+    return keep_from_bits(bits, channels, drop_threshold(rate)).transpose(1, 2, 0)
+
+
+class Grid(NamedTuple):
+    """Where a module's input block lies: a pytree of int32/uint32 arrays, traced under ``jit``.
+
+    ``origin`` is the global (row, col) of the block's first input pixel (negative in the halo above/left
+    of the image), ``shape`` the whole image's input size and ``seed`` the seed of the dropout masks.
+    """
+
+    origin: object
+    shape: object
+    seed: object
+
+    @classmethod
+    def whole(cls, height: int, width: int, seed: int = 0) -> Grid:
+        """The grid of an unblocked image."""
+        return cls(jnp.zeros(2, jnp.int32), jnp.asarray([height, width], jnp.int32), jnp.uint32(seed))
+
+    def positions(self, size: int, axis: int, factor: int):
+        """Global coordinates, on a grid ``factor`` times finer than the input, of ``size`` elements."""
+        return self.origin[axis] * factor + jnp.arange(size, dtype=jnp.int32)
+
+    def inside(self, x, factor: int = 1):
+        """``x`` (N, H, W, C) on a grid ``factor`` times the input's, with elements outside the image zeroed.
+
+        Applied to the input of every spatial convolution, it makes a block's "same" padding zero at the
+        image's true border only, so any split of the image gives the whole-image result.
+        """
+        rows = self.positions(x.shape[-3], 0, factor)
+        cols = self.positions(x.shape[-2], 1, factor)
+        valid = ((rows >= 0) & (rows < self.shape[0] * factor))[:, None] & (
+            (cols >= 0) & (cols < self.shape[1] * factor)
+        )[None, :]
+        return jnp.where(valid[:, :, None], x, 0.0)
+
+
+class KeyedDropout(nn.Module):
+    """Inverted dropout with position-keyed masks (no RNG stream).
+
+    ``sample`` None means dropout off. A scalar ``sample`` uses one mask for the whole batch (the MC engine
+    runs one block at a time); an (N,) array gives each batch element its own sample id (training).
+    """
+
+    rate: float
+    layer: int
+    factor: int = 1  # the layer's grid relative to the module's input grid
+
+    def __call__(self, x, grid: Grid, sample=None):
+        if sample is None or self.rate == 0.0:
+            return x
+        rows = grid.positions(x.shape[-3], 0, self.factor)
+        cols = grid.positions(x.shape[-2], 1, self.factor)
+
+        def mask(s):
+            return keep_mask(grid.seed, s, self.layer, rows, cols, x.shape[-1], self.rate)
+
+        sample = jnp.asarray(sample, jnp.int32)
+        keep = jax.vmap(mask)(sample) if sample.ndim else mask(sample)
+        return jnp.where(keep, x * keep_scale(self.rate), 0.0)
