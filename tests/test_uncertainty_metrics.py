@@ -32,7 +32,7 @@ def test_image_stats_closed_form():
     """Error and std rise together across the image: perfect ranks, AUSE 0, coverage as constructed."""
     truth = np.zeros((256, 384, 1))
     level = np.repeat(np.linspace(0.01, 0.2, 384)[None, :], 256, axis=0)[..., None]
-    stats = um.image_uncertainty_stats(truth + level, level / 1.9, truth, patch=32, std_scale=1.0)
+    stats = um.image_uncertainty_stats(truth + level, level / 1.9, truth, patch=32, scale=2, std_scale=1.0)
     assert stats["pixel_spearman"] == pytest.approx(1.0)
     assert stats["patch_spearman"] == pytest.approx(1.0)
     assert stats["least_most_ratio"] == pytest.approx(stats["oracle_least_most_ratio"])
@@ -40,7 +40,7 @@ def test_image_stats_closed_form():
     assert stats["ause_random"] > 0.01
     assert stats["covered"] == stats["count"]
     # the same std, ranked backwards: the worst possible order
-    reverse = um.image_uncertainty_stats(truth + level, level[:, ::-1] / 1.9, truth, patch=32)
+    reverse = um.image_uncertainty_stats(truth + level, level[:, ::-1] / 1.9, truth, patch=32, scale=2)
     assert reverse["patch_spearman"] == pytest.approx(-1.0)
     assert reverse["least_most_ratio"] == pytest.approx(1.0 / stats["oracle_least_most_ratio"])
     assert reverse["ause"] > stats["ause_random"]

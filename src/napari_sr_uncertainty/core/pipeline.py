@@ -34,6 +34,7 @@ from .patches import PatchMark, score_patches, select_patches
 from .progress import Progress, run_to_end
 
 DEFAULT_PATCH = 64
+SEED_LIMIT = 2**32  # seeds are uint32: the dropout hash's key
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ class SROptions:
     def validate(self) -> None:
         if not self.deterministic and not 1 <= self.n_samples <= 10_000:
             raise InputError(f"samples must be between 1 and 10000, got {self.n_samples}")
-        if not 0 <= self.seed < 2**32:
-            raise InputError(f"seed must be in [0, 2**32), got {self.seed}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise InputError(f"seed must be in [0, {SEED_LIMIT}), got {self.seed}")
         if self.patch_size < 1:
             raise InputError(f"patch size must be >= 1, got {self.patch_size}")
         if self.n_patches < 0:

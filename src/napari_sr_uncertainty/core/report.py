@@ -144,6 +144,8 @@ def check_output_dir(outdir: str | Path, overwrite: bool = True) -> Path:
     parent = outdir.parent
     if not parent.exists():
         raise OutputError(f"cannot create {outdir}: {parent} does not exist")
+    if not parent.is_dir():
+        raise OutputError(f"cannot create {outdir}: {parent} is a file, not a folder")
     if not _is_writable(parent):
         raise OutputError(f"cannot write into {parent}: permission denied")
     return outdir

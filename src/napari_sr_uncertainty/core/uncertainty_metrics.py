@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models.esrcnn import SCALE
 from .patches import score_patches
 
 SPARSIFICATION_FRACTIONS = np.arange(0.0, 1.0, 0.02)
@@ -69,7 +68,7 @@ def image_uncertainty_stats(
     truth: np.ndarray,
     *,
     patch: int = 64,
-    scale: int = SCALE,
+    scale: int,
     std_scale: float | None = None,
 ) -> dict:
     """Uncertainty metrics of one MC result against its ground truth.

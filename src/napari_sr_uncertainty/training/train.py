@@ -392,7 +392,7 @@ def mc_image_stats(arrays: dict[str, np.ndarray], pairs: list[ImagePair], n_samp
     rows = []
     for pair in pairs:
         result = predict(arrays, pair.lr, n_samples, seed)
-        stats = uncertainty_metrics.image_uncertainty_stats(result.mean, result.std, pair.hr.astype(np.float32) / 255.0)
+        stats = uncertainty_metrics.image_uncertainty_stats(result.mean, result.std, pair.hr.astype(np.float32) / 255.0, scale=SCALE)
         stats["psnr_y"] = metrics.psnr_y(result.mean, pair.hr)
         rows.append(stats)
     return rows
