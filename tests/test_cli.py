@@ -278,6 +278,7 @@ def test_output_folder_problems_exit_2_before_computing(capsys, tmp_path, small_
         (foreign, "already holds other files"),
         (a_file, "is not a folder"),
         (tmp_path / "missing_parent" / "out", "does not exist"),
+        (a_file / "out", "is a file, not a folder"),
         (Path("/proc/napari-sr-uncertainty-out"), "permission denied"),  # unwritable even for root
     ]
     for outdir, message in cases:
@@ -294,6 +295,7 @@ def test_output_folder_problems_exit_2_before_computing(capsys, tmp_path, small_
         (["--patch-size", "0"], "patch size must be >= 1"),
         (["--samples", "many"], "invalid int value"),
         (["--no-such-option"], "unrecognized arguments"),
+        (["--model", "no-such-model"], "invalid choice: 'no-such-model' (choose from 'esrcnn-x2'"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, small_image, weights_path, argv, message):

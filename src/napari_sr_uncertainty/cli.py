@@ -40,7 +40,7 @@ from .core.pipeline import (
     run_to_end,
 )
 from .core.samples import DEFAULT_SAMPLE, load_sample, sample_image_paths
-from .models.registry import all_specs
+from .models.registry import all_specs, model_ids
 from .models.weights import WeightsError, load_weights
 
 
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="input image, stack or multi-channel image (PNG, JPEG, TIFF, .npy); default: bundled sample",
     )
     parser.add_argument("-o", "--output", default="output", help="output folder (default: ./output)")
-    parser.add_argument("--model", default=defaults.model, help="registered model id (default: %(default)s)")
+    parser.add_argument("--model", default=defaults.model, choices=model_ids(), metavar="ID",
+                        help="registered model, see --list-models (default: %(default)s)")
     parser.add_argument("--list-models", action="store_true", help="list the models and exit")
     parser.add_argument("--samples", type=int, default=defaults.n_samples, help="dropout samples (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dropout masks (default: %(default)s)")
