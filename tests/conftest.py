@@ -21,6 +21,29 @@ def _random_esrcnn_arrays(seed: int = 1) -> dict[str, np.ndarray]:
     return arrays
 
 
+def random_model_arrays(model: str, seed: int = 1) -> dict[str, np.ndarray]:
+    """Random weights of any registered model, scaled as ``_random_esrcnn_arrays``'s (fan-in, non-zero biases)."""
+    from napari_sr_uncertainty.models.registry import get_spec
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, (kernel_shape, bias_shape) in get_spec(model).param_shapes.items():
+        fan_in = int(np.prod(kernel_shape[:-1]))
+        arrays[f"{name}/kernel"] = rng.normal(0, 1.5 / np.sqrt(fan_in), kernel_shape).astype(np.float32)
+        arrays[f"{name}/bias"] = rng.normal(0, 0.05, bias_shape).astype(np.float32)
+    return arrays
+
+
+@pytest.fixture(scope="session")
+def random_espcn_weights_path(tmp_path_factory) -> Path:
+    """Random ``espcn-x3`` weights saved in our msgpack format (the model ships no weights yet)."""
+    from napari_sr_uncertainty.models.weights import save_weights
+
+    path = tmp_path_factory.mktemp("weights") / "random_espcn_x3.msgpack"
+    save_weights(random_model_arrays("espcn-x3"), path, model="espcn-x3")
+    return path
+
+
 @pytest.fixture(scope="session")
 def random_arrays() -> dict[str, np.ndarray]:
     """Random ESRCNN weights as flat arrays (see ``_random_esrcnn_arrays``)."""

@@ -141,3 +141,179 @@ def test_all_slices_are_stacked(results):
     assert tuples[0][0].shape == (2, 3, *result.mean.shape)
     assert tuples[3][0].shape == (6 * len(result.most_certain), 4)
     assert tuples[0][1]["metadata"]["slices"] == 6
+
+
+# Any scale (issue 12): s output pixels per input pixel, read from the result.
+
+INPUT_SCALE = (0.5, 2.0)
+INPUT_TRANSLATE = (10.0, -3.0)
+
+
+@pytest.fixture
+def fake_specs(monkeypatch):
+    """Registers ``fake-x1`` (restoration, gray) and ``fake-x4`` (rgb) for results built without a network."""
+    from dataclasses import replace
+
+    from napari_sr_uncertainty.models import registry
+
+    specs = registry._load()
+    base = registry.get_spec("esrcnn-x2")
+    monkeypatch.setitem(specs, "fake-x1", replace(base, id="fake-x1", scale=1, colour="gray", default_weights=None))
+    monkeypatch.setitem(specs, "fake-x4", replace(base, id="fake-x4", scale=4, default_weights=None))
+    return specs
+
+
+def fake_result(model: str, lr_shape=(10, 13), crop_offset=(0, 0), patch=4):
+    """An SRResult as the pipeline returns it at ``model``'s scale, with random outputs (no network run)."""
+    from napari_sr_uncertainty.core.imaging import Normalization
+    from napari_sr_uncertainty.core.patches import score_patches, select_patches
+    from napari_sr_uncertainty.core.pipeline import SROptions, SRResult
+    from napari_sr_uncertainty.models.registry import get_spec
+
+    s = get_spec(model).scale
+    h, w = lr_shape
+    rng = np.random.default_rng(s)
+    mean = rng.random((s * h, s * w)).astype(np.float32)
+    std = (0.1 * rng.random((s * h, s * w))).astype(np.float32)
+    scores = score_patches(std, patch, s)
+    most, least = select_patches(scores, (h, w), 2, patch, s)
+    return SRResult(
+        mean=mean,
+        single=mean,
+        std=std,
+        heatmap=std,
+        lr=rng.random((h, w)).astype(np.float32),
+        input_shape=(h + crop_offset[0] + 2, w + crop_offset[1] + 3),
+        crop_offset=crop_offset,
+        scores=scores,
+        most_certain=most,
+        least_certain=least,
+        normalization=Normalization(offset=0.0, scale=255.0, dtype="uint8", grayscale=True),
+        options=SROptions(model=model, n_samples=4, patch_size=patch, n_patches=2),
+        weights_source="fake",
+        weights_sha256="0" * 64,
+    )
+
+
+@pytest.fixture(scope="module")
+def espcn_results(random_espcn_weights_path):
+    """Real espcn-x3 runs (random weights) on a tiny gray and RGB image, the RGB one also centre-cropped."""
+    from napari_sr_uncertainty.core.pipeline import SROptions, super_resolve
+    from napari_sr_uncertainty.models.weights import load_weights
+
+    weights = load_weights(random_espcn_weights_path, model="espcn-x3")
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 4000, (14, 17)).astype(np.uint16)
+    rgb = rng.integers(0, 255, (14, 17, 3)).astype(np.uint8)
+    options = SROptions(model="espcn-x3", n_samples=3, patch_size=4, n_patches=2)
+    return {
+        "gray": (gray, super_resolve(gray, weights, options)),
+        "rgb": (rgb, super_resolve(rgb, weights, options)),
+        "crop": (
+            rgb,
+            super_resolve(
+                rgb, weights, SROptions(model="espcn-x3", n_samples=3, patch_size=4, n_patches=2, center_crop=True)
+            ),
+        ),
+    }
+
+
+@pytest.fixture(params=[1, 2, 3, 4], ids=lambda s: f"x{s}")
+def scaled(request, fake_specs, results, espcn_results):
+    """``(s, {case: (image, result)})``: fake results at x1 and x4, real runs at x2 (esrcnn) and x3 (espcn)."""
+    s = request.param
+    if s == 2:
+        return s, results
+    if s == 3:
+        return s, espcn_results
+    model = f"fake-x{s}"
+    image = np.zeros((12, 16), np.uint8)
+    return s, {
+        "gray": (image, fake_result(model)),
+        "crop": (image, fake_result(model, lr_shape=(8, 12), crop_offset=(2, 3))),
+    }
+
+
+def test_results_know_their_scale(scaled):
+    s, cases = scaled
+    for _image, result in cases.values():
+        assert result.scale == result.options.spec.scale == s
+        assert result.mean.shape[:2] == (s * result.lr.shape[0], s * result.lr.shape[1])
+
+
+@pytest.mark.parametrize("case", ["gray", "crop"])
+def test_output_pixel_centres_land_on_their_place_at_every_scale(scaled, case):
+    """Centre of output pixel k (per axis): world = translate + scale * (crop + (k + 0.5) / s - 0.5)."""
+    s, cases = scaled
+    image, result = cases[case]
+    source, layers = make_layers(image, result, scale=INPUT_SCALE, translate=INPUT_TRANSLATE)
+    scale, translate = np.array(INPUT_SCALE), np.array(INPUT_TRANSLATE)
+    offset = np.array(result.crop_offset, dtype=float)
+    h, w = result.lr.shape[:2]
+    last = (s * h - 1, s * w - 1)
+    for name in ("input SR mean", "input SR single", "input SR uncertainty"):
+        layer = layers[name]
+        np.testing.assert_allclose(layer.scale, scale / s)
+        np.testing.assert_allclose(layer.translate, translate + scale * offset - scale * (s - 1) / (2 * s))
+        for k in [(0, 0), (1, 2), (s, s + 1), (2 * s - 1, 3 * s - 1), last]:
+            expected = translate + scale * (offset + (np.array(k) + 0.5) / s - 0.5)
+            np.testing.assert_allclose(layer.data_to_world(k), expected, atol=1e-9)
+            # the same point, found in the input layer: output pixel k lies inside input pixel k // s
+            in_input = source.world_to_data(layer.data_to_world(k))
+            np.testing.assert_array_equal(np.round(in_input), offset + np.array(k) // s)
+        # the outputs' outer pixel edges coincide with the processed region's
+        np.testing.assert_allclose(layer.data_to_world((-0.5, -0.5)), source.data_to_world(offset - 0.5), atol=1e-9)
+        np.testing.assert_allclose(
+            layer.data_to_world((s * h - 0.5, s * w - 0.5)), source.data_to_world(offset + (h, w) - 0.5), atol=1e-9
+        )
+
+
+def test_patch_marks_map_lr_patch_p_to_hr_box_p_times_s(scaled):
+    s, cases = scaled
+    image, result = cases["crop"]
+    source, layers = make_layers(image, result, scale=INPUT_SCALE, translate=INPUT_TRANSLATE)
+    points = layers["input most certain"]
+    patch = result.options.patch_size
+    assert len(result.most_certain) == len(points.data) > 0
+    for i, mark in enumerate(result.most_certain):
+        assert mark.hr_box == tuple(s * v for v in mark.lr_box)
+        r0, c0, r1, c1 = mark.hr_box
+        np.testing.assert_allclose(points.data[i], [(r0 + r1 - 1) / 2, (c0 + c1 - 1) / 2])
+        assert points.size[i] == max(r1 - r0, c1 - c0) <= s * patch
+        row = points.features.iloc[i]
+        assert [row[f"hr_{k}"] for k in ("row0", "col0", "row1", "col1")] == list(mark.hr_box)
+        assert row["lr_row0"] == mark.lr_box[0] + result.crop_offset[0]
+        # the box outlines the LR patch in world coordinates: its edges are the patch's edges in the input
+        lr0, lc0, lr1, lc1 = (np.array(mark.lr_box) + np.tile(result.crop_offset, 2)).tolist()
+        np.testing.assert_allclose(
+            points.data_to_world((r0 - 0.5, c0 - 0.5)), source.data_to_world((lr0 - 0.5, lc0 - 0.5)), atol=1e-9
+        )
+        np.testing.assert_allclose(
+            points.data_to_world((r1 - 0.5, c1 - 0.5)), source.data_to_world((lr1 - 0.5, lc1 - 0.5)), atol=1e-9
+        )
+
+
+def test_layer_metadata_records_model_scale_and_colour_mode(scaled):
+    s, cases = scaled
+    image, result = cases["gray"]
+    _, layers = make_layers(image, result)
+    spec = result.options.spec
+    for layer in layers.values():
+        assert layer.metadata["model"] == spec.id
+        assert layer.metadata["scale"] == s
+        assert layer.metadata["colour_mode"] == spec.colour
+
+
+def test_espcn_x3_rgb_layers_are_rgb_at_three_times_the_size(espcn_results):
+    image, result = espcn_results["rgb"]
+    _, layers = make_layers(image, result)
+    mean = layers["input SR mean"]
+    assert mean.rgb and mean.data.shape == (42, 51, 3)
+    assert layers["input SR uncertainty"].data.shape == (42, 51)
+    assert mean.metadata["model"] == "espcn-x3" and mean.metadata["colour_mode"] == "y"
+
+
+def test_results_at_different_scales_are_refused(fake_specs):
+    source = Image(np.zeros((2, 10, 13)), name="stack")
+    with pytest.raises(ValueError, match="different scales"):
+        build_layer_data([fake_result("fake-x1"), fake_result("fake-x4")], InputGeometry.from_layer(source), (2,))

@@ -1,15 +1,18 @@
 """SRResults -> napari layer data tuples that overlay the input layer exactly. Pure: no Qt, no napari.
 
 Geometry. napari puts the centre of data pixel ``i`` at data coordinate ``i``, i.e. at world
-``translate + scale * i``. Output (high-resolution) pixel ``k`` of a result covers the left or right half
-of processed LR pixel ``k // 2``, so its centre lies at LR coordinate ``k / 2 - 1/4``; the processed region
-starts ``crop_offset`` pixels into the input. Hence, per spatial axis::
+``translate + scale * i``. A result of a model at scale ``s`` (1 for restoration, 2, 3 or 4; read from the
+result, never assumed) has ``s`` output pixels per LR pixel along each axis: output pixel ``k`` covers the
+``k % s``-th of the ``s`` parts of processed LR pixel ``k // s``, so its centre lies at LR coordinate
+``(k + 1/2) / s - 1/2``; the processed region starts ``crop_offset`` pixels into the input. Hence, per
+spatial axis::
 
-    hr_scale     = scale / 2
-    hr_translate = translate + scale * crop_offset - scale / 4
+    hr_scale     = scale / s
+    hr_translate = translate + scale * crop_offset - scale * (s - 1) / (2 s)
 
-The input's ``affine`` (applied after scale and translate by napari) is copied unchanged; its ``rotate``
-and ``shear`` are not supported (the result would be placed as if they were zero).
+(for ``s = 2`` the shift is a quarter of an input pixel, for ``s = 1`` there is none). The input's
+``affine`` (applied after scale and translate by napari) is copied unchanged; its ``rotate`` and ``shear``
+are not supported (the result would be placed as if they were zero).
 
 Stacks. The inputs' leading (non-spatial) axes keep their scale; a run on the current slice makes layers
 with one-pixel leading axes whose translate puts them at that slice (they show only there), a run on all
@@ -20,13 +23,18 @@ The uncertainty layer holds the per-pixel MC standard deviation (averaged over c
 input's units, drawn with a perceptual colormap (``magma``: dark = certain, bright = uncertain) from 0 to
 the 99.5th percentile of the data (robust to a few extreme pixels), with additive blending so the image
 underneath stays visible.
+
+Metadata. Every layer carries the result's provenance (:attr:`SRResult.metadata`: ``model``, ``scale``,
+``colour_mode``, seed, samples, weights, ...) plus, under :data:`PLUGIN_KEY`, which output it is and
+which input layer it came from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import prod
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -94,8 +102,12 @@ def output_names(input_name: str) -> dict[str, str]:
     return {output: f"{input_name} {output}" for output in OUTPUTS}
 
 
-def output_scale_translate(geometry: InputGeometry, crop_offset: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Scale and translate of the output layers (see the module docstring for the rule)."""
+def output_scale_translate(
+    geometry: InputGeometry, crop_offset: Sequence[int], factor: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and translate of the output layers of a model at scale ``factor`` (see the module docstring)."""
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"the model scale must be a positive integer, got {factor}")
     scale = np.asarray(geometry.scale, dtype=float)
     translate = np.asarray(geometry.translate, dtype=float)
     n_lead = geometry.ndim - 2
@@ -103,9 +115,9 @@ def output_scale_translate(geometry: InputGeometry, crop_offset: Sequence[int]) 
     origin[:n_lead] = geometry.slice_origin or (0,) * n_lead
     origin[n_lead:] = crop_offset
     out_scale = scale.copy()
-    out_scale[n_lead:] /= 2
+    out_scale[n_lead:] /= factor
     out_translate = translate + scale * origin
-    out_translate[n_lead:] -= scale[n_lead:] / 4
+    out_translate[n_lead:] -= scale[n_lead:] * (factor - 1) / (2 * factor)
     return out_scale, out_translate
 
 
@@ -137,6 +149,8 @@ def build_layer_data(
 ) -> list[LayerDataTuple]:
     """Layer data tuples for ``<input> SR mean / SR single / SR uncertainty / most certain / least certain``.
 
+    The outputs are at the results' model scale (``SRResult.scale``); their geometry overlays the input.
+
     Parameters
     ----------
     results : sequence of SRResult
@@ -156,8 +170,11 @@ def build_layer_data(
     if len(slices_shape) != n_lead or prod(slices_shape) != len(results):
         raise ValueError(f"{len(results)} results do not fill slices of shape {slices_shape}")
     first = results[0]
+    factors = {int(r.scale) for r in results}
+    if len(factors) != 1:
+        raise ValueError(f"the results are at different scales {sorted(factors)}")
     names = output_names(geometry.name)
-    scale, translate = output_scale_translate(geometry, first.crop_offset)
+    scale, translate = output_scale_translate(geometry, first.crop_offset, first.scale)
     metadata = combined_metadata(results)
     uncertainty_units = "calibrated sigma" if calibrated else "MC std"
 
@@ -241,7 +258,8 @@ def _patch_marks(
     Feature columns: ``rank`` (0 = the most/least certain), ``score`` (mean std over the patch in model
     units, as in the CLI's summary.json), ``mean_std`` (the same in the input's units), ``grid_row``,
     ``grid_col``, the LR box ``lr_row0 .. lr_col1`` in input pixel coordinates (crop offset added) and the
-    HR box ``hr_row0 .. hr_col1`` in output pixel coordinates; boxes are end-exclusive. A partial patch at
+    HR box ``hr_row0 .. hr_col1`` in output pixel coordinates (the LR box times the model's scale, as the
+    pipeline computes it); boxes are end-exclusive. A partial patch at
     the image edge is drawn as a square of its longer side.
     """
     coords, sizes = [], []
@@ -279,7 +297,6 @@ def _patch_marks(
                 columns[key].append(value)
     ndim = len(slices_shape) + 2
     features = {
-        key: np.asarray(values, dtype=float if key in ("score", "mean_std") else int)
-        for key, values in columns.items()
+        key: np.asarray(values, dtype=float if key in ("score", "mean_std") else int) for key, values in columns.items()
     }
     return np.asarray(coords, dtype=float).reshape(-1, ndim), np.asarray(sizes, dtype=float), features
