@@ -74,3 +74,58 @@ def test_center_crop_of_a_tiny_image_is_a_clear_error(random_weights):
 def test_unsupported_inputs_raise_input_error(bad):
     with pytest.raises(InputError):
         to_model_input(bad)
+
+
+@pytest.fixture
+def gray_restoration_model(monkeypatch, tmp_path):
+    """A scale-1 ``gray`` model registered for the test only (the zoo's SRCNN restoration model is its kind)."""
+    import flax.linen as nn
+
+    from napari_sr_uncertainty.models import registry
+    from napari_sr_uncertainty.models.dropout import Grid, KeyedDropout
+    from napari_sr_uncertainty.models.spec import ModelSpec
+    from napari_sr_uncertainty.models.weights import load_weights, save_weights
+
+    class TinyRestorer(nn.Module):
+        def setup(self):
+            self.conv1 = nn.Conv(8, (3, 3), padding="SAME")
+            self.conv2 = nn.Conv(1, (3, 3), padding="SAME")
+            self.drop = KeyedDropout(0.1, 0)
+
+        def prefix(self, x, grid):
+            return nn.relu(self.conv1(grid.inside(x)))
+
+        def head(self, h, grid, sample=None):
+            return self.conv2(grid.inside(self.drop(h, grid, sample)))
+
+        def __call__(self, x, grid=None, sample=None):
+            grid = Grid.whole(x.shape[-3], x.shape[-2]) if grid is None else grid
+            return self.head(self.prefix(x, grid), grid, sample)
+
+    shapes = {"conv1": ((3, 3, 1, 8), (8,)), "conv2": ((3, 3, 8, 1), (1,))}
+    spec = ModelSpec(id="test-gray-x1", system="test", description="test", scale=1, colour="gray", halo=2,
+                     dropout_layers=1, dropout_rate=0.1, param_shapes=shapes, module=TinyRestorer)
+    registry._load()
+    monkeypatch.setitem(registry._SPECS, spec.id, spec)
+    rng = np.random.default_rng(0)
+    arrays = {f"{n}/{k}": rng.normal(0, 0.3, s).astype(np.float32) for n, ks in shapes.items() for k, s in zip(("kernel", "bias"), ks)}
+    save_weights(arrays, tmp_path / "gray.msgpack", model=spec.id)
+    return spec, load_weights(tmp_path / "gray.msgpack")
+
+
+def test_a_scale_1_gray_model_restores_at_input_size(gray_restoration_model):
+    from napari_sr_uncertainty.core.colour import luma
+
+    spec, weights = gray_restoration_model
+    rgb = np.random.default_rng(5).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    result = super_resolve(rgb, weights, SROptions(n_samples=4, patch_size=32))
+    assert result.mean.shape == result.std.shape == result.heatmap.shape == (70, 90)  # colour in, gray out
+    assert result.lr.shape == (70, 90) and result.scale == 1
+    assert result.metadata["model"] == spec.id and result.metadata["scale"] == 1
+    for mark in result.most_certain + result.least_certain:
+        assert mark.hr_box == mark.lr_box
+    y = luma(rgb.astype(np.float32) / 255)
+    np.testing.assert_allclose(result.lr, y, atol=1e-6)
+    deterministic = super_resolve(rgb, weights, SROptions(deterministic=True))
+    module_out = np.asarray(spec.module().apply(spec.to_flax(weights.arrays), y[None, ..., None]))[0, ..., 0]
+    np.testing.assert_allclose(deterministic.mean, module_out, atol=1e-5)
