@@ -31,7 +31,7 @@ from ..models.spec import ModelSpec
 from ..models.weights import Weights, load_weights
 from .colour import chroma_differences, luma_to_rgb, network_input
 from .patches import PatchMark, score_patches, select_patches
-from .progress import Progress, run_to_end
+from .progress import Progress, map_progress, run_to_end
 
 DEFAULT_PATCH = 64
 SEED_LIMIT = 2**32  # seeds are uint32: the dropout hash's key
@@ -486,19 +486,11 @@ def iter_super_resolve_stack(
         value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
     results = []
     for k, idx in enumerate(indices):
-        steps = iter_super_resolve(stack[idx], weights, options, value_range=value_range)
-        try:
-            while True:
-                step = next(steps)
-                yield Progress(
-                    k * 1000 + (1000 * step.done) // max(step.total, 1),
-                    1000 * len(indices),
-                    f"plane {k + 1}/{len(indices)}, {step.message}",
-                )
-        except StopIteration as stop:
-            result = stop.value
-        finally:
-            steps.close()
+        def overall(step: Progress, k: int = k) -> Progress:
+            done = k * 1000 + (1000 * step.done) // max(step.total, 1)
+            return Progress(done, 1000 * len(indices), f"plane {k + 1}/{len(indices)}, {step.message}")
+
+        result = yield from map_progress(iter_super_resolve(stack[idx], weights, options, value_range=value_range), overall)
         if on_plane is None:
             results.append(result)
         else:

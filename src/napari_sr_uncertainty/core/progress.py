@@ -28,3 +28,19 @@ def run_to_end(gen: Generator, progress: Callable[[object], None] | None = None)
                 progress(step)
     finally:
         gen.close()
+
+
+def map_progress(gen: Generator, transform: Callable[[object], object]) -> Generator:
+    """Yield ``transform(step)`` for each step of ``gen`` and return its result (``yield from`` this).
+
+    ``gen`` is closed when the consumer closes this generator early (cancel).
+    """
+    try:
+        while True:
+            try:
+                step = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield transform(step)
+    finally:
+        gen.close()
