@@ -28,12 +28,15 @@ from .imaging import InputError, Normalization, image_layout, scan_values, to_mo
 from ..models.mc import DEFAULT_CHUNK, DEFAULT_SAMPLES, Engine, MCResult, working_bytes
 from ..models.registry import DEFAULT_MODEL, get_spec
 from ..models.spec import ModelSpec
+from ..models.tta import LABEL as TTA_LABEL
+from ..models.tta import N_TRANSFORMS, iter_tta_predict
 from ..models.weights import Weights, load_weights
 from .colour import chroma_differences, luma_to_rgb, network_input
 from .patches import PatchMark, score_patches, select_patches
 from .progress import Progress, map_progress, run_to_end
 
 DEFAULT_PATCH = 64
+UNCERTAINTY_METHODS = ("auto", "mc-dropout", "tta")
 SEED_LIMIT = 2**32  # seeds are uint32: the dropout hash's key
 
 
@@ -52,6 +55,8 @@ class SROptions:
     chunk: int | None = None
     #: folder for disk-backed output arrays (``.npy`` memmaps); None keeps them in RAM
     scratch_dir: str | None = None
+    #: "auto" (MC dropout, or the TTA spread for a model without dropout), "mc-dropout" or "tta"
+    uncertainty: str = "auto"
 
     def validate(self) -> None:
         if not self.deterministic and not 1 <= self.n_samples <= 10_000:
@@ -65,9 +70,28 @@ class SROptions:
         if self.chunk is not None and self.chunk < 1:
             raise InputError(f"chunk must be >= 1, got {self.chunk}")
         try:
-            get_spec(self.model)
+            spec = get_spec(self.model)
         except KeyError as exc:
             raise InputError(str(exc.args[0])) from None
+        if self.uncertainty not in UNCERTAINTY_METHODS:
+            raise InputError(f"uncertainty must be one of {', '.join(UNCERTAINTY_METHODS)}, got {self.uncertainty!r}")
+        if self.uncertainty == "mc-dropout" and spec.dropout_layers == 0:
+            raise InputError(f"{spec.id} has no dropout layers: use uncertainty 'tta' (the TTA spread)")
+
+    @property
+    def uncertainty_method(self) -> str | None:
+        """"mc-dropout" or "tta" for this model; None for a deterministic run."""
+        if self.deterministic:
+            return None
+        if self.uncertainty == "auto":
+            return "tta" if self.spec.dropout_layers == 0 else "mc-dropout"
+        return self.uncertainty
+
+    @property
+    def effective_samples(self) -> int:
+        """Predictions the statistics are over: 0 (deterministic), the MC samples, or the 8 TTA views."""
+        method = self.uncertainty_method
+        return 0 if method is None else N_TRANSFORMS if method == "tta" else self.n_samples
 
     @property
     def spec(self) -> ModelSpec:
@@ -143,8 +167,13 @@ class SRResult:
             "scale": spec.scale,
             "colour_mode": spec.colour,
             "seed": self.options.seed,
-            "samples": 0 if self.options.deterministic else self.options.n_samples,
+            "samples": self.options.effective_samples,
             "deterministic": self.options.deterministic,
+            "uncertainty": {
+                None: "none (deterministic pass)",
+                "mc-dropout": f"MC dropout std over {self.options.n_samples} samples",
+                "tta": f"{TTA_LABEL}: std over the {N_TRANSFORMS} dihedral transforms (flips and 90-degree rotations)",
+            }[self.options.uncertainty_method],
             "weights": self.weights_source,
             "weights_sha256": self.weights_sha256,
             "input_shape": list(self.input_shape),
@@ -366,7 +395,8 @@ def iter_super_resolve(
     del model_input  # a centre crop copied the region: free the full image before the engine pads it
     grayscale = normalization.grayscale or spec.colour == "gray"
     chroma = chroma_differences(region, spec.scale) if spec.colour == "y" and not grayscale else None
-    n_samples = 0 if options.deterministic else options.n_samples
+    method = options.uncertainty_method
+    n_samples = options.effective_samples
     engine = Engine(spec, weights.arrays)
     out_shape = (spec.scale * region.shape[0], spec.scale * region.shape[1]) + (() if grayscale else (3,))
     mean, single, std = (_allocate(out_shape, options.scratch_dir, name) for name in ("mean", "single", "std"))
@@ -381,13 +411,14 @@ def iter_super_resolve(
     del chroma  # the writers hold it for the run
     t_compute = time.perf_counter()
     yield Progress(0, 1, "compiling and starting")
-    for done, total in engine.iter_predict(
-        network_input(region, spec.colour, normalization.grayscale),
-        n_samples=n_samples,
-        seed=options.seed,
-        chunk=options.chunk or DEFAULT_CHUNK,
-        out=out,
-    ):
+    net_input = network_input(region, spec.colour, normalization.grayscale)
+    if method == "tta":
+        steps = iter_tta_predict(net_input, engine, out=out)
+    else:
+        steps = engine.iter_predict(
+            net_input, n_samples=n_samples, seed=options.seed, chunk=options.chunk or DEFAULT_CHUNK, out=out
+        )
+    for done, total in steps:
         yield Progress(done, total, f"block {done}/{total}")
     t_done = time.perf_counter()
     scores = _score_in_bands(heatmap, options.patch_size, spec.scale)
@@ -413,7 +444,7 @@ def iter_super_resolve(
         weights_source=weights.source,
         weights_sha256=weights.sha256,
         timings={"prepare": t_compute - t_start, "compute": t_done - t_compute, "total": time.perf_counter() - t_start},
-        std_scale=None if n_samples == 0 else weights.calibration_scale,
+        std_scale=weights.calibration_scale if method == "mc-dropout" else None,
     )
 
 
