@@ -111,6 +111,16 @@ def test_weights_without_calibration_write_no_sigma(tmp_path, random_weights_pat
     assert summary["calibration"] is None and "calibrated_sigma" not in summary["most_certain"][0]
 
 
+def test_tta_spread_run_is_labelled_and_uncalibrated(capsys, tmp_path, small_image, weights_path):
+    outdir = tmp_path / "tta"
+    status, _ = run_main(capsys, small_image, "--uncertainty", "tta", "--weights", weights_path, "-o", outdir)
+    assert status == 0 and not (outdir / "sigma.tif").exists()
+    summary = json.loads((outdir / "summary.json").read_text())
+    assert summary["uncertainty"].startswith("TTA spread") and summary["samples"] == 8
+    assert summary["calibration"] is None and summary["model"] == "esrcnn-x2" and summary["scale"] == 2
+    assert tifffile.imread(outdir / "std.tif").max() > 0
+
+
 def test_sample_run_summary_records_provenance_and_disjoint_patches(sample_run, weights_path):
     _, outdir = sample_run
     summary = json.loads((outdir / "summary.json").read_text())
