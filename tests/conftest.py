@@ -95,6 +95,21 @@ def bundled_weights_path() -> Path:
 
 
 @pytest.fixture
+def fake_specs(monkeypatch):
+    """Registers ``fake-x1`` (restoration, gray) and ``fake-x4`` (rgb), neither with bundled weights, for the
+    length of a test: enough for pickers and for results built without running a network."""
+    from dataclasses import replace
+
+    from napari_sr_uncertainty.models import registry
+
+    specs = registry._load()
+    base = registry.get_spec("esrcnn-x2")
+    monkeypatch.setitem(specs, "fake-x1", replace(base, id="fake-x1", scale=1, colour="gray", default_weights=None))
+    monkeypatch.setitem(specs, "fake-x4", replace(base, id="fake-x4", scale=4, default_weights=None))
+    return specs
+
+
+@pytest.fixture
 def errors(monkeypatch):
     """Messages the widget shows with napari's ``show_error``, collected instead of shown."""
     import napari_sr_uncertainty.plugin.widget as widget_module

@@ -149,20 +149,6 @@ INPUT_SCALE = (0.5, 2.0)
 INPUT_TRANSLATE = (10.0, -3.0)
 
 
-@pytest.fixture
-def fake_specs(monkeypatch):
-    """Registers ``fake-x1`` (restoration, gray) and ``fake-x4`` (rgb) for results built without a network."""
-    from dataclasses import replace
-
-    from napari_sr_uncertainty.models import registry
-
-    specs = registry._load()
-    base = registry.get_spec("esrcnn-x2")
-    monkeypatch.setitem(specs, "fake-x1", replace(base, id="fake-x1", scale=1, colour="gray", default_weights=None))
-    monkeypatch.setitem(specs, "fake-x4", replace(base, id="fake-x4", scale=4, default_weights=None))
-    return specs
-
-
 def fake_result(model: str, lr_shape=(10, 13), crop_offset=(0, 0), patch=4):
     """An SRResult as the pipeline returns it at ``model``'s scale, with random outputs (no network run)."""
     from napari_sr_uncertainty.core.imaging import Normalization

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,8 +48,8 @@ def test_sample_data_run_gives_five_aligned_layers(qtbot, viewer_and_widget, err
 
 
 def test_uncertainty_as_calibrated_sigma(qtbot, viewer_and_widget, errors, random_weights_path):
-    from napari_sr_uncertainty.plugin.widget import UNCERTAINTY_UNITS
     from napari_sr_uncertainty.models.weights import load_weights
+    from napari_sr_uncertainty.plugin.widget import UNCERTAINTY_UNITS
 
     viewer, widget = viewer_and_widget
     image = viewer.add_image(np.random.default_rng(0).random((24, 30)).astype(np.float32), name="img")
@@ -237,3 +238,170 @@ def test_gui_stays_responsive_during_a_run(qtbot, viewer_and_widget):
     print(f"longest gap: {block_gaps.max() * 1000:.0f} ms computing blocks, {gaps.max() * 1000:.0f} ms over the run")
     assert len(block_gaps) > 20
     assert block_gaps.max() < 0.2, f"event loop blocked for {block_gaps.max() * 1000:.0f} ms while computing blocks"
+
+
+# The model picker (issue 12)
+
+REFERENCE_PTH = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "seed002" / "best.pth"
+
+
+def test_model_picker_lists_the_registry_and_describes_the_choice(viewer_and_widget):
+    from napari_sr_uncertainty.models.registry import DEFAULT_MODEL, all_specs, get_spec
+
+    _, widget = viewer_and_widget
+    assert list(widget.model.choices) == [spec.id for spec in all_specs()]
+    assert widget.model.value == DEFAULT_MODEL and widget.spec.id == DEFAULT_MODEL
+    for spec in all_specs():
+        widget.model.value = spec.id
+        info = widget.model_info.value
+        assert f"x{spec.scale}" in info and spec.description in info
+        assert f"x{spec.scale}" in widget.model.tooltip and spec.colour in widget.model.tooltip
+        assert spec.description in widget.model.tooltip
+        assert widget.run_button.text == "Super-resolve"  # every registered model so far has scale > 1
+        assert all(suffix in widget.weights.tooltip for suffix in (".msgpack", *spec.importers))
+    espcn = get_spec("espcn-x3")
+    widget.model.value = "espcn-x3"
+    assert "x3" in widget.model_info.value and "luma" in widget.model_info.value
+    if espcn.default_weights is None:
+        assert "no bundled weights" in widget.model_info.value and ".pth" in widget.model_info.value
+
+
+def test_weights_picker_offers_every_weights_format(viewer_and_widget):
+    _, widget = viewer_and_widget
+    for suffix in (".msgpack", ".h5", ".keras", ".pth", ".param"):
+        assert f"*{suffix}" in widget.weights.filter
+
+
+def test_defaults_come_from_sroptions(viewer_and_widget, make_napari_viewer):
+    from napari_sr_uncertainty.core.pipeline import SROptions
+    from napari_sr_uncertainty.plugin.widget import SuperResolveWidget
+
+    widget = SuperResolveWidget(make_napari_viewer())  # untouched by the quick-run fixture
+    defaults = SROptions()
+    assert widget.samples.value == defaults.n_samples
+    assert widget.seed.value == defaults.seed
+    assert widget.patch_size.value == defaults.patch_size
+    assert widget.n_patches.value == defaults.n_patches
+    assert widget.region.value == defaults.center_crop
+    assert widget.model.value == defaults.model
+
+
+def test_job_carries_sroptions_naming_the_model(viewer_and_widget, random_espcn_weights_path):
+    from napari_sr_uncertainty.core.pipeline import SROptions
+
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="img")
+    widget.model.value = "espcn-x3"
+    widget.weights.value = random_espcn_weights_path
+    job = widget.capture_job()
+    assert isinstance(job.options, SROptions)
+    assert job.options == SROptions(model="espcn-x3", n_samples=4, patch_size=8, n_patches=2)
+    assert job.weights_path == random_espcn_weights_path
+
+
+def test_scale_1_model_restores(fake_specs, viewer_and_widget):
+    _, widget = viewer_and_widget
+    assert "fake-x1" in widget.model.choices
+    widget.model.value = "fake-x1"
+    assert widget.run_button.text == "Restore" and "x1 restore" in widget.model_info.value
+    widget.model.value = "fake-x4"
+    assert widget.run_button.text == "Super-resolve"
+
+
+def test_model_without_weights_and_no_file_is_refused_before_starting(fake_specs, viewer_and_widget, errors):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="img")
+    widget.model.value = "fake-x4"
+    widget.weights.value = None
+    assert widget._weights_path() is None
+    n_layers = len(viewer.layers)
+    widget.run()
+    assert widget.worker is None and not widget.is_running and len(viewer.layers) == n_layers
+    assert len(errors) == 1 and "fake-x4 ships no weights" in errors[0] and "choose its weights file" in errors[0]
+    assert widget.run_button.enabled
+
+
+def test_weights_of_another_model_are_reported(qtbot, viewer_and_widget, errors):
+    viewer, widget = viewer_and_widget  # the weights field holds esrcnn-x2 weights
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="img")
+    widget.model.value = "espcn-x3"
+    run_and_wait(qtbot, widget)
+    assert len(errors) == 1 and "Could not load the weights" in errors[0]
+    assert "not espcn-x3" in errors[0] and "espcn-x3 weights file" in errors[0]
+    assert outputs_of(viewer) == [] and widget.run_button.enabled
+
+
+def check_x3_layers(viewer, source, name):
+    s = 3
+    h, w = source.data.shape[:2]
+    for output in ("SR mean", "SR single", "SR uncertainty"):
+        layer = viewer.layers[f"{name} {output}"]
+        assert layer.data.shape[:2] == (s * h, s * w)
+        np.testing.assert_allclose(layer.scale, np.array(source.scale) / s)
+        np.testing.assert_allclose(layer.translate, np.array(source.translate) - np.array(source.scale) / 3)
+        # centre of output pixel k: translate + scale * ((k + 0.5) / s - 0.5)
+        expected = np.array(source.translate) + np.array(source.scale) * ((np.array([4, 7]) + 0.5) / s - 0.5)
+        np.testing.assert_allclose(layer.data_to_world((4, 7)), expected)
+        assert layer.metadata["model"] == "espcn-x3"
+        assert layer.metadata["scale"] == 3 and layer.metadata["colour_mode"] == "y"
+    marks = viewer.layers[f"{name} most certain"]
+    for lr_box, hr_box in zip(
+        marks.features[["lr_row0", "lr_col0", "lr_row1", "lr_col1"]].to_numpy(),
+        marks.features[["hr_row0", "hr_col0", "hr_row1", "hr_col1"]].to_numpy(),
+    ):
+        np.testing.assert_array_equal(hr_box, 3 * lr_box)
+
+
+def test_espcn_x3_run_gives_layers_at_three_times_the_size(qtbot, viewer_and_widget, errors, random_espcn_weights_path):
+    viewer, widget = viewer_and_widget
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 26, 3), dtype=np.uint8)
+    source = viewer.add_image(rgb, name="img", rgb=True, scale=(0.5, 2.0), translate=(10.0, -3.0))
+    widget.model.value = "espcn-x3"
+    widget.weights.value = random_espcn_weights_path
+    run_and_wait(qtbot, widget)
+    assert errors == []
+    assert sorted(outputs_of(viewer)) == sorted(output_names("img").values())
+    mean = viewer.layers["img SR mean"]
+    assert mean.rgb and mean.data.shape == (60, 78, 3)
+    check_x3_layers(viewer, source, "img")
+    assert "espcn-x3" in widget.status.value
+
+
+@pytest.mark.skipif(
+    not REFERENCE_PTH.is_file(), reason=f"the original ESPCN weights are not in this checkout ({REFERENCE_PTH})"
+)
+def test_espcn_x3_runs_the_original_pth_weights(qtbot, viewer_and_widget, errors):
+    viewer, widget = viewer_and_widget
+    gray = np.random.default_rng(0).integers(0, 255, (18, 21), dtype=np.uint8)
+    source = viewer.add_image(gray, name="gray", scale=(0.5, 2.0), translate=(10.0, -3.0))
+    widget.model.value = "espcn-x3"
+    widget.weights.value = REFERENCE_PTH
+    run_and_wait(qtbot, widget)
+    assert errors == []
+    check_x3_layers(viewer, source, "gray")
+    assert viewer.layers["gray SR mean"].metadata["weights"] == str(REFERENCE_PTH)
+
+
+def test_opening_the_widget_imports_no_jax():
+    """napari start-up must not import JAX: neither importing the widget's module nor opening the widget."""
+    import subprocess
+    import sys
+
+    code = "\n".join(
+        [
+            "import sys",
+            "import napari_sr_uncertainty.plugin.widget as w",
+            "assert 'jax' not in sys.modules, 'importing the widget imported jax'",
+            "import napari",
+            "viewer = napari.Viewer(show=False)",
+            "widget = w.SuperResolveWidget(viewer)",
+            "viewer.window.add_dock_widget(widget)",
+            "for model in widget.model.choices:",
+            "    widget.model.value = model",
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')))",
+            "viewer.close()",
+        ]
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

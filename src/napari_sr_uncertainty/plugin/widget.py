@@ -1,16 +1,20 @@
 """The dock widget: collects parameters and a copy of the data, runs the pipeline off the GUI thread.
 
-A thin adapter: the computation is :func:`napari_sr_uncertainty.pipeline.iter_super_resolve`, run by
+A thin adapter: the computation is :func:`napari_sr_uncertainty.core.pipeline.iter_super_resolve`, run by
 napari's ``thread_worker`` (it yields between blocks, which is where Cancel takes effect), and the layers
-come from :mod:`napari_sr_uncertainty._layers`. JAX is imported by the worker on the first run, never
-when napari starts.
+come from :mod:`napari_sr_uncertainty.plugin.layers`. The model picker lists the registry
+(:func:`napari_sr_uncertainty.models.registry.all_specs`); every default comes from :class:`SROptions`.
+
+Importing this module, and opening the widget, imports no JAX: the registry, the specs and the pipeline
+module are JAX-free. JAX is imported in the worker when a run loads the weights and builds the engine.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
@@ -20,8 +24,11 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
-from .layers import PLUGIN_KEY, UNCERTAINTY_COLORMAP, InputGeometry, LayerDataTuple, build_layer_data
 from ..core.imaging import InputError
+from ..core.pipeline import SEED_LIMIT, SROptions
+from ..models import registry
+from ..models.spec import ModelSpec
+from .layers import PLUGIN_KEY, UNCERTAINTY_COLORMAP, InputGeometry, LayerDataTuple, build_layer_data
 
 if TYPE_CHECKING:
     import napari
@@ -31,6 +38,50 @@ if TYPE_CHECKING:
 # Perceptually uniform colormaps: equal steps in std look like equal steps in colour.
 UNCERTAINTY_COLORMAPS = ("magma", "inferno", "viridis", "plasma", "cividis", "gray")
 UNCERTAINTY_UNITS = ("MC std (raw)", "calibrated sigma")
+#: weight files the file picker offers: ours, and the original projects' (each model reads its own)
+WEIGHT_SUFFIXES = (".msgpack", ".h5", ".keras", ".pth", ".param")
+COLOUR_MODES = {"rgb": "RGB", "y": "luma (Y; Cb/Cr bicubic)", "gray": "grayscale"}
+MAX_SAMPLES = 10_000  # as SROptions.validate
+QT_INT_MAX = 2**31 - 1  # a Qt spin box holds a C int
+
+
+def weight_suffixes() -> tuple[str, ...]:
+    """:data:`WEIGHT_SUFFIXES` and any other suffix a registered model imports."""
+    extra = [suffix for spec in registry.all_specs() for suffix in spec.importers if suffix not in WEIGHT_SUFFIXES]
+    return WEIGHT_SUFFIXES + tuple(dict.fromkeys(extra))
+
+
+def accepted_weights(spec: ModelSpec) -> str:
+    """The weight files ``spec`` reads, e.g. ``".msgpack (ours) or the original's .pth"``."""
+    originals = ", ".join(spec.importers)
+    return ".msgpack (ours)" + (f" or the original's {originals}" if originals else "")
+
+
+def model_choice(spec: ModelSpec) -> str:
+    """The picker's text for a model, e.g. ``"espcn-x3 (x3, luma (Y; Cb/Cr bicubic))"``."""
+    return f"{spec.id} (x{spec.scale}, {COLOUR_MODES.get(spec.colour, spec.colour)})"
+
+
+def model_summary(spec: ModelSpec) -> str:
+    """One line under the picker: scale, colour mode, weights, and the spec's one-line description."""
+    weights = "bundled weights" if spec.default_weights else f"no bundled weights: give a {accepted_weights(spec)} file"
+    colour = COLOUR_MODES.get(spec.colour, spec.colour)
+    return f"x{spec.scale} {spec.kind}, {colour}, {weights}. {spec.description}"
+
+
+def run_noun(spec: ModelSpec) -> str:
+    """``"Super-resolution"`` or, for a scale-1 model, ``"Restoration"``."""
+    return "Restoration" if spec.kind == "restore" else "Super-resolution"
+
+
+def model_tooltip(spec: ModelSpec) -> str:
+    return (
+        f"Model from the registry. {spec.id}: {spec.system}.\n"
+        f"Scale x{spec.scale} ({spec.kind}), colour mode {spec.colour} "
+        f"({COLOUR_MODES.get(spec.colour, spec.colour)}), {spec.n_params:,} parameters.\n"
+        f"Weights: {'bundled' if spec.default_weights else 'none bundled (import only)'}; "
+        f"reads {accepted_weights(spec)}.\n{spec.description}"
+    )
 
 
 @dataclass
@@ -38,12 +89,14 @@ class RunJob:
     """Everything a run needs, captured when Run is pressed so later layer edits cannot affect it.
 
     ``images`` are copies of numpy data, or lazy dask planes (a dask graph does not change when the layer does).
+    ``options`` are the pipeline's, naming the model; ``weights_path`` (None: the model's bundled weights)
+    is read as weights of that model.
     """
 
     images: list[Any]
     slices_shape: tuple[int, ...]
     geometry: InputGeometry
-    options: dict[str, Any]
+    options: SROptions
     weights_path: Path | None
     colormap: str
     calibrated: bool = False
@@ -62,21 +115,21 @@ class RunFailed(Exception):
 
 
 def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult], list[LayerDataTuple]]]:
-    """Super-resolve every image of ``job``; yields ``(image index, Progress)``.
+    """Super-resolve (or restore) every image of ``job``; yields ``(image index, Progress)``.
 
     Returns the results and their layer data, built here so the GUI thread only has to add the layers.
+    Runs in the worker thread: loading the weights and building the engine import JAX (on the first run).
     """
-    from ..core.pipeline import SROptions, iter_super_resolve  # imports jax: only once a run starts
+    from ..core.pipeline import iter_super_resolve  # looked up at run time (tests replace it)
     from ..models.weights import load_weights
 
-    weights = load_weights(job.weights_path)
+    weights = load_weights(job.weights_path, model=job.options.model)
     if job.calibrated and weights.calibration_scale is None:  # say so before minutes of computing
         raise InputError(f"the weights {weights.source} carry no calibration: show the uncertainty as MC std")
-    options = SROptions(**job.options)
     results = []
     try:
         for index, image in enumerate(job.images):
-            steps = iter_super_resolve(image, weights, options)
+            steps = iter_super_resolve(image, weights, job.options)
             while True:
                 try:
                     step = next(steps)
@@ -92,22 +145,26 @@ def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult
         raise RunFailed(f"{type(exc).__name__}: {exc}") from exc
 
 
-def error_message(exc: BaseException, input_name: str) -> str:
-    """An actionable one-line message for a failed run."""
+def error_message(exc: BaseException, input_name: str, spec: ModelSpec | None = None) -> str:
+    """An actionable one-line message for a failed run of ``spec`` (default: the default model)."""
     from ..models.weights import WeightsError  # the worker has imported it already when this can happen
 
+    spec = spec or registry.get_spec()
     if isinstance(exc, InputError):
-        return f"Cannot super-resolve '{input_name}': {exc}"
+        return f"Cannot {spec.kind} '{input_name}': {exc}"
     if isinstance(exc, WeightsError):
-        return (
-            f"Could not load the weights: {exc}. Choose a valid .msgpack or Keras .h5 weights file, "
-            "or clear the weights field to use the bundled weights."
+        fallback = (
+            "or clear the weights field to use its bundled weights"
+            if spec.default_weights
+            else "(it ships no weights, so a file is needed)"
         )
-    return f"Super-resolution of '{input_name}' failed ({type(exc).__name__}: {exc}); see the console for details."
+        return f"Could not load the weights: {exc}. Choose a {spec.id} weights file ({accepted_weights(spec)}), {fallback}."
+    return f"{run_noun(spec)} of '{input_name}' failed ({type(exc).__name__}: {exc}); see the console for details."
 
 
 class SuperResolveWidget(Container):
-    """Super-resolve the selected image layer x2 with Monte Carlo dropout uncertainty."""
+    """Super-resolve (or, with a scale-1 model, restore) the selected image layer with the chosen model, with
+    Monte Carlo dropout uncertainty; the outputs are at the model's scale and overlay the input."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
@@ -124,26 +181,38 @@ class SuperResolveWidget(Container):
             nullable=True,
             tooltip="Image layer to super-resolve; follows the layer selection. Only image layers are listed.",
         )
+        defaults = SROptions()  # the one source of every default, shared with the CLI
+        self.model = ComboBox(
+            label="model",
+            choices=[(model_choice(spec), spec.id) for spec in registry.all_specs()],
+            value=defaults.model,
+        )
+        self.model_info = Label(value="")
+        self.model_info.native.setWordWrap(True)
         self.samples = SpinBox(
             label="samples",
-            value=40,
+            value=defaults.n_samples,
             min=1,
-            max=10_000,
+            max=MAX_SAMPLES,
             tooltip="Monte Carlo dropout samples: more give a smoother, more reliable uncertainty, linearly slower.",
         )
         self.seed = SpinBox(
-            label="seed", value=0, min=0, max=2**31 - 1, tooltip="Random seed: the same seed gives the same result."
+            label="seed",
+            value=defaults.seed,
+            min=0,
+            max=min(SEED_LIMIT - 1, QT_INT_MAX),
+            tooltip="Random seed: the same seed gives the same result.",
         )
         self.patch_size = SpinBox(
             label="patch size",
-            value=64,
+            value=defaults.patch_size,
             min=1,
             max=4096,
             tooltip="Side, in input pixels, of the square patches ranked by mean uncertainty.",
         )
         self.n_patches = SpinBox(
             label="marked patches",
-            value=5,
+            value=defaults.n_patches,
             min=0,
             max=1000,
             tooltip="How many most-certain and least-certain patches to mark.",
@@ -151,7 +220,7 @@ class SuperResolveWidget(Container):
         self.region = ComboBox(
             label="region",
             choices=[("full image", False), ("centre crop", True)],
-            value=False,
+            value=defaults.center_crop,
             tooltip="Full image, or the original project's centre crop (each side cut to a multiple of the patch size).",
         )
         self.all_slices = CheckBox(
@@ -175,11 +244,10 @@ class SuperResolveWidget(Container):
         self.weights = FileEdit(
             label="weights",
             mode="r",
-            filter="*.msgpack *.h5",
+            filter=" ".join(f"*{suffix}" for suffix in weight_suffixes()),
             nullable=True,
-            tooltip="Optional weights file (.msgpack, or the original Keras .h5); empty = the bundled weights.",
         )
-        self.run_button = PushButton(text="Run", tooltip="Super-resolve the image layer in the background.")
+        self.run_button = PushButton(text="Super-resolve")
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="Stop the run; no layers are added.")
         self.export_button = PushButton(
             text="Export report",
@@ -190,6 +258,8 @@ class SuperResolveWidget(Container):
         self.extend(
             [
                 self.image_layer,
+                self.model,
+                self.model_info,
                 self.samples,
                 self.seed,
                 self.patch_size,
@@ -205,6 +275,8 @@ class SuperResolveWidget(Container):
                 self.status,
             ]
         )
+        self.model.changed.connect(self._show_model)
+        self._show_model()
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self._ask_and_export)
@@ -219,7 +291,7 @@ class SuperResolveWidget(Container):
         self._follow_active_layer()
         # Closing the viewer deletes this widget; taking it out of its dock unparents it. Either way a run
         # can no longer be seen or cancelled, and its layers would go to a closed viewer: stop and drop it.
-        self.native.destroyed.connect(lambda *_: self._drop_run(controls_alive=False))
+        self.native.destroyed.connect(lambda *_: self._on_native_destroyed())
         self.native_parent_changed.connect(lambda parent: parent is None and self._drop_run(controls_alive=True))
 
     # layer picker
@@ -238,6 +310,33 @@ class SuperResolveWidget(Container):
         if isinstance(active, Image) and PLUGIN_KEY not in active.metadata:
             self.image_layer.value = active
 
+    # model picker
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The chosen model's spec."""
+        return registry.get_spec(self.model.value)
+
+    def _show_model(self, _value: Any = None) -> None:
+        """Describe the chosen model and name the Run button after what it does."""
+        spec = self.spec
+        self.model.tooltip = model_tooltip(spec)
+        self.model_info.value = model_summary(spec)
+        self.model_info.tooltip = model_tooltip(spec)
+        self.weights.tooltip = (
+            f"Weights file for {spec.id}: {accepted_weights(spec)}. "
+            + (
+                "Empty = its bundled weights."
+                if spec.default_weights
+                else "Needed: this model ships no weights (import only)."
+            )
+            + " A .msgpack with its training card .json beside it brings its own calibration."
+        )
+        self.run_button.text = spec.kind.capitalize()
+        self.run_button.tooltip = (
+            f"{spec.kind.capitalize()} the image layer with {spec.id} (x{spec.scale}) in the background."
+        )
+
     # running
 
     @property
@@ -249,7 +348,23 @@ class SuperResolveWidget(Container):
         return Path(text).expanduser() if text else None
 
     def capture_job(self) -> RunJob:
-        """Copy the parameters and the data to process; raises InputError when there is nothing to run on."""
+        """Copy the parameters and the data to process.
+
+        Raises
+        ------
+        InputError
+            When there is nothing to run on, an option is out of range, or the chosen model ships no weights
+            and no weights file is given.
+        """
+        options = SROptions(
+            n_samples=int(self.samples.value),
+            seed=int(self.seed.value),
+            model=str(self.model.value),
+            patch_size=int(self.patch_size.value),
+            n_patches=int(self.n_patches.value),
+            center_crop=bool(self.region.value),
+        )
+        options.validate()
         layer = self.image_layer.value
         if not isinstance(layer, Image):
             raise InputError(
@@ -258,6 +373,13 @@ class SuperResolveWidget(Container):
             )
         if layer.ndim < 2:
             raise InputError(f"layer '{layer.name}' is {layer.ndim}D; a 2D image (or a stack of them) is needed")
+        spec = options.spec
+        weights_path = self._weights_path()
+        if weights_path is None and spec.default_weights is None:
+            raise InputError(
+                f"the model {spec.id} ships no weights: choose its weights file in 'weights' "
+                f"({accepted_weights(spec)}), or pick a model with bundled weights"
+            )
         data = layer.data[0] if layer.multiscale else layer.data
         n_lead = layer.ndim - 2
         if isinstance(data, np.ndarray):
@@ -280,14 +402,8 @@ class SuperResolveWidget(Container):
             images=images,
             slices_shape=slices_shape,
             geometry=InputGeometry.from_layer(layer, origin),
-            options={
-                "n_samples": int(self.samples.value),
-                "seed": int(self.seed.value),
-                "patch_size": int(self.patch_size.value),
-                "n_patches": int(self.n_patches.value),
-                "center_crop": bool(self.region.value),
-            },
-            weights_path=self._weights_path(),
+            options=options,
+            weights_path=weights_path,
             colormap=str(self.colormap.value),
             calibrated=self.uncertainty_units.value == UNCERTAINTY_UNITS[1],
         )
@@ -299,11 +415,13 @@ class SuperResolveWidget(Container):
         try:
             job = self.capture_job()
         except InputError as exc:
-            show_error(f"Cannot super-resolve: {exc}")
+            show_error(f"Cannot {self.spec.kind}: {exc}")
             return
+        spec = job.options.spec
         self._set_running(True)
-        self.status.value = f"running on '{job.geometry.name}'..."
-        self._progress = progress(total=0, desc=f"Super-resolving {job.geometry.name}")
+        self.status.value = f"running {spec.id} on '{job.geometry.name}'..."
+        verb = "Restoring" if spec.kind == "restore" else "Super-resolving"
+        self._progress = progress(total=0, desc=f"{verb} {job.geometry.name} ({spec.id}, x{spec.scale})")
         worker = thread_worker(run_job, start_thread=False, ignore_errors=True)(job)
 
         def while_current(handler):
@@ -323,6 +441,11 @@ class SuperResolveWidget(Container):
         if self.worker is not None:
             self.status.value = "cancelling..."
             self.worker.quit()
+
+    def _on_native_destroyed(self) -> None:
+        # an undocked widget that is garbage-collected has lost its Python attributes by now: nothing to stop
+        if "worker" in vars(self):
+            self._drop_run(controls_alive=False)
 
     def _drop_run(self, controls_alive: bool) -> None:
         """Stop the run and add nothing from it to the viewer; the controls are reset only if they still exist."""
@@ -360,7 +483,8 @@ class SuperResolveWidget(Container):
         self.last_results = list(results)
         self._last_input_name = job.geometry.name
         seconds = sum(r.timings.get("total", 0.0) for r in results)
-        self.status.value = f"done in {seconds:.1f} s"
+        spec = job.options.spec
+        self.status.value = f"done in {seconds:.1f} s ({spec.id}, x{spec.scale})"
         self._pending_layers = list(layer_data)
         self._add_next_layer()
 
@@ -385,7 +509,7 @@ class SuperResolveWidget(Container):
                 self._viewer.layers.remove(layer)
 
     def _on_error(self, exc: BaseException, job: RunJob) -> None:
-        message = error_message(exc, job.geometry.name)
+        message = error_message(exc, job.geometry.name, job.options.spec)
         self.status.value = "failed"
         show_error(message)
 
