@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty.plugin.widget import SuperResolveWidget
 from napari_sr_uncertainty.core.samples import load_sample
+from napari_sr_uncertainty.plugin.widget import SuperResolveWidget
 
 pytestmark = pytest.mark.gui
 
