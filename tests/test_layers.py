@@ -303,3 +303,14 @@ def test_results_at_different_scales_are_refused(fake_specs):
     source = Image(np.zeros((2, 10, 13)), name="stack")
     with pytest.raises(ValueError, match="different scales"):
         build_layer_data([fake_result("fake-x1"), fake_result("fake-x4")], InputGeometry.from_layer(source), (2,))
+
+
+def test_a_tta_result_is_labelled_as_the_tta_spread(fake_specs):
+    from dataclasses import replace
+
+    result = fake_result("fake-x4")
+    result.options = replace(result.options, uncertainty="tta")
+    _, layers = make_layers(np.zeros((10, 13), np.uint8), result)
+    uncertainty = layers["input SR uncertainty"]
+    assert uncertainty.metadata[PLUGIN_KEY]["uncertainty_units"] == "TTA std"
+    assert uncertainty.metadata["uncertainty"] == result.metadata["uncertainty"]

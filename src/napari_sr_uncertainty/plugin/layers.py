@@ -176,7 +176,9 @@ def build_layer_data(
     names = output_names(geometry.name)
     scale, translate = output_scale_translate(geometry, first.crop_offset, first.scale)
     metadata = combined_metadata(results)
-    uncertainty_units = "calibrated sigma" if calibrated else "MC std"
+    # what the std is over: the MC dropout samples, or (models without dropout) the TTA views
+    method = getattr(first.options, "uncertainty_method", "mc-dropout")
+    uncertainty_units = "calibrated sigma" if calibrated else "TTA std" if method == "tta" else "MC std"
 
     def stack(arrays: list[np.ndarray]) -> np.ndarray:
         return np.stack(arrays).reshape(*slices_shape, *arrays[0].shape)
