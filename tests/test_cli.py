@@ -301,6 +301,7 @@ def test_output_folder_problems_exit_2_before_computing(capsys, tmp_path, small_
     "argv, message",
     [
         (["--samples", "0"], "samples must be between"),
+        (["--samples", "1"], "an uncertainty needs at least 2 samples"),
         (["--seed", "-1"], "seed must be in"),
         (["--patch-size", "0"], "patch size must be >= 1"),
         (["--samples", "many"], "invalid int value"),

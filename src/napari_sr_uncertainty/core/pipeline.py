@@ -38,6 +38,8 @@ from .progress import Progress, map_progress, run_to_end
 DEFAULT_PATCH = 64
 UNCERTAINTY_METHODS = ("auto", "mc-dropout", "tta")
 SEED_LIMIT = 2**32  # seeds are uint32: the dropout hash's key
+# An uncertainty is a spread: one sample has std 0 everywhere, which would read as "certain".
+MIN_SAMPLES, MAX_SAMPLES = 2, 10_000
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,9 @@ class SROptions:
     uncertainty: str = "auto"
 
     def validate(self) -> None:
-        if not self.deterministic and not 1 <= self.n_samples <= 10_000:
-            raise InputError(f"samples must be between 1 and 10000, got {self.n_samples}")
+        if not self.deterministic and not MIN_SAMPLES <= self.n_samples <= MAX_SAMPLES:
+            hint = "; an uncertainty needs at least 2 samples (use the deterministic pass for one)" if self.n_samples == 1 else ""
+            raise InputError(f"samples must be between {MIN_SAMPLES} and {MAX_SAMPLES}, got {self.n_samples}{hint}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise InputError(f"seed must be in [0, {SEED_LIMIT}), got {self.seed}")
         if self.patch_size < 1:
@@ -113,7 +116,7 @@ class SRResult:
     """Outputs on the HR grid of the processed region, in model units (input mapped to [0, 1]).
 
     ``mean``, ``single`` and ``std`` have the input's layout at ``scale`` times its size: ``(s*h, s*w)``
-    for grayscale input (and for ``gray`` models), ``(s*h, s*w, 3)`` for colour. ``heatmap`` is the std averaged over channels, ``(2h, 2w)``.
+    for grayscale input (and for ``gray`` models), ``(s*h, s*w, 3)`` for colour. ``heatmap`` is the std averaged over channels, ``(s*h, s*w)``.
     ``lr`` is the processed LR region (model units, input layout); it starts at ``crop_offset``
     (row, col) in the input image. Use ``normalization`` to map values back to the input's units.
     ``std_scale`` is the weights' calibration (training card): ``std_scale * std`` is the calibrated sigma,

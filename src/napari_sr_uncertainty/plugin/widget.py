@@ -25,7 +25,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from ..core.imaging import InputError
-from ..core.pipeline import SEED_LIMIT, SROptions
+from ..core.pipeline import MAX_SAMPLES, MIN_SAMPLES, SEED_LIMIT, SROptions
 from ..models import registry
 from ..models.spec import ModelSpec
 from .layers import PLUGIN_KEY, UNCERTAINTY_COLORMAP, InputGeometry, LayerDataTuple, build_layer_data
@@ -41,7 +41,6 @@ UNCERTAINTY_UNITS = ("MC std (raw)", "calibrated sigma")
 #: weight files the file picker offers: ours, and the original projects' (each model reads its own)
 WEIGHT_SUFFIXES = (".msgpack", ".h5", ".keras", ".pth", ".param")
 COLOUR_MODES = {"rgb": "RGB", "y": "luma (Y; Cb/Cr bicubic)", "gray": "grayscale"}
-MAX_SAMPLES = 10_000  # as SROptions.validate
 QT_INT_MAX = 2**31 - 1  # a Qt spin box holds a C int
 
 
@@ -192,9 +191,10 @@ class SuperResolveWidget(Container):
         self.samples = SpinBox(
             label="samples",
             value=defaults.n_samples,
-            min=1,
+            min=MIN_SAMPLES,
             max=MAX_SAMPLES,
-            tooltip="Monte Carlo dropout samples: more give a smoother, more reliable uncertainty, linearly slower.",
+            tooltip="Monte Carlo dropout samples (at least 2: the uncertainty is their spread): more give a "
+            "smoother, more reliable uncertainty, linearly slower.",
         )
         self.seed = SpinBox(
             label="seed",
