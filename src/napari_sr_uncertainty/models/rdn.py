@@ -76,11 +76,11 @@ _KERAS_GROUPS = dict(
     )
 )
 # Receptive-field radius in LR pixels. LR grid: sfe 1 + 4 blocks x 3 dense 3x3 convs + global conv 1 = 14
-# (the 1x1 convs add nothing). Upsampling: output pixel 4P + i (i = 0..3) reads, through the 3x3 output
-# conv, x4 pixels 4P + i - 1 .. 4P + i + 1; a stride-2 transposed conv's output o reads inputs
-# o // 2 - 1 .. o // 2, so those read x2 pixels 2P - 2 .. 2P + 2 and LR pixels (of g) P - 2 .. P + 1.
-# Total 14 + 2 = 16.
-HALO = 14 + 2
+# (the 1x1 convs add nothing). Upsampling: output pixels 4P .. 4P + 3 of LR pixel P read, through the 3x3
+# output conv, x4 pixels 4P - 1 .. 4P + 4. A stride-2 transposed conv's even output 2m reads inputs m - 1
+# and m, its odd output 2m + 1 reads m only; so those read x2 pixels 2P - 1 .. 2P + 2, which read g at
+# P - 1 .. P + 1. Total 14 + 1 = 15 (tests/test_ports.py measures it with gradients).
+HALO = 14 + 1
 
 
 def conv_transpose_same(x, kernel, bias):
