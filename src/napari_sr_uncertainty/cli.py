@@ -21,6 +21,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from . import __version__
 from .core.report import OutputError, StackReport, check_output_dir, report_bytes, staged_folder, write_report
 from .core.imaging import ArrayLayout, InputError, array_layout, read_image
 from .core.pipeline import (
+    UNCERTAINTY_METHODS,
     Progress,
     SROptions,
     SRResult,
@@ -71,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dropout masks (default: %(default)s)")
     parser.add_argument("--weights", help="weights file: ours (.msgpack) or the original's for --model (.h5, .keras, .pth)")
     parser.add_argument("--center-crop", action="store_true", help="crop to the largest multiple of the patch size, as the original")
+    parser.add_argument("--uncertainty", default=defaults.uncertainty, choices=UNCERTAINTY_METHODS,
+                        help="mc-dropout, or the TTA spread over the 8 flips/rotations (baseline; the only one for "
+                        "models without dropout); auto picks per model (default: %(default)s)")
     parser.add_argument("--deterministic", action="store_true",
                         help="one pass with dropout off: no uncertainty, and less accurate than the MC mean")
     parser.add_argument("--patch-size", type=int, default=defaults.patch_size,
@@ -113,18 +119,46 @@ def run(args: argparse.Namespace) -> Path:
         image, input_name = load_sample(DEFAULT_SAMPLE), str(sample_image_paths()[DEFAULT_SAMPLE])
         layout = array_layout(image.shape)
     weights = load_weights(args.weights, model=args.model)
+    options = SROptions(
+        model=weights.model,
+        n_samples=args.samples,
+        seed=args.seed,
+        patch_size=args.patch_size,
+        n_patches=args.patches,
+        center_crop=args.center_crop,
+        deterministic=args.deterministic,
+        uncertainty=args.uncertainty,
+    )
     progress = None if args.quiet else _ProgressPrinter()
+    return write_input(image, layout, input_name, weights, options, outdir, progress)
+
+
+def write_input(
+    image,
+    layout: ArrayLayout,
+    input_name: str,
+    weights,
+    options: SROptions,
+    outdir: str | Path,
+    progress=None,
+    on_result: Callable[[tuple[int, ...], SRResult], None] | None = None,
+) -> Path:
+    """Compute one input (image, stack or channels) and write its output folder atomically; returns the folder.
+
+    The one path from an input to its folder: the single-image command and every batch task
+    (:mod:`napari_sr_uncertainty.batch`) call it, so their folders are the same. ``options.scratch_dir``
+    is replaced by a private scratch folder next to ``outdir`` (removed at the end, also on errors).
+    ``on_result(index, result)`` sees each plane's :class:`SRResult` (index ``()`` for a single image)
+    before it is written and its scratch arrays dropped.
+
+    Raises
+    ------
+    InputError, OutputError
+        Bad options, too little memory or disk, or the folder cannot be written; nothing half-written stays.
+    """
+    outdir = check_output_dir(outdir)
     with tempfile.TemporaryDirectory(prefix=f".{outdir.name}.scratch-", dir=outdir.parent) as scratch:
-        options = SROptions(
-            model=weights.model,
-            n_samples=args.samples,
-            seed=args.seed,
-            patch_size=args.patch_size,
-            n_patches=args.patches,
-            center_crop=args.center_crop,
-            deterministic=args.deterministic,
-            scratch_dir=scratch,
-        )
+        options = replace(options, scratch_dir=scratch)
         options.validate()
         # One plane's scratch arrays at a time, plus the whole report (all planes) on the same disk.
         region = region_shape(layout.image_shape, options)
@@ -132,16 +166,22 @@ def run(args: argparse.Namespace) -> Path:
         check_resources(region, options, extra_disk=report_bytes(region, n_planes, scale=options.spec.scale))
         if layout.kind == "image":
             result = run_to_end(iter_super_resolve(image, weights, options), progress)
+            if on_result is not None:
+                on_result((), result)
             return write_report(result, outdir, input_name=input_name)
-        return _run_planes(image, layout, weights, options, outdir, input_name, progress)
+        return _run_planes(image, layout, weights, options, outdir, input_name, progress, on_result)
 
 
-def _run_planes(image, layout: ArrayLayout, weights, options: SROptions, outdir: Path, input_name: str, progress):
+def _run_planes(
+    image, layout: ArrayLayout, weights, options: SROptions, outdir: Path, input_name: str, progress, on_result=None
+):
     """A stack or multi-channel image: each plane is written to the staged report as soon as it is done."""
     with staged_folder(outdir) as staging:
         report = StackReport(staging, layout)
 
         def on_plane(index: tuple[int, ...], result: SRResult) -> None:
+            if on_result is not None:
+                on_result(index, result)
             report.add(index, result)
             _drop_scratch(result)
 
@@ -171,7 +211,103 @@ def list_models() -> str:
     return "\n".join(lines)
 
 
+def build_batch_parser() -> argparse.ArgumentParser:
+    """``napari-sr-uncertainty batch``: many inputs on dask.distributed (see :mod:`.batch`)."""
+    parser = _OneLineParser(
+        prog="napari-sr-uncertainty batch",
+        description="Super-resolve many images (files, folders, glob patterns) on dask.distributed: a local "
+        "cluster by default, or an existing one. Writes OUTDIR/<input stem>/ per input and "
+        "OUTDIR/batch_summary.csv; a rerun skips finished inputs. Exit status: 0 all done, 3 finished with "
+        "failed inputs, 2 bad arguments, 4 the scheduler went away (rerun to resume), 130 interrupted.",
+    )
+    defaults = SROptions()
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns (quoted)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
+    parser.add_argument("--model", default=defaults.model, choices=model_ids(), metavar="ID",
+                        help="registered model, see --list-models (default: %(default)s)")
+    parser.add_argument("--weights", help="weights file: ours (.msgpack) or the original's for --model")
+    parser.add_argument("--samples", type=int, default=defaults.n_samples, help="dropout samples (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dropout masks (default: %(default)s)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="join the dask cluster at ADDRESS (tcp://host:8786)")
+    where.add_argument("--scheduler-file", metavar="FILE", help="join the dask cluster described by FILE")
+    parser.add_argument("--workers", type=int, help="local cluster: worker processes (default: one per core)")
+    parser.add_argument("--threads-per-worker", type=int, default=1,
+                        help="local cluster: threads per worker; JAX and BLAS are pinned to them (default: 1)")
+    parser.add_argument("--force", action="store_true", help="recompute inputs a previous run finished")
+    parser.add_argument("--huge-pixels", type=int, default=None, metavar="N",
+                        help="2D TIFF/.npy images with more LR pixels than N (and Zarr inputs) are split into "
+                        "block tasks writing OME-Zarr (default: 8192x8192)")
+    parser.add_argument("--tile", type=int, default=None, metavar="T",
+                        help="LR side of a block task, a multiple of 64 (default: 1024)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def main_batch(argv: list[str]) -> int:
+    """``napari-sr-uncertainty batch ...``; returns the exit status."""
+    import logging
+    import signal
+    import threading
+
+    from .batch import DEFAULT_HUGE_PIXELS, DEFAULT_TILE, EXIT_BAD_ARGS, EXIT_CLUSTER_LOST, run_batch
+    from .batch.cluster import ClusterError
+
+    args = build_batch_parser().parse_args(argv)
+    prog = "napari-sr-uncertainty batch"
+    if args.workers is not None and args.workers < 1 or args.threads_per_worker < 1:
+        print(f"{prog}: error: --workers and --threads-per-worker must be >= 1", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    # distributed logs lost connections with tracebacks; the batch reports them as one line (and rows)
+    dist_logger = logging.getLogger("distributed")
+    log_level = dist_logger.level
+    dist_logger.setLevel(logging.CRITICAL)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigterm(signum, frame):  # SIGTERM (a job scheduler's cancel) is handled as Ctrl-C
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        weights = load_weights(args.weights, model=args.model)
+        options = SROptions(model=weights.model, n_samples=args.samples, seed=args.seed)
+        result = run_batch(
+            args.inputs, args.output, options, weights=weights, scheduler=args.scheduler,
+            scheduler_file=args.scheduler_file, n_workers=args.workers, threads_per_worker=args.threads_per_worker,
+            force=args.force, huge_pixels=DEFAULT_HUGE_PIXELS if args.huge_pixels is None else args.huge_pixels,
+            tile=args.tile or DEFAULT_TILE, progress=not args.quiet,
+        )
+    except (InputError, WeightsError, OutputError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    except ClusterError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_CLUSTER_LOST
+    except KeyboardInterrupt:  # before the batch started
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        dist_logger.setLevel(log_level)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    for row in result.rows:
+        if row.get("status") == "failed":
+            error = row["error"] if row["error"].startswith(row["file"]) else f"{row['file']}: {row['error']}"
+            print(f"{prog}: failed: {error}", file=sys.stderr)
+    if result.interrupted:
+        print(f"{prog}: interrupted; {result.done} inputs finished are kept and recorded in {result.summary_path}; "
+              "run the same command again to resume", file=sys.stderr)
+    elif not args.quiet:
+        print(f"{result.done - result.skipped} computed, {result.skipped} skipped (finished before), "
+              f"{result.failed} failed; "
+              f"summary: {result.summary_path}", file=sys.stderr)
+    return result.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "batch":
+        return main_batch(argv[1:])
     args = build_parser().parse_args(argv)
     if args.list_models:
         print(list_models())

@@ -1,0 +1,136 @@
+"""Connecting to dask.distributed: a LocalCluster with pinned threads, or an existing scheduler.
+
+``distributed`` is imported inside the functions, so the package (and napari) start without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class ClusterError(RuntimeError):
+    """The scheduler cannot be reached or went away; the message says which and what to do."""
+
+
+def missing_distributed() -> str | None:
+    """A message when dask.distributed is not installed, else None."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return "batch processing needs dask.distributed: pip install 'napari-sr-uncertainty[distributed]'"
+    return None
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """Environment for a worker process that pins JAX/XLA and BLAS to ``threads`` threads.
+
+    It must be set before JAX (or numpy's BLAS) loads in the worker, i.e. when the process starts: the
+    LocalCluster's nannies pass it to the worker processes they spawn; for ``dask worker`` set it in the
+    job script (the README shows how).
+    """
+    threads = max(1, int(threads))
+    xla = os.environ.get("XLA_FLAGS", "")
+    flags = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
+    return {
+        "XLA_FLAGS": f"{xla} {flags}".strip(),
+        "OMP_NUM_THREADS": str(threads),
+        "OPENBLAS_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
+
+
+def default_workers(threads_per_worker: int) -> int:
+    """One worker per ``threads_per_worker`` cores of this machine (the cores this process may use)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, threads_per_worker))
+
+
+@contextmanager
+def connect(
+    client=None,
+    *,
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    timeout: float = 30.0,
+) -> Iterator:
+    """A ``distributed.Client``: the one given (left open), one connected to ``scheduler`` (an address or
+    a Client) / ``scheduler_file``, or a new LocalCluster (closed at the end) with ``n_workers`` worker
+    processes of ``threads_per_worker`` threads each (default: one per core), pinned by :func:`worker_env`.
+
+    Raises
+    ------
+    ClusterError
+        If the scheduler cannot be reached within ``timeout`` seconds.
+    """
+    from distributed import Client, LocalCluster
+
+    if client is None and scheduler is not None and not isinstance(scheduler, str):
+        client = scheduler  # a Client passed as "scheduler"
+    if client is not None:
+        yield client
+        return
+    if scheduler or scheduler_file:
+        where = scheduler or f"the scheduler in {scheduler_file}"
+        try:
+            if scheduler_file:
+                new = Client(scheduler_file=scheduler_file, timeout=timeout)
+            else:
+                new = Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ClusterError(f"cannot reach {where}: {' '.join(str(exc).split())}") from None
+        try:
+            yield new
+        finally:
+            _quiet_close(new)
+        return
+    threads = max(1, int(threads_per_worker))
+    cluster = LocalCluster(
+        n_workers=n_workers or default_workers(threads),
+        threads_per_worker=threads,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        env=worker_env(threads),  # goes to each Nanny, which sets it before starting its worker process
+        # Workers' own log lines (heartbeats failing while the cluster shuts down...) would bury the progress
+        # bar; what matters reaches the summary (task errors, KilledWorker).
+        silence_logs=logging.CRITICAL,
+    )
+    new = Client(cluster)
+    try:
+        yield new
+    finally:
+        _quiet_close(new)
+        _quiet_close(cluster)
+
+
+def _quiet_close(obj) -> None:
+    try:
+        obj.close()
+    except Exception:  # noqa: BLE001 - closing a client whose scheduler is gone may raise anything
+        pass
+
+
+def dashboard(client) -> str:
+    """The dashboard address, or why there is none."""
+    try:
+        services = client.scheduler_info().get("services", {})
+    except Exception:  # noqa: BLE001
+        services = {}
+    if "dashboard" not in services:
+        return "not available (install bokeh>=3.1 for the dask dashboard)"
+    return client.dashboard_link
+
+
+def n_workers(client) -> int:
+    try:
+        return len(client.scheduler_info().get("workers", {}))
+    except Exception:  # noqa: BLE001
+        return 0

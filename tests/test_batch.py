@@ -1,0 +1,309 @@
+"""Issue 16: batch processing on dask.distributed (LocalCluster part, and what needs no cluster).
+
+One LocalCluster of 2 worker processes serves the module. Every batch here is compared, bit for bit, with
+the single-image command ``napari-sr-uncertainty IMAGE`` run in this process with the same seed and weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+
+from napari_sr_uncertainty import cli  # noqa: E402
+from napari_sr_uncertainty.batch import run_batch  # noqa: E402
+from napari_sr_uncertainty.batch.cluster import worker_env  # noqa: E402
+from napari_sr_uncertainty.batch.summary import SUMMARY_CSV, read_summary  # noqa: E402
+from napari_sr_uncertainty.core.pipeline import SROptions  # noqa: E402
+from napari_sr_uncertainty.models.weights import load_weights  # noqa: E402
+
+SAMPLES = 3
+SEED = 7
+TIFFS = ("mean.tif", "single.tif", "std.tif", "sigma.tif")
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1", env=worker_env(1)) as cluster, Client(cluster, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def weights(weights_path):
+    return load_weights(weights_path)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """A folder: a 16-bit image, an 8-bit RGB PNG, a broken file in the middle, a stack."""
+    folder = tmp_path_factory.mktemp("batch_in")
+    rng = np.random.default_rng(16)
+    paths = {
+        "gray": folder / "a_gray.npy",
+        "broken": folder / "b_broken.png",
+        "rgb": folder / "c_rgb.png",
+        "stack": folder / "d_stack.tif",
+    }
+    np.save(paths["gray"], rng.integers(0, 4000, (70, 90)).astype(np.uint16))
+    paths["broken"].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)).save(paths["rgb"])
+    tifffile.imwrite(paths["stack"], rng.integers(0, 255, (2, 30, 40)).astype(np.uint8))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def batch(client, inputs, weights, tmp_path_factory):
+    outdir = tmp_path_factory.mktemp("batch") / "out"
+    result = run_batch([inputs["gray"].parent], outdir, SROptions(n_samples=SAMPLES, seed=SEED), weights=weights,
+                       client=client, progress=False)
+    return result, outdir
+
+
+@pytest.fixture(scope="module")
+def singles(inputs, weights_path, tmp_path_factory) -> dict[str, Path]:
+    """The single-image command on each readable input, in this process."""
+    root = tmp_path_factory.mktemp("single")
+    out = {}
+    for key in ("gray", "rgb", "stack"):
+        out[key] = root / key
+        argv = [str(inputs[key]), "-o", str(out[key]), "--samples", str(SAMPLES), "--seed", str(SEED),
+                "--weights", str(weights_path), "--quiet"]
+        assert cli.main(argv) == 0
+    return out
+
+
+def summary_rows(outdir: Path) -> list[dict]:
+    with open(outdir / SUMMARY_CSV, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_folder(batch_folder: Path, single_folder: Path) -> None:
+    """Same files; TIFF pixels and PNG bytes identical; summary.json equal but for timings."""
+    names = sorted(p.relative_to(single_folder) for p in single_folder.rglob("*"))
+    assert sorted(p.relative_to(batch_folder) for p in batch_folder.rglob("*")) == names
+    for name in names:
+        a, b = batch_folder / name, single_folder / name
+        if name.suffix == ".tif":
+            np.testing.assert_array_equal(tifffile.imread(a), tifffile.imread(b))
+        elif name.suffix == ".png":
+            assert a.read_bytes() == b.read_bytes(), name
+    summaries = [json.loads((f / "summary.json").read_text()) for f in (batch_folder, single_folder)]
+    for s in summaries:
+        for entry in [s, *s.get("planes", [])]:
+            entry.pop("timings_s", None)
+    assert summaries[0] == summaries[1]
+
+
+def test_batch_on_two_workers_matches_single_runs_bit_for_bit(batch, singles, inputs):
+    result, outdir = batch
+    assert result.exit_code == 3  # the broken file failed, the rest finished
+    folders = {"gray": "a_gray", "rgb": "c_rgb", "stack": "d_stack"}
+    for key, folder in folders.items():
+        assert_same_folder(outdir / folder, singles[key])
+    assert sorted(p.name for p in outdir.iterdir()) == sorted([*folders.values(), SUMMARY_CSV])  # no leftovers
+
+
+def test_a_failed_input_in_the_middle_is_recorded_and_the_batch_goes_on(batch, inputs):
+    result, outdir = batch
+    rows = summary_rows(outdir)
+    assert [Path(r["file"]).name for r in rows] == ["a_gray.npy", "b_broken.png", "c_rgb.png", "d_stack.tif"]
+    assert [r["status"] for r in rows] == ["done", "failed", "done", "done"]
+    assert "b_broken.png: not a readable image" in rows[1]["error"]
+    assert not (outdir / "b_broken").exists()
+    workers = {r["worker"] for r in rows}
+    assert all(w.startswith("tcp://127.0.0.1:") for w in workers)
+
+
+def test_summary_rows_hold_the_trust_numbers(batch, singles, weights):
+    """Mean and 99th percentile of the heatmap (model units) and the mean calibrated sigma, per input."""
+    _, outdir = batch
+    rows = {Path(r["file"]).stem: r for r in summary_rows(outdir)}
+    row = rows["a_gray"]
+    assert (row["shape"], row["kind"], row["model"], row["scale"]) == ("70x90", "image", "esrcnn-x2", "2")
+    assert (row["seed"], row["samples"], row["weights_sha256"]) == (str(SEED), str(SAMPLES), weights.sha256)
+    summary = json.loads((singles["gray"] / "summary.json").read_text())
+    heatmap = tifffile.imread(singles["gray"] / "std.tif").astype(np.float64) / summary["normalization"]["scale"]
+    assert float(row["uncertainty_mean"]) == pytest.approx(heatmap.mean(), rel=1e-5)
+    assert float(row["uncertainty_p99"]) == pytest.approx(np.percentile(heatmap, 99), rel=1e-5)
+    assert float(row["sigma_mean"]) == pytest.approx(weights.calibration_scale * heatmap.mean(), rel=1e-5)
+    assert float(rows["d_stack"]["uncertainty_p99"]) > 0 and float(row["seconds"]) > 0
+    assert set(row["sha256"].split()) >= {f"mean.tif:{_sha(outdir / 'a_gray' / 'mean.tif')}"}
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_rerun_resumes_a_damaged_output_is_recomputed_and_force_recomputes_all(batch, client, inputs, weights):
+    _, outdir = batch
+    options = SROptions(n_samples=SAMPLES, seed=SEED)
+    before = read_summary(outdir)
+    again = run_batch([inputs["gray"].parent], outdir, options, weights=weights, client=client, progress=False)
+    assert again.skipped == 3 and again.exit_code == 3  # the broken file is retried, and fails again
+    after = read_summary(outdir)
+    assert {k: v for k, v in after.items() if v["status"] == "done"} == {
+        k: v for k, v in before.items() if v["status"] == "done"}
+
+    damaged = outdir / "c_rgb" / "std.tif"
+    pixels = tifffile.imread(damaged)
+    damaged.write_bytes(damaged.read_bytes()[:-8] + b"\0" * 8)
+    again = run_batch([inputs["gray"].parent], outdir, options, weights=weights, client=client, progress=False)
+    assert again.skipped == 2  # the damaged one is recomputed
+    np.testing.assert_array_equal(tifffile.imread(damaged), pixels)
+    assert read_summary(outdir)[str(inputs["rgb"])]["sha256"] != before[str(inputs["rgb"])]["sha256"]
+
+    other_seed = run_batch([inputs["gray"]], outdir, SROptions(n_samples=SAMPLES, seed=SEED + 1), weights=weights,
+                           client=client, progress=False)
+    assert other_seed.skipped == 0 and other_seed.exit_code == 0  # other options: not the same result
+    forced = run_batch([inputs["gray"]], outdir, options, weights=weights, client=client, progress=False, force=True)
+    assert forced.skipped == 0 and forced.exit_code == 0
+    rows = read_summary(outdir)
+    assert len(rows) == 4 and rows[str(inputs["gray"])]["seed"] == str(SEED)
+
+
+def test_huge_image_block_tasks_write_ome_zarr_identical_to_the_single_run(client, weights, weights_path, tmp_path):
+    """A 150x200 16-bit image and a 100x130 RGB image split into 64-pixel block tasks (12 and 6 tiles) equal
+    the single-process engine bit for bit; the same image from a TIFF and from an OME-Zarr gives the same."""
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 4000, (150, 200)).astype(np.uint16)
+    rgb = rng.integers(0, 255, (100, 130, 3)).astype(np.uint8)
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "gray.npy", gray)
+    np.save(src / "rgb.npy", rgb)
+    tifffile.imwrite(src / "gray_tiff.tif", gray, tile=(64, 64))
+    group = zarr.open_group(str(src / "gray_ome.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=gray.shape, chunks=(50, 50), dtype=gray.dtype)[:] = gray
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "y", "type": "space"},
+                                                              {"name": "x", "type": "space"}],
+                                   "datasets": [{"path": "0"}]}]
+    outdir = tmp_path / "out"
+    result = run_batch([src], outdir, SROptions(n_samples=SAMPLES, seed=SEED), weights=weights, client=client,
+                       huge_pixels=0, tile=64, progress=False)
+    assert result.exit_code == 0, result.rows
+    assert all(row["kind"] == "zarr" for row in result.rows)
+    for name, image in (("gray", gray), ("rgb", rgb)):
+        single = tmp_path / f"single_{name}"
+        assert cli.main([str(src / f"{name}.npy"), "-o", str(single), "--samples", str(SAMPLES), "--seed", str(SEED),
+                         "--weights", str(weights_path), "--quiet"]) == 0
+        for output in ("mean", "std", "sigma"):
+            level0 = zarr.open_array(str(outdir / name / f"{output}.ome.zarr" / "0"), mode="r")[:]
+            if image.ndim == 3:
+                level0 = np.moveaxis(level0, 0, -1)
+            np.testing.assert_array_equal(level0, tifffile.imread(single / f"{output}.tif"))
+    for copy in ("gray_tiff", "gray_ome"):
+        for output in ("mean", "std", "sigma"):
+            a = zarr.open_array(str(outdir / copy / f"{output}.ome.zarr" / "0"), mode="r")[:]
+            np.testing.assert_array_equal(a, zarr.open_array(str(outdir / "gray" / f"{output}.ome.zarr" / "0"),
+                                                             mode="r")[:])
+    image = zarr.open_group(str(outdir / "gray" / "mean.ome.zarr"), mode="r")
+    multiscales = image.attrs["multiscales"][0]
+    assert multiscales["version"] == "0.4" and [a["name"] for a in multiscales["axes"]] == ["y", "x"]
+    assert [d["path"] for d in multiscales["datasets"]] == ["0", "1", "2"]  # 300x400 in 128-px chunks
+    level0, level1 = image["0"][:], image["1"][:]
+    assert level1.shape == (150, 200)
+    np.testing.assert_allclose(level1, level0.astype(np.float64).reshape(150, 2, 200, 2).mean(axis=(1, 3)), rtol=1e-6)
+    summary = json.loads((outdir / "gray" / "summary.json").read_text())
+    assert summary["tiles"] == 12 and summary["peak_worker_rss_mib"] > 0
+    assert summary["input_shape"] == [150, 200]
+
+
+def test_block_regions_equal_the_whole_image_for_both_engines(weights, random_espcn_weights_path):
+    """predict_region (what a block task runs) at every 64-aligned offset equals the engine's whole-image run,
+    for ESRCNN's fast engine, the generic engine and ESPCN (a luma x3 model) on a grayscale image."""
+    from napari_sr_uncertainty.batch.zarr_out import predict_region
+    from napari_sr_uncertainty.core.colour import network_input
+    from napari_sr_uncertainty.core.imaging import to_model_input
+    from napari_sr_uncertainty.models.mc import Engine
+
+    image = np.random.default_rng(5).integers(0, 1000, (90, 140)).astype(np.uint16)
+    model_input, norm = to_model_input(image)
+    for w, generic in ((weights, False), (weights, True), (load_weights(random_espcn_weights_path), False)):
+        options = SROptions(model=w.model, n_samples=3, seed=2)
+        engine = Engine(w.spec, w.arrays, generic=generic)
+        whole = engine.predict(network_input(model_input, w.spec.colour, True), n_samples=3, seed=2)
+        whole.mean, whole.std = whole.mean.mean(axis=-1), whole.std.mean(axis=-1)  # grayscale layout
+        whole.heatmap = whole.std
+        s = w.spec.scale
+        for r0, c0, rows, cols in ((0, 0, 64, 128), (64, 64, 26, 76), (0, 128, 90, 12)):
+            mean, std, heatmap = predict_region(engine, lambda y0, y1, x0, x1: image[y0:y1, x0:x1], image.shape,
+                                                r0, c0, rows, cols, norm, options)
+            window = np.s_[s * r0 : s * (r0 + rows), s * c0 : s * (c0 + cols)]
+            np.testing.assert_array_equal(mean, whole.mean[window])
+            np.testing.assert_array_equal(std, whole.std[window])
+            np.testing.assert_array_equal(heatmap, whole.heatmap[window])
+
+
+def test_disk_full_fails_the_input_with_its_name_and_leaves_nothing(tmp_path, weights, monkeypatch):
+    """ENOSPC while the folder is written: a failed row naming the input's folder, no partial folder."""
+    from napari_sr_uncertainty.batch import tasks
+    from napari_sr_uncertainty.core import report
+
+    image = tmp_path / "full.npy"
+    np.save(image, np.zeros((20, 20), np.uint8))
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+
+    def no_space(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report, "_save_png", no_space)
+    row = tasks.process_input(str(image), str(outdir), "full", SROptions(n_samples=2), weights)
+    assert row["status"] == "failed"
+    assert "No space left on device" in row["error"] and str(outdir / "full") in row["error"]
+    assert list(outdir.iterdir()) == []
+
+
+def test_summary_write_failure_is_a_clear_error(tmp_path):
+    from napari_sr_uncertainty.batch.summary import write_summary
+    from napari_sr_uncertainty.core.report import OutputError
+
+    with pytest.raises(OutputError, match="cannot write .*batch_summary.csv"):
+        write_summary(tmp_path / "missing", [{"file": "x"}])
+
+
+def test_inputs_expand_folders_and_patterns_to_unique_names(tmp_path):
+    from napari_sr_uncertainty.batch.inputs import expand_inputs, output_names
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        np.save(tmp_path / sub / "img.npy", np.zeros((4, 4)))
+    (tmp_path / "a" / "img.png").write_bytes(b"")
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    paths, warnings = expand_inputs([str(tmp_path / "a"), str(tmp_path / "*" / "img.npy"), str(tmp_path / "*.tif")])
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["a/img.npy", "a/img.png", "b/img.npy"]
+    assert warnings == [f"{tmp_path / '*.tif'}: the pattern matches no file"]
+    names = [item.name for item in output_names(paths)]
+    assert len(set(names)) == 3 and names[1] == "img.png"
+
+
+def test_cli_batch_arguments(capsys, tmp_path):
+    assert cli.main(["batch", str(tmp_path / "*.png"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "no input files" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["batch", "x.png"])  # no -o
+    assert exit_.value.code == 2
+    assert cli.main(["batch", "x.png", "-o", str(tmp_path / "o"), "--workers", "0"]) == 2
+
+
+def test_the_package_starts_without_dask_distributed_or_zarr():
+    code = ("import sys; import napari_sr_uncertainty.batch, napari_sr_uncertainty.cli; "
+            "bad = [m for m in ('distributed', 'zarr', 'jax', 'napari', 'qtpy') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,196 @@
+"""Issue 16, faults: real ``dask scheduler`` / ``dask worker`` processes on 127.0.0.1 (random ports, a
+scheduler file), a worker killed mid-task, the scheduler going away, and Ctrl-C on the batch command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from napari_sr_uncertainty.batch import run_batch  # noqa: E402
+from napari_sr_uncertainty.batch.cluster import ClusterError, worker_env  # noqa: E402
+from napari_sr_uncertainty.batch.summary import SUMMARY_CSV, read_summary  # noqa: E402
+from napari_sr_uncertainty.core.pipeline import SROptions  # noqa: E402
+from napari_sr_uncertainty.models.weights import load_weights  # noqa: E402
+
+DASK = str(Path(sys.executable).parent / "dask")
+ENV = {**os.environ, **worker_env(1), "PYTHONUNBUFFERED": "1"}
+
+
+def _wait_for(condition, timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+class LocalDask:
+    """A scheduler and named workers, each a separate process (``--no-nanny``: the worker is the process)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.file = folder / "scheduler.json"
+        self.processes: list[subprocess.Popen] = []
+        self.workers: dict[str, subprocess.Popen] = {}
+
+    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
+        with open(self.folder / log, "wb") as out:
+            process = subprocess.Popen([DASK, *args], env=ENV, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def start_scheduler(self) -> None:
+        self.file.unlink(missing_ok=True)
+        self.scheduler = self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                      "--scheduler-file", str(self.file)], "scheduler.log")
+        _wait_for(self.file.is_file, 60, "the scheduler file")
+
+    def start_worker(self, name: str) -> None:
+        self.workers[name] = self._spawn(
+            ["worker", "--scheduler-file", str(self.file), "--name", name, "--nthreads", "1", "--no-nanny",
+             "--no-dashboard", "--host", "127.0.0.1", "--death-timeout", "60"], f"{name}.log")
+
+    def close(self) -> None:
+        for process in self.processes:
+            _stop(process)
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    cluster = LocalDask(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cluster_in")
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        np.save(folder / f"img{i}.npy", rng.integers(0, 4000, (160, 160)).astype(np.uint16))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def weights(weights_path):
+    return load_weights(weights_path)
+
+
+def test_real_scheduler_and_workers_survive_a_worker_killed_mid_task(dask_processes, images, weights, tmp_path):
+    """Two ``dask worker`` processes; the first to start a task is SIGKILLed while it runs that task: the
+    scheduler reruns it on the other worker and every input finishes (all rows by the survivor's address)."""
+    from distributed import Client
+
+    dask_processes.start_scheduler()
+    for name in ("worker-a", "worker-b"):
+        dask_processes.start_worker(name)
+    outdir = tmp_path / "out"
+    outcome = {}
+
+    def batch():
+        try:
+            outcome["result"] = run_batch([images], outdir, SROptions(n_samples=2), weights=weights,
+                                          scheduler_file=str(dask_processes.file), progress=False)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            outcome["error"] = exc
+
+    with Client(scheduler_file=str(dask_processes.file), timeout=60) as observer:
+        _wait_for(lambda: len(observer.scheduler_info()["workers"]) == 2, 60, "two workers")
+        names = {info["name"]: address for address, info in observer.scheduler_info()["workers"].items()}
+        runner = threading.Thread(target=batch, daemon=True)
+        runner.start()
+        busy = _wait_for(lambda: [n for n, a in names.items() if observer.processing().get(a)], 60, "a running task")
+        victim = busy[0]
+        time.sleep(0.3)  # inside the task (JAX loading or computing)
+        assert not (outdir / SUMMARY_CSV).exists() or len(read_summary(outdir)) < 4
+        os.kill(dask_processes.workers[victim].pid, signal.SIGKILL)
+        runner.join(timeout=90)
+    assert not runner.is_alive(), "the batch did not finish after the worker was killed"
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.exit_code == 0, result.rows
+    rows = read_summary(outdir)
+    assert len(rows) == 4 and {row["status"] for row in rows.values()} == {"done"}
+    survivor = names["worker-b" if victim == "worker-a" else "worker-a"]
+    assert survivor in {row["worker"] for row in rows.values()}
+    assert names[victim] not in {row["worker"] for row in rows.values()} or len(
+        {row["worker"] for row in rows.values()}) == 2  # tasks it finished before the kill may carry its name
+    assert sorted(p.name for p in outdir.iterdir()) == sorted([f"img{i}" for i in range(4)] + [SUMMARY_CSV])
+
+
+def test_scheduler_gone_is_a_clear_error_and_a_rerun_resumes(dask_processes, images, weights, tmp_path):
+    dask_processes.start_scheduler()
+    dask_processes.start_worker("only")
+    outdir = tmp_path / "out"
+
+    def kill_after_first_row():
+        _wait_for(lambda: (outdir / SUMMARY_CSV).is_file(), 90, "the first finished input")
+        _stop(dask_processes.scheduler)
+
+    killer = threading.Thread(target=kill_after_first_row, daemon=True)
+    killer.start()
+    with pytest.raises(ClusterError, match="lost the connection to tcp://127.0.0.1:.*run the same command again"):
+        run_batch([images], outdir, SROptions(n_samples=2), weights=weights, scheduler_file=str(dask_processes.file),
+                  progress=False)
+    killer.join(timeout=10)
+    finished = {k for k, row in read_summary(outdir).items() if row["status"] == "done"}
+    assert 1 <= len(finished) < 4
+    assert not [p.name for p in outdir.iterdir() if p.name.startswith(".")]  # no partial folders
+    # The worker's death timeout stops it; a new cluster resumes where the old one stopped.
+    _stop(dask_processes.workers["only"])
+    dask_processes.start_scheduler()
+    dask_processes.start_worker("again")
+    result = run_batch([images], outdir, SROptions(n_samples=2), weights=weights,
+                       scheduler_file=str(dask_processes.file), progress=False)
+    assert result.exit_code == 0 and result.skipped == len(finished)
+    assert len(read_summary(outdir)) == 4
+
+
+def test_ctrl_c_cancels_keeps_finished_outputs_and_a_rerun_resumes(images, weights_path, tmp_path):
+    """SIGINT to ``napari-sr-uncertainty batch`` (its own LocalCluster of one worker) after the first input:
+    exit status 130, finished folders and their rows kept, no partial folder; the rerun skips the recorded ones."""
+    outdir = tmp_path / "out"
+    argv = [sys.executable, "-m", "napari_sr_uncertainty", "batch", str(images), "-o", str(outdir), "--samples", "2",
+            "--weights", str(weights_path), "--workers", "1", "--quiet"]
+    process = subprocess.Popen(argv, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: (outdir / SUMMARY_CSV).is_file() or process.poll() is not None, 120, "the first input")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        _stop(process)
+    if process.returncode == 0:
+        pytest.skip("the batch finished before the interrupt arrived")
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "run the same command again to resume" in err
+    rows = read_summary(outdir)
+    done = {Path(k).stem for k, row in rows.items() if row["status"] == "done"}
+    assert done and not [p.name for p in outdir.iterdir() if p.name.startswith(".")]  # no partial folder
+    folders = {p.name for p in outdir.iterdir() if p.is_dir()}
+    assert done <= folders  # a task running at the interrupt may have finished its (atomic) folder meanwhile
+    assert all((outdir / name / "summary.json").is_file() for name in folders)
+    rerun = subprocess.run(argv[:-1], env=ENV, capture_output=True, text=True, timeout=180)  # not --quiet
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{4 - len(done)} computed, {len(done)} skipped" in rerun.stderr
+    assert {row["status"] for row in read_summary(outdir).values()} == {"done"}
