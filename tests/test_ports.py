@@ -208,7 +208,11 @@ def test_rdn_transposed_conv_is_keras_same_padding(shape):
     np.testing.assert_allclose(y, _keras_conv_transpose(x, kernel, bias), atol=1e-5, rtol=0)
     # the README's verified JAX equivalent
     lax_y = jax.lax.conv_transpose(
-        jnp.asarray(x)[None], jnp.asarray(kernel), (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        jnp.asarray(x)[None],
+        jnp.asarray(kernel),
+        (2, 2),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
         transpose_kernel=True,
     )
     np.testing.assert_allclose(y, np.asarray(lax_y)[0] + bias, atol=1e-5, rtol=0)
@@ -281,7 +285,9 @@ def test_another_models_pth_is_refused_by_srcnn_gray():
 
     espcn = REFERENCE / "seed002" / "best.pth"
     if not espcn.is_file():
-        pytest.skip(f"ESPCN's best.pth not found at {espcn.parent} (../shared is only present in the project workspace)")
+        pytest.skip(
+            f"ESPCN's best.pth not found at {espcn.parent} (../shared is only present in the project workspace)"
+        )
     with pytest.raises(WeightsError, match=r"not an srcnn-gray-x1 checkpoint.*conv1\.weight.*feature_map_layer"):
         load_weights(espcn, model="srcnn-gray-x1")
 
@@ -291,7 +297,9 @@ def test_another_models_h5_is_refused_by_cnn3():
 
     esrcnn = REFERENCE / "seed000" / "modelesrcnn8.h5"
     if not esrcnn.is_file():
-        pytest.skip(f"ESRCNN's modelesrcnn8.h5 not found at {esrcnn.parent} (../shared is only present in the project workspace)")
+        pytest.skip(
+            f"ESRCNN's modelesrcnn8.h5 not found at {esrcnn.parent} (../shared is only present in the project workspace)"
+        )
     with pytest.raises(WeightsError, match=r"not a cnn3-x4 model.*\(9, 9, 3, 64\)"):
         load_weights(esrcnn, model="cnn3-x4")
 

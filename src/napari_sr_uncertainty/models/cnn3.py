@@ -17,7 +17,7 @@ import JAX: the Flax module is built on first use.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -37,7 +37,7 @@ PARAM_SHAPES = {
 HALO = 1
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_class():
     """The Flax module class (imports Flax on first call)."""
     import flax.linen as nn

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -115,7 +115,7 @@ def conv_transpose_same(x, kernel, bias):
     return y.reshape(n, 2 * h, 2 * w, -1) + bias
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_class():
     """The Flax module class (imports Flax on first call)."""
     import flax.linen as nn
@@ -191,7 +191,9 @@ def import_keras(path) -> dict[str, np.ndarray]:
     try:
         import h5py
     except ImportError:
-        raise ValueError("reading Keras .keras weights needs h5py: pip install 'napari-sr-uncertainty[keras]'") from None
+        raise ValueError(
+            "reading Keras .keras weights needs h5py: pip install 'napari-sr-uncertainty[keras]'"
+        ) from None
     try:
         with zipfile.ZipFile(path) as archive:
             if "model.weights.h5" not in archive.namelist():

@@ -32,7 +32,7 @@ file does not import JAX.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def conv1_range(grid):
     return lo, hi
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_class():
     """The Flax module class (imports Flax on first call)."""
     import flax.linen as nn
