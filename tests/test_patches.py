@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty.core.patches import score_patches, select_patches
+from napari_sr_uncertainty.core.patches import (
+    median_score,
+    nearly_uniform,
+    partial_patches,
+    score_patches,
+    select_patches,
+)
 
 
 def test_scores_are_block_means_of_known_values():
@@ -43,9 +49,9 @@ def test_few_patches_are_split_between_the_sets(n_patches, expected):
 
 def test_boxes_are_clipped_to_the_image_and_scaled():
     scores = np.array([[0.1, 0.2], [0.3, 0.4]])
-    most, least = select_patches(scores, (100, 70), k=1, patch=64, scale=2)
-    assert most[0].lr_box == (0, 0, 64, 64)
-    assert least[0].lr_box == (64, 64, 100, 70)
+    most, least = select_patches(scores, (100, 70), k=1, patch=64, scale=2, full_first=False)
+    assert most[0].lr_box == (0, 0, 64, 64) and not most[0].partial
+    assert least[0].lr_box == (64, 64, 100, 70) and least[0].partial
     assert least[0].hr_box == (128, 128, 200, 140)
 
 
@@ -53,3 +59,80 @@ def test_ties_are_broken_in_grid_order():
     most, least = select_patches(np.zeros((2, 2)), (128, 128), k=2, patch=64)
     assert [(m.grid_row, m.grid_col) for m in most] == [(0, 0), (0, 1)]
     assert [(m.grid_row, m.grid_col) for m in least] == [(1, 1), (1, 0)]
+
+
+# The ranking rule (issue 17): the padding frame is left out, partial patches rank after full ones.
+
+
+def test_border_frame_is_left_out_of_the_scores():
+    heatmap = np.ones((16, 24))  # LR 8x12, patch 4, x2: grid 2x3 of 8x8 HR squares
+    heatmap[:2, :] = heatmap[-2:, :] = heatmap[:, :2] = heatmap[:, -2:] = 100.0  # a 2-px bright frame
+    np.testing.assert_allclose(score_patches(heatmap, patch=4, scale=2, border=2), np.ones((2, 3)))
+    plain = score_patches(heatmap, patch=4, scale=2)
+    assert plain[0, 0] > 30  # without the border the frame dominates every edge patch
+
+
+def test_border_in_bands_equals_the_whole_heatmap():
+    rng = np.random.default_rng(0)
+    heatmap = rng.random((40, 22))
+    whole = score_patches(heatmap, patch=4, scale=2, border=3)
+    bands = np.concatenate(
+        [score_patches(heatmap[r : r + 16], 4, 2, 3, top=r, total_rows=40) for r in range(0, 40, 16)]
+    )
+    np.testing.assert_allclose(bands, whole)
+
+
+def test_a_patch_entirely_in_the_frame_is_scored_over_its_inside_pixels():
+    heatmap = np.zeros((20, 8))  # LR 10x4 with patch 4: the last patch row is a 2-px LR (4-px HR) strip
+    heatmap[16:, :] = 5.0
+    scores = score_patches(heatmap, patch=4, scale=2, border=6)
+    assert scores[2, 0] == pytest.approx(5.0)
+
+
+def test_partial_patches_rank_after_full_ones_and_are_flagged():
+    # LR 100x70, patch 64: one full patch, three partial; the partial ones hold the extreme scores
+    scores = np.array([[0.5, 0.9], [0.8, 0.01]])
+    assert partial_patches(scores.shape, (100, 70), 64).tolist() == [[False, True], [True, True]]
+    most, least = select_patches(scores, (100, 70), k=1, patch=64)
+    assert (most[0].grid_row, most[0].grid_col) == (0, 0) and not most[0].partial
+    assert least[0].partial and least[0].score == 0.9  # only partial patches are left for the least set
+    most, least = select_patches(scores, (100, 70), k=2, patch=64)
+    assert [(m.grid_row, m.grid_col) for m in most] == [(0, 0), (1, 1)]
+    assert [(m.grid_row, m.grid_col) for m in least] == [(0, 1), (1, 0)]
+
+
+def test_sets_never_overlap_when_full_patches_run_out():
+    scores = np.array([[0.1, 0.2, 0.3, 0.9]])  # LR 64x200: three full, one partial
+    most, least = select_patches(scores, (64, 200), k=2, patch=64)
+    cells = [(m.grid_row, m.grid_col) for m in most + least]
+    assert len(set(cells)) == 4
+    assert [m.grid_col for m in least] == [2, 3]
+
+
+def test_median_and_nearly_uniform():
+    scores = np.array([[1.0, 2.0, 3.0, 50.0]])
+    assert median_score(scores, (64, 200), 64) == 2.0  # the partial patch is left out
+    most, least = select_patches(np.array([[1.0, 1.05]]), (64, 128), k=1, patch=64)
+    assert nearly_uniform(most, least)
+    most, least = select_patches(np.array([[1.0, 2.0]]), (64, 128), k=1, patch=64)
+    assert not nearly_uniform(most, least)
+
+
+def test_a_textured_edge_strip_of_a_constant_image_is_not_ranked_first(bundled_weights_path):
+    """Cell-like geometry (330x275, patch 64): a 10-px strip along the bottom edge holds all the texture.
+
+    With the trained weights the strip is by far the least certain part of the image; it is a partial
+    patch row on the padding frame, so full patches are marked first and the strip is flagged partial.
+    """
+    from napari_sr_uncertainty.core.pipeline import SROptions, super_resolve
+    from napari_sr_uncertainty.models.weights import load_weights
+
+    rng = np.random.default_rng(0)
+    image = np.full((330, 275), 120, np.uint8)
+    image[320:, :] = rng.integers(0, 255, (10, 275), dtype=np.uint8)
+    result = super_resolve(image, load_weights(bundled_weights_path), SROptions(n_samples=4, n_patches=5))
+    assert result.scores.shape == (6, 5)
+    strip_rows = result.scores[5]
+    assert strip_rows.min() > result.scores[:5, :4].max()  # the strip really is the least certain
+    assert all(not m.partial and m.lr_box[2] <= 320 for m in result.least_certain)
+    assert all(not m.partial for m in result.most_certain)

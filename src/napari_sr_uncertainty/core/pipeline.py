@@ -322,13 +322,22 @@ def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
 
 
-def _score_in_bands(heatmap: np.ndarray, patch: int, scale: int) -> np.ndarray:
+def _score_in_bands(heatmap: np.ndarray, patch: int, scale: int, border: int = 0) -> np.ndarray:
     """:func:`score_patches` over bands of patch rows, so a huge (disk-backed) heatmap is read piecewise."""
     side = patch * scale
-    band = max(1, (64 << 20) // max(side * heatmap.shape[1] * 32, 1)) * side  # float64 work arrays x4
+    band = max(1, (64 << 20) // max(side * heatmap.shape[1] * 48, 1)) * side  # float64 work arrays x6
+    rows = heatmap.shape[0]
     return np.concatenate(
-        [score_patches(np.asarray(heatmap[r : r + band]), patch, scale) for r in range(0, heatmap.shape[0], band)]
+        [
+            score_patches(np.asarray(heatmap[r : r + band]), patch, scale, border, top=r, total_rows=rows)
+            for r in range(0, rows, band)
+        ]
     )
+
+
+def patch_border(spec: ModelSpec) -> int:
+    """Output pixels along each image edge that the patch scores leave out: the padding frame, halo x scale."""
+    return int(spec.halo) * int(spec.scale)
 
 
 def center_crop_box(shape: tuple[int, int], multiple: int) -> tuple[int, int, int, int]:
@@ -424,7 +433,9 @@ def iter_super_resolve(
     for done, total in steps:
         yield Progress(done, total, f"block {done}/{total}")
     t_done = time.perf_counter()
-    scores = _score_in_bands(heatmap, options.patch_size, spec.scale)
+    # the ranking rule (core.patches): scores leave out the padding frame (halo x scale output pixels
+    # along the edges) and partial edge patches rank after the full ones
+    scores = _score_in_bands(heatmap, options.patch_size, spec.scale, patch_border(spec))
     most, least = select_patches(scores, region.shape[:2], options.n_patches, options.patch_size, spec.scale)
     lr_view = to_output_layout(region, normalization)
     if spec.colour == "gray" and lr_view.ndim == 3:
