@@ -109,7 +109,8 @@ def base_row(path: Path | str, name: str, options: SROptions, weights) -> dict:
         "model": spec.id,
         "scale": spec.scale,
         "seed": options.seed,
-        "samples": 0 if options.deterministic else options.n_samples,
+        "uncertainty": options.uncertainty_method or "none",
+        "samples": options.effective_samples,
         "weights_sha256": weights.sha256,
     }
 

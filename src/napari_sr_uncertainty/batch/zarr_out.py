@@ -219,6 +219,8 @@ def block_runner(engine, lr_shape: tuple[int, int], n_samples: int, seed: int, c
     h, w = lr_shape
     chunk = chunk or DEFAULT_CHUNK
     fast = engine.fast
+    if fast is not None and not fast.__name__.endswith(".esrcnn_fast"):
+        raise InputError(f"block tasks do not know the fast engine of {engine.spec.id} yet ({fast.__name__})")
     if fast is not None:
         det, mc_block = fast._compiled_block_fns(int(chunk))
         params = {k: jnp.asarray(v) for k, v in engine.params.items()}
@@ -416,6 +418,9 @@ def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, wei
         h, w, channels = image_layout(src.shape)
         row["shape"] = "x".join(map(str, src.shape))
         spec = options.spec
+        if options.uncertainty_method not in ("mc-dropout", None):
+            raise InputError(f"{path}: block tasks compute MC dropout only, not {options.uncertainty_method}; "
+                             "use a model with dropout or process smaller images")
         if spec.colour == "y" and channels != 1:
             raise InputError(f"{path}: block tasks do not support colour images with the luma model {spec.id} "
                              "(its chroma is upscaled over the whole image); convert to grayscale or use an rgb model")
@@ -425,7 +430,7 @@ def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, wei
         notes = ("alpha channel dropped",) if channels == 4 else ()
         norm = choose_normalization(src.dtype, (min(r[0] for r in ranges), max(r[1] for r in ranges)),
                                     channels == 1, notes)
-        n_samples = 0 if options.deterministic else options.n_samples
+        n_samples = options.effective_samples
         calibrated = weights.calibration_scale is not None and n_samples > 0
         names = ("mean", "std") + (("sigma",) if calibrated else ())
         colour = not (norm.grayscale or spec.colour == "gray")
