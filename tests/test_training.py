@@ -10,12 +10,13 @@ pytest.importorskip("optax")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from napari_sr_uncertainty.models import esrcnn_fast as engine  # noqa: E402
 from napari_sr_uncertainty.core import metrics  # noqa: E402
+from napari_sr_uncertainty.models import esrcnn_fast as engine  # noqa: E402
 from napari_sr_uncertainty.models.esrcnn import SPEC  # noqa: E402
-from napari_sr_uncertainty.training import train as training  # noqa: E402
-from napari_sr_uncertainty.training.data import CropSampler, augment, list_images, make_pair  # noqa: E402
 from napari_sr_uncertainty.models.weights import load_weights, save_weights  # noqa: E402
+from napari_sr_uncertainty.training import card, checkpoint, cli, data, esrcnn, initial, loop, losses, step  # noqa: E402
+from napari_sr_uncertainty.training.config import TrainConfig  # noqa: E402
+from napari_sr_uncertainty.training.data import CropSampler, augment, list_images, make_pair  # noqa: E402
 
 
 def _smooth_image(seed: int, size: int) -> np.ndarray:
@@ -30,11 +31,20 @@ def _smooth_image(seed: int, size: int) -> np.ndarray:
     return img.astype(np.uint8)
 
 
-def _tiny_config(**overrides) -> training.TrainConfig:
-    values = dict(steps=6, batch=4, crop_lr=12, learning_rate=3e-3, warmup_steps=1, val_every=3,
-                  checkpoint_every=3, signal_copies_conv1=4, signal_copies_conv2=2)
+def _tiny_config(**overrides) -> TrainConfig:
+    values = dict(
+        steps=6,
+        batch=4,
+        crop_lr=12,
+        learning_rate=3e-3,
+        warmup_steps=1,
+        val_every=3,
+        checkpoint_every=3,
+        signal_copies_conv1=4,
+        signal_copies_conv2=2,
+    )
     values.update(overrides)
-    return training.TrainConfig(**values)
+    return TrainConfig(**values)
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +55,16 @@ def tiny_pairs():
 
 
 def test_forward_valid_equals_interior_of_reference_model():
-    variables = SPEC.to_flax(training.bicubic_init(0, noise=1.0))
+    variables = SPEC.to_flax(esrcnn.bicubic_init(0, noise=1.0))
     lr = np.random.default_rng(1).random((2, 14, 17, 3)).astype(np.float32)
     reference = SPEC.module().apply(variables, lr)
-    r = training.RECEPTIVE_RADIUS_HR
-    np.testing.assert_allclose(training.forward_valid(variables["params"], lr), reference[:, r:-r, r:-r], atol=2e-6)
+    r = esrcnn.RECEPTIVE_RADIUS_HR
+    np.testing.assert_allclose(esrcnn.forward_valid(variables["params"], lr), reference[:, r:-r, r:-r], atol=2e-6)
 
 
 def test_polyphase_kernel_matches_engine():
-    arrays = training.bicubic_init(0, noise=1.0)
-    ours = training.polyphase_kernel(jnp.asarray(arrays["conv1/kernel"]))
+    arrays = esrcnn.bicubic_init(0, noise=1.0)
+    ours = esrcnn.polyphase_kernel(jnp.asarray(arrays["conv1/kernel"]))
     np.testing.assert_allclose(ours, engine.prepare_params(arrays)["poly1"], atol=1e-6)
 
 
@@ -62,7 +72,7 @@ def test_bicubic_init_reproduces_pillow_bicubic():
     skdata = pytest.importorskip("skimage.data")
     hr = metrics.crop_to_scale(skdata.astronaut()[:160, :160])
     lr = metrics.make_lr(hr)
-    arrays = training.bicubic_init(0)
+    arrays = esrcnn.bicubic_init(0)
     sr = engine.mc_predict(lr.astype(np.float32) / 255.0, engine.prepare_params(arrays), n_samples=0).mean
     border = 8  # Pillow renormalises its kernel at the image edge; the network zero-pads
     inner = np.s_[border:-border, border:-border]
@@ -96,30 +106,30 @@ def test_evaluation_sets_are_refused(tmp_path):
 def test_train_steps_lower_the_loss(tiny_pairs):
     train_pairs, _ = tiny_pairs
     config = _tiny_config(steps=40, init="random")
-    step_fn = training.make_train_step(config)
-    params = SPEC.to_flax(training.initial_arrays(config))["params"]
-    opt_state = training.make_optimizer(config).init(params)
+    step_fn = step.make_train_step(config)
+    params = SPEC.to_flax(initial.initial_arrays(config))["params"]
+    opt_state = step.make_optimizer(config).init(params)
     lr, hr = CropSampler(train_pairs, config.crop_lr, seed=0).batch(config.batch)
     losses = []
-    for step in range(config.steps):
-        params, opt_state, loss = step_fn(params, opt_state, jnp.int32(step), lr, hr)
+    for i in range(config.steps):
+        params, opt_state, loss = step_fn(params, opt_state, jnp.int32(i), lr, hr)
         losses.append(float(loss[0]))
     assert losses[-1] < 0.5 * losses[0]
 
 
 def test_fine_tuning_starts_from_the_given_weights_file(tmp_path):
-    arrays = training.random_init(seed=5)
+    arrays = initial.random_init(SPEC, seed=5)
     path = tmp_path / "start.msgpack"
     save_weights(arrays, path)
-    start = training.initial_arrays(_tiny_config(init=str(path)))
+    start = initial.initial_arrays(_tiny_config(init=str(path)))
     for key in arrays:
         np.testing.assert_array_equal(start[key], arrays[key])
 
 
 def test_train_saves_best_weights_that_reload_exactly(tiny_pairs, tmp_path):
     train_pairs, val_pairs = tiny_pairs
-    training.train(_tiny_config(), tmp_path, train_pairs=train_pairs, val_pairs=val_pairs, log=open("/dev/null", "w"))
-    best = load_weights(tmp_path / training.BEST_NAME).arrays
+    loop.train(_tiny_config(), tmp_path, train_pairs=train_pairs, val_pairs=val_pairs, log=open("/dev/null", "w"))
+    best = load_weights(tmp_path / loop.BEST_NAME).arrays
     copy = tmp_path / "copy.msgpack"
     save_weights(best, copy)
     reloaded = load_weights(copy).arrays
@@ -132,15 +142,15 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tiny_pairs, tmp_pat
     quiet = open("/dev/null", "w")
     config = _tiny_config()
     straight, chunked = tmp_path / "straight", tmp_path / "chunked"
-    training.train(config, straight, train_pairs=train_pairs, val_pairs=val_pairs, log=quiet)
-    first = training.train(config, chunked, train_pairs=train_pairs, val_pairs=val_pairs, max_seconds=0.0, log=quiet)
+    loop.train(config, straight, train_pairs=train_pairs, val_pairs=val_pairs, log=quiet)
+    first = loop.train(config, chunked, train_pairs=train_pairs, val_pairs=val_pairs, max_seconds=0.0, log=quiet)
     assert first["step"] == 1
-    training.train(config, chunked, train_pairs=train_pairs, val_pairs=val_pairs, log=quiet)
+    loop.train(config, chunked, train_pairs=train_pairs, val_pairs=val_pairs, log=quiet)
 
     def state(run_dir):
-        params = SPEC.to_flax(training.initial_arrays(config))["params"]
-        opt_state = training.make_optimizer(config).init(params)
-        return training.load_checkpoint(run_dir / training.CHECKPOINT_NAME, params, opt_state)
+        params = SPEC.to_flax(initial.initial_arrays(config))["params"]
+        opt_state = step.make_optimizer(config).init(params)
+        return checkpoint.load_checkpoint(run_dir / checkpoint.CHECKPOINT_NAME, params, opt_state)
 
     a, b = state(straight), state(chunked)
     assert a[2] == b[2] == config.steps
@@ -157,28 +167,28 @@ def test_uncertainty_loss_is_zero_when_variance_is_proportional_to_error():
     mean = target + error
     for scale in (0.01, 1.0):  # any factor: the loss only looks at where, not how much
         samples = jnp.stack([mean - scale * error, mean + scale * error])  # variance = 2 scale^2 error^2
-        loss = training.uncertainty_loss(samples, target, window=4, eps=0.0)
+        loss = losses.uncertainty_loss(samples, target, window=4, eps=0.0)
         assert float(loss) == pytest.approx(0.0, abs=1e-5)  # float32 rounding of the tiny errors
     flat = jnp.stack([mean - 0.01, mean + 0.01])  # the same variance everywhere, whatever the error
-    assert float(training.uncertainty_loss(flat, target, window=4, eps=0.0)) > 1.0
+    assert float(losses.uncertainty_loss(flat, target, window=4, eps=0.0)) > 1.0
 
 
 def test_training_loss_samples_use_consecutive_mask_indices(tiny_pairs):
     """Sample j of crop i uses mask index j * N + i: one sample is plain dropout training (old runs resume)."""
     config = _tiny_config()
-    params = SPEC.to_flax(training.initial_arrays(config))["params"]
+    params = SPEC.to_flax(initial.initial_arrays(config))["params"]
     lr, hr = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
     seed, n, size = jnp.uint32(7), config.batch, 2 * (config.crop_lr - 4)
-    masks = training.dropout_masks(seed, 2 * n, size)
-    preds = [training.forward_valid(params, lr, tuple(m[j * n : (j + 1) * n] for m in masks)) for j in range(2)]
-    target = training.target_crop(hr, preds[0].shape[1])
-    one = training.training_loss(params, lr, hr, seed, config)
-    assert float(one[0]) == pytest.approx(float(training.pixel_loss(preds[0], target, "mse")), rel=1e-5)
+    masks = esrcnn.dropout_masks(seed, jnp.arange(2 * n), size)
+    preds = [esrcnn.forward_valid(params, lr, tuple(m[j * n : (j + 1) * n] for m in masks)) for j in range(2)]
+    target = losses.target_crop(hr, preds[0].shape[1])
+    one = step.training_loss(params, lr, hr, seed, config)
+    assert float(one[0]) == pytest.approx(float(losses.pixel_loss(preds[0], target, "mse")), rel=1e-5)
     two_config = _tiny_config(mc_train_samples=2, uncertainty_weight=0.5)
-    total, (pixel, spread) = training.training_loss(params, lr, hr, seed, two_config)
+    total, (pixel, spread) = step.training_loss(params, lr, hr, seed, two_config)
     samples = jnp.stack(preds)
-    assert float(pixel) == pytest.approx(float(training.pixel_loss(samples, target[None], "mse")), rel=1e-5)
-    assert float(spread) == pytest.approx(float(training.uncertainty_loss(samples, target, 8)), rel=1e-4)
+    assert float(pixel) == pytest.approx(float(losses.pixel_loss(samples, target[None], "mse")), rel=1e-5)
+    assert float(spread) == pytest.approx(float(losses.uncertainty_loss(samples, target, 8)), rel=1e-4)
     assert float(total) == pytest.approx(float(pixel) + 0.5 * float(spread), rel=1e-5)
 
 
@@ -186,14 +196,13 @@ def test_uncertainty_loss_has_a_useful_gradient(tiny_pairs):
     """Descending the uncertainty term alone (fixed masks) makes the MC variance track the error."""
     optax = pytest.importorskip("optax")
     config = _tiny_config(init="bicubic", mc_train_samples=4, uncertainty_weight=1.0, uncertainty_window=4)
-    params = SPEC.to_flax(training.initial_arrays(config))["params"]
+    params = SPEC.to_flax(initial.initial_arrays(config))["params"]
     lr, hr = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
-    value_and_grad = jax.jit(jax.value_and_grad(
-        lambda p: training.training_loss(p, lr, hr, jnp.uint32(3), config)[1][1]))
-    optimizer = optax.adam(1e-3)
+    value_and_grad = jax.jit(jax.value_and_grad(lambda p: step.training_loss(p, lr, hr, jnp.uint32(3), config)[1][1]))
+    optimizer = optax.adam(3e-4)
     opt_state = optimizer.init(params)
     values = []
-    for _ in range(30):
+    for _ in range(60):
         value, grads = value_and_grad(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -202,41 +211,41 @@ def test_uncertainty_loss_has_a_useful_gradient(tiny_pairs):
 
 
 def test_progress_bar_shows_step_loss_validation_and_eta():
-    line = training.progress_bar(250, 1000, np.array([0.00123, 0.5]), 31.25, 0.4)
+    line = loop.progress_bar(250, 1000, np.array([0.00123, 0.5]), 31.25, 0.4)
     assert line.startswith("[" + "#" * 7 + "." * 23 + "] 250/1000")
     assert "loss 0.001230" in line and "val 31.25 dB" in line and "ETA 5 min" in line
-    assert "val -" in training.progress_bar(1, 10, np.zeros(2), -np.inf, 1.0)
+    assert "val -" in loop.progress_bar(1, 10, np.zeros(2), -np.inf, 1.0)
 
 
 def test_export_last_writes_the_latest_weights_with_a_card(tiny_pairs, tmp_path, monkeypatch):
     train_pairs, val_pairs = tiny_pairs
     config = _tiny_config(mc_train_samples=2, uncertainty_weight=0.1)
-    training.train(config, tmp_path, train_pairs=train_pairs, val_pairs=val_pairs, log=open("/dev/null", "w"))
-    monkeypatch.setattr(training, "load_pairs", lambda *a, **k: (train_pairs, val_pairs))
-    card = training.export(tmp_path, tmp_path / "out.msgpack", None, mc_samples=4, last=True)
-    params = SPEC.to_flax(training.initial_arrays(config))["params"]
-    opt_state = training.make_optimizer(config).init(params)
-    latest = training.load_checkpoint(tmp_path / training.CHECKPOINT_NAME, params, opt_state)[0]
+    loop.train(config, tmp_path, train_pairs=train_pairs, val_pairs=val_pairs, log=open("/dev/null", "w"))
+    monkeypatch.setattr(data, "load_pairs", lambda *a, **k: (train_pairs, val_pairs))
+    result = card.export(tmp_path, tmp_path / "out.msgpack", None, mc_samples=4, last=True)
+    params = SPEC.to_flax(initial.initial_arrays(config))["params"]
+    opt_state = step.make_optimizer(config).init(params)
+    latest = checkpoint.load_checkpoint(tmp_path / checkpoint.CHECKPOINT_NAME, params, opt_state)[0]
     exported = load_weights(tmp_path / "out.msgpack")
     np.testing.assert_array_equal(exported.arrays["conv3/kernel"], np.asarray(latest["conv3"]["kernel"]))
-    assert card["exported"] == {"which": "last", "step": config.steps}
-    assert "uncertainty loss" in card["loss"]
-    assert set(card["validation"]["uncertainty"]) == {"mc_samples", "pixel_spearman", "patch_spearman"}
-    assert card["sha256"] == exported.sha256
+    assert result["exported"] == {"which": "last", "step": config.steps}
+    assert "uncertainty loss" in result["loss"]
+    assert set(result["validation"]["uncertainty"]) == {"mc_samples", "mc_psnr_y", "pixel_spearman", "patch_spearman"}
+    assert result["sha256"] == exported.sha256
 
 
 def test_uncertainty_loss_with_one_sample_is_refused():
     with pytest.raises(ValueError, match="two or more dropout samples"):
-        training.TrainConfig(uncertainty_weight=0.1, mc_train_samples=1)
+        TrainConfig(uncertainty_weight=0.1, mc_train_samples=1)
 
 
 def test_cli_refuses_uncertainty_loss_with_one_sample(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        training.main(["--run-dir", str(tmp_path), "--data", str(tmp_path), "--uncertainty-weight", "0.1"])
+        cli.main(["--run-dir", str(tmp_path), "--data", str(tmp_path), "--uncertainty-weight", "0.1"])
     assert exit_info.value.code == 2
     assert "--mc-train-samples" in capsys.readouterr().err
 
 
 def test_training_without_validation_images_is_refused(tiny_pairs, tmp_path):
     with pytest.raises(ValueError, match="no validation images"):
-        training.train(_tiny_config(), tmp_path, train_pairs=tiny_pairs[0], val_pairs=[], log=open("/dev/null", "w"))
+        loop.train(_tiny_config(), tmp_path, train_pairs=tiny_pairs[0], val_pairs=[], log=open("/dev/null", "w"))

@@ -1,9 +1,12 @@
-"""Training input pipeline (NumPy + Pillow only): HR/LR image pairs, random aligned crops, augmentation.
+"""Training input pipeline (NumPy + Pillow only): HR/LR image pairs at a model's scale, aligned crops,
+augmentation, in the model's colour mode.
 
 LR images are made once per whole HR image exactly as the benchmark protocol does
-(:func:`napari_sr_uncertainty.metrics.make_lr`), and crops are taken from aligned (LR, HR) pairs, so a
-training crop sees the same degradation as a benchmark image (cropping first and downscaling the crop
-would change the pixels near crop borders).
+(:func:`napari_sr_uncertainty.core.metrics.make_lr`: Pillow bicubic of the uint8 RGB image at the model's
+scale), and crops are taken from aligned (LR, HR) pairs, so a training crop sees the same degradation as a
+benchmark image (cropping first and downscaling the crop would change the pixels near crop borders).
+For ``y`` and ``gray`` models the network sees luma planes (full-range BT.601, :func:`core.colour.luma`) of
+the LR and HR images, as the product computes them from an RGB input.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..core.colour import luma
 from ..core.metrics import crop_to_scale, make_lr, to_rgb_uint8
-from ..models.esrcnn import SCALE
 
 # BSD200 images held out from training for validation and calibration: every 20th file in name order.
 BSD200_VALIDATION_IDS = (
@@ -37,11 +40,18 @@ IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 
 @dataclass
 class ImagePair:
-    """One training image: ``hr`` (2H, 2W, 3) uint8 and its protocol LR ``lr`` (H, W, 3) uint8."""
+    """One image: ``hr`` (sH, sW, 3) uint8 and its protocol LR ``lr`` (H, W, 3) uint8 at scale ``scale``."""
 
     name: str
     hr: np.ndarray
     lr: np.ndarray
+    scale: int = 2
+
+
+def network_planes(image_uint8: np.ndarray, colour: str) -> np.ndarray:
+    """A uint8 RGB image as the network sees it: (H, W, 3) RGB or (H, W, 1) luma, float32 in [0, 1]."""
+    rgb = image_uint8.astype(np.float32) / 255.0
+    return rgb if colour == "rgb" else luma(rgb)[..., None]
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -50,10 +60,10 @@ def load_rgb(path: str | Path) -> np.ndarray:
         return to_rgb_uint8(np.asarray(img.convert("RGB")))
 
 
-def make_pair(name: str, hr: np.ndarray, scale: int = SCALE) -> ImagePair:
+def make_pair(name: str, hr: np.ndarray, scale: int = 2) -> ImagePair:
     """Crop ``hr`` to a multiple of ``scale`` and attach its protocol LR image."""
     hr = crop_to_scale(to_rgb_uint8(hr), scale)
-    return ImagePair(name=name, hr=hr, lr=make_lr(hr, scale))
+    return ImagePair(name=name, hr=hr, lr=make_lr(hr, scale), scale=scale)
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -78,9 +88,12 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_pairs(
-    folders: list[str | Path], holdout_ids: tuple[str, ...] = BSD200_VALIDATION_IDS, min_lr_size: int = 0
+    folders: list[str | Path],
+    holdout_ids: tuple[str, ...] = BSD200_VALIDATION_IDS,
+    min_lr_size: int = 0,
+    scale: int = 2,
 ) -> tuple[list[ImagePair], list[ImagePair]]:
-    """Load every image of ``folders`` as (LR, HR) pairs, split into training and held-out pairs.
+    """Load every image of ``folders`` as (LR, HR) pairs at ``scale``, split into training and held-out pairs.
 
     Parameters
     ----------
@@ -91,6 +104,8 @@ def load_pairs(
     min_lr_size : int
         Training images whose LR is smaller than this in either dimension are skipped (they cannot hold
         a crop).
+    scale : int
+        The model's scale.
 
     Returns
     -------
@@ -99,7 +114,7 @@ def load_pairs(
     train, held_out = [], []
     for folder in folders:
         for path in list_images(folder):
-            pair = make_pair(path.stem, load_rgb(path))
+            pair = make_pair(path.stem, load_rgb(path), scale)
             if path.stem in holdout_ids:
                 held_out.append(pair)
             elif min(pair.lr.shape[:2]) >= min_lr_size:
@@ -126,19 +141,29 @@ class CropSampler:
     pairs : list of ImagePair
         Training images; each LR must be at least ``crop_lr`` pixels in both dimensions.
     crop_lr : int
-        LR crop size; HR crops are ``SCALE * crop_lr``.
+        LR crop size; HR crops are ``scale * crop_lr``.
     seed : int
         Seed of the generator.
+    colour : {"rgb", "y", "gray"}
+        The model's colour mode: RGB crops, or luma planes (one channel).
     """
 
-    def __init__(self, pairs: list[ImagePair], crop_lr: int, seed: int = 0):
+    def __init__(self, pairs: list[ImagePair], crop_lr: int, seed: int = 0, colour: str = "rgb"):
         if not pairs:
             raise ValueError("no training images")
         too_small = [p.name for p in pairs if min(p.lr.shape[:2]) < crop_lr]
         if too_small:
             raise ValueError(f"images smaller than the {crop_lr}px LR crop: {too_small}")
+        scales = {p.scale for p in pairs}
+        if len(scales) != 1:
+            raise ValueError(f"training pairs of several scales: {sorted(scales)}")
+        self.scale = scales.pop()
         self.pairs = pairs
         self.crop_lr = crop_lr
+        self.colour = colour
+        # float32 network planes, made once (luma for y / gray models)
+        self.planes = [(network_planes(p.lr, colour), network_planes(p.hr, colour)) for p in pairs]
+        self.channels = self.planes[0][0].shape[-1]
         areas = np.array([p.lr.shape[0] * p.lr.shape[1] for p in pairs], np.float64)
         self.probabilities = areas / areas.sum()
         self.rng = np.random.default_rng(seed)
@@ -148,20 +173,20 @@ class CropSampler:
 
         Returns
         -------
-        lr : ndarray, (size, crop_lr, crop_lr, 3) float32 in [0, 1]
-        hr : ndarray, (size, SCALE * crop_lr, SCALE * crop_lr, 3) float32 in [0, 1]
+        lr : ndarray, (size, crop_lr, crop_lr, C) float32 in [0, 1]
+        hr : ndarray, (size, scale * crop_lr, scale * crop_lr, C) float32 in [0, 1]
         """
-        c = self.crop_lr
-        lr_batch = np.empty((size, c, c, 3), np.uint8)
-        hr_batch = np.empty((size, SCALE * c, SCALE * c, 3), np.uint8)
+        c, s = self.crop_lr, self.scale
+        lr_batch = np.empty((size, c, c, self.channels), np.float32)
+        hr_batch = np.empty((size, s * c, s * c, self.channels), np.float32)
         for i, index in enumerate(self.rng.choice(len(self.pairs), size=size, p=self.probabilities)):
-            pair = self.pairs[index]
-            top = int(self.rng.integers(0, pair.lr.shape[0] - c + 1))
-            left = int(self.rng.integers(0, pair.lr.shape[1] - c + 1))
-            lr = pair.lr[top : top + c, left : left + c]
-            hr = pair.hr[SCALE * top : SCALE * (top + c), SCALE * left : SCALE * (left + c)]
+            lr_plane, hr_plane = self.planes[index]
+            top = int(self.rng.integers(0, lr_plane.shape[0] - c + 1))
+            left = int(self.rng.integers(0, lr_plane.shape[1] - c + 1))
+            lr = lr_plane[top : top + c, left : left + c]
+            hr = hr_plane[s * top : s * (top + c), s * left : s * (left + c)]
             lr_batch[i], hr_batch[i] = augment(lr, hr, int(self.rng.integers(0, 8)))
-        return lr_batch.astype(np.float32) / 255.0, hr_batch.astype(np.float32) / 255.0
+        return lr_batch, hr_batch
 
     def state(self) -> dict:
         """The generator state (a JSON-compatible dict)."""

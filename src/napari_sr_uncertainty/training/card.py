@@ -1,0 +1,137 @@
+"""Export: a run's weights in the bundled format plus its training card (data, schedule, validation,
+Set5 numbers, calibration)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from . import data as _data
+from .checkpoint import CHECKPOINT_NAME, read_checkpoint
+from .data import ImagePair, load_rgb, make_pair
+from .evaluate import calibrate_std_scale, evaluate_pairs, evaluate_uncertainty
+from .loop import BEST_NAME
+
+
+def load_eval_pairs(folder: str | Path, scale: int = 2) -> list[ImagePair]:
+    """HR images of an evaluation folder with their protocol LR at ``scale`` (evaluation only, never training)."""
+    return [make_pair(p.stem, load_rgb(p), scale) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() == ".png"]
+
+
+def init_record(init: str) -> str | dict:
+    """The card's record of the initialisation: its name, or the starting weights' sha256 and their card."""
+    if init in ("bicubic", "random"):
+        return init
+    path = Path(init)
+    record = {"weights": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    card = path.with_suffix(".json")
+    if card.is_file():
+        previous = json.loads(card.read_text())
+        record["card"] = {k: previous[k] for k in ("steps_trained", "init", "schedule", "validation") if k in previous}
+    return record
+
+
+def loss_description(config, spec) -> str:
+    channels = "RGB" if spec.colour == "rgb" else "luma (full-range BT.601)"
+    text = (
+        f"{config.loss} on {channels} in [0, 1], crop interior only ({spec.halo * spec.scale} HR px of "
+        f"receptive field along each crop edge excluded)"
+    )
+    if config.uncertainty_weight > 0:
+        text += (
+            f" + {config.uncertainty_weight:g} x uncertainty loss (variance over {config.uncertainty_window}x"
+            f"{config.uncertainty_window} HR windows of log(MC variance / squared error), "
+            f"{config.mc_train_samples} dropout samples per crop)"
+        )
+    return text
+
+
+def export(
+    run_dir: str | Path,
+    out_path: str | Path,
+    set5_dir: str | Path | None,
+    mc_samples: int = 40,
+    last: bool = False,
+    data: list[str] | None = None,
+) -> dict:
+    """Write the run's best (or ``last``) weights to ``out_path`` (msgpack) and the training card (``.json``).
+
+    The card records the model, data, steps, batch, crop, loss, schedule, which weights were exported, their
+    validation numbers on the held-out training images (Y-PSNR, MC mean and the uncertainty's rank
+    correlations, measured here), Set5 numbers (deterministic and MC mean, measured here), the calibration of
+    the MC std on the held-out training images, and the sha256 of the written weights file.
+
+    ``last`` exports the checkpoint's latest weights instead of those with the best validation Y-PSNR.
+    ``data`` replaces the checkpoint's training folders (a run trained on another machine).
+    """
+    from ..models.weights import load_weights, save_weights
+
+    run_dir = Path(run_dir)
+    checkpoint = read_checkpoint(run_dir / CHECKPOINT_NAME)
+    config, best = checkpoint["config"], checkpoint["best"]
+    if data:
+        config.data = [str(Path(d).resolve()) for d in data]
+    spec = config.spec
+    if last:
+        arrays = spec.from_flax({"params": checkpoint["params"]})
+        exported_step = checkpoint["step"]
+    else:
+        arrays = load_weights(run_dir / BEST_NAME, model=spec.id).arrays
+        exported_step = best["step"]
+    _, val_pairs = _data.load_pairs(config.data, tuple(config.holdout), min_lr_size=config.crop_lr, scale=spec.scale)
+    validation = evaluate_pairs(spec, arrays, val_pairs)
+    card = {
+        "model": f"{spec.id}: {spec.description} (dropout rate {spec.dropout_rate:g})",
+        "model_id": spec.id,
+        "scale": spec.scale,
+        "colour": spec.colour,
+        "dropout_rate": spec.dropout_rate,
+        "data": {
+            "train": [str(Path(d).name) for d in config.data],
+            "held_out_for_validation_and_calibration": config.holdout,
+            "lr_degradation": f"Pillow BICUBIC x1/{spec.scale} downscale of the uint8 RGB HR image, rounded "
+            f"(PROTOCOL.md)" + ("; network planes are the luma of LR and HR" if spec.colour != "rgb" else ""),
+            "augmentation": "random aligned crops, 4 rotations x horizontal flip",
+        },
+        "steps_trained": checkpoint["step"],
+        "best_step": best["step"],
+        "exported": {"which": "last" if last else "best validation Y-PSNR", "step": exported_step},
+        "batch": config.batch,
+        "crop_lr": config.crop_lr,
+        "crop_hr": spec.scale * config.crop_lr,
+        "loss": loss_description(config, spec),
+        "optimizer": "adam"
+        + (
+            f", last layer's learning rate x{config.last_layer_lr_scale:g}" if config.last_layer_lr_scale != 1.0 else ""
+        ),
+        "schedule": {
+            "kind": "linear warmup + cosine decay",
+            "peak_lr": config.learning_rate,
+            "warmup_steps": config.warmup_steps,
+            "decay_steps": config.steps,
+            "final_lr": config.learning_rate * config.final_lr_fraction,
+        },
+        "init": init_record(config.init),
+        "seed": config.seed,
+        "config": asdict(config),
+        "validation": {
+            "val_psnr_y": validation["psnr_y"],
+            "val_ssim_y": validation["ssim_y"],
+            "val_bicubic_psnr_y": validation["bicubic_psnr_y"],
+            "val_bicubic_ssim_y": validation["bicubic_ssim_y"],
+            "uncertainty": evaluate_uncertainty(spec, arrays, val_pairs, mc_samples),
+        },
+    }
+    if set5_dir is not None and Path(set5_dir).is_dir():
+        set5 = load_eval_pairs(set5_dir, spec.scale)
+        card["set5"] = {
+            "deterministic": evaluate_pairs(spec, arrays, set5, 0),
+            "mc_mean": evaluate_pairs(spec, arrays, set5, mc_samples),
+        }
+    card["calibration"] = calibrate_std_scale(spec, arrays, val_pairs, mc_samples)
+    out_path = Path(out_path)
+    card["sha256"] = save_weights(arrays, out_path, model=spec.id)
+    out_path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return card

@@ -1,0 +1,175 @@
+"""Console entry point ``napari-sr-uncertainty-train``: train any registered model (resumable), or export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT_NAME
+from .config import TrainConfig
+from .data import list_images
+
+
+def default_init(model: str) -> str:
+    """ESRCNN starts as bicubic interpolation; other models start from random weights."""
+    return "bicubic" if model == "esrcnn-x2" else "random"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..models.registry import DEFAULT_MODEL, model_ids
+
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="napari-sr-uncertainty-train",
+        description="Train a registered model with MC dropout (resumable), or export a run's weights.",
+    )
+    parser.add_argument("--run-dir", required=True, help="folder for checkpoint, best weights and log")
+    parser.add_argument("--model", choices=model_ids(), default=DEFAULT_MODEL, help="registry id of the model")
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=[],
+        help="folders of HR training images (e.g. T91 BSD200); on resume, where they are now",
+    )
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="total steps (schedule length)")
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--crop", type=int, default=defaults.crop_lr, help="LR crop size in pixels")
+    parser.add_argument("--loss", choices=("mse", "l1"), default=defaults.loss)
+    parser.add_argument(
+        "--dropout-rate",
+        type=float,
+        default=None,
+        help="train at this dropout rate instead of the model's (to choose a rate)",
+    )
+    parser.add_argument(
+        "--uncertainty-weight",
+        type=float,
+        default=defaults.uncertainty_weight,
+        help="weight of the loss that makes the MC std proportional to the error (0: off)",
+    )
+    parser.add_argument(
+        "--mc-train-samples",
+        type=int,
+        default=defaults.mc_train_samples,
+        help="dropout samples per crop (>= 2 with --uncertainty-weight)",
+    )
+    parser.add_argument(
+        "--uncertainty-window",
+        type=int,
+        default=defaults.uncertainty_window,
+        help="window side in HR pixels over which variance and error are compared",
+    )
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
+    parser.add_argument(
+        "--last-layer-lr-scale",
+        type=float,
+        default=defaults.last_layer_lr_scale,
+        help="factor on the last layer's learning rate",
+    )
+    parser.add_argument(
+        "--final-lr-fraction",
+        type=float,
+        default=defaults.final_lr_fraction,
+        help="learning rate at the end of the cosine decay, as a fraction of the peak",
+    )
+    parser.add_argument("--warmup", type=int, default=defaults.warmup_steps)
+    parser.add_argument(
+        "--init",
+        default=None,
+        metavar="{bicubic,random,WEIGHTS}",
+        help="initialisation: bicubic (ESRCNN, its default), random (other models' default), or a "
+        "weights file to continue from (fine-tuning)",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--val-every", type=int, default=defaults.val_every)
+    parser.add_argument(
+        "--val-mc-samples",
+        type=int,
+        default=defaults.val_mc_samples,
+        help="MC samples for the validation's MC mean and uncertainty statistics",
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument("--max-seconds", type=float, default=None, help="stop (with a checkpoint) after this")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    parser.add_argument(
+        "--export",
+        metavar="MSGPACK",
+        default=None,
+        help="do not train: write the run's best weights here plus a training card (.json)",
+    )
+    parser.add_argument(
+        "--export-last",
+        action="store_true",
+        help="with --export: the latest weights instead of those with the best validation Y-PSNR",
+    )
+    parser.add_argument("--set5", default=None, help="Set5 folder, measured for the training card on export")
+    parser.add_argument("--mc-samples", type=int, default=40, help="MC samples for export numbers")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``napari-sr-uncertainty-train``."""
+    from .card import export
+    from .loop import train
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.export:
+        card = export(
+            args.run_dir, args.export, args.set5, args.mc_samples, last=args.export_last, data=args.data or None
+        )
+        print(
+            json.dumps(
+                {k: card[k] for k in ("steps_trained", "best_step", "validation", "calibration", "sha256")}
+                | ({"set5": card["set5"]} if "set5" in card else {}),
+                indent=2,
+            )
+        )
+        return 0
+    resuming = not args.no_resume and (Path(args.run_dir) / CHECKPOINT_NAME).exists()
+    if not args.data and not resuming:
+        parser.error("--data is required for a new run")
+    init = args.init or default_init(args.model)
+    if init not in ("bicubic", "random"):
+        init = str(Path(init).resolve())
+    try:
+        config = TrainConfig(
+            model=args.model,
+            data=[str(Path(d).resolve()) for d in args.data],
+            steps=args.steps,
+            batch=args.batch,
+            crop_lr=args.crop,
+            loss=args.loss,
+            dropout_rate=args.dropout_rate,
+            uncertainty_weight=args.uncertainty_weight,
+            mc_train_samples=args.mc_train_samples,
+            uncertainty_window=args.uncertainty_window,
+            learning_rate=args.lr,
+            last_layer_lr_scale=args.last_layer_lr_scale,
+            final_lr_fraction=args.final_lr_fraction,
+            warmup_steps=args.warmup,
+            seed=args.seed,
+            init=init,
+            val_every=args.val_every,
+            val_mc_samples=args.val_mc_samples,
+            checkpoint_every=args.checkpoint_every,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        for folder in args.data:
+            list_images(folder)  # fails early on evaluation sets and missing folders
+        result = train(
+            config, args.run_dir, max_seconds=args.max_seconds, resume=not args.no_resume, data=args.data or None
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"napari-sr-uncertainty-train: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

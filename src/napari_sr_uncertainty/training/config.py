@@ -1,0 +1,63 @@
+"""The definition of a training run (:class:`TrainConfig`), stored in checkpoints and training cards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .data import BSD200_VALIDATION_IDS
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run.
+
+    ``model`` is a registry id (:mod:`napari_sr_uncertainty.models.registry`). ``dropout_rate`` None uses the
+    spec's rate; another value trains (and validates) the same architecture at that rate, which is how a rate
+    is chosen on the held-out images. ``last_layer_lr_scale`` multiplies the learning rate of the model's last layer.
+    """
+
+    model: str = "esrcnn-x2"
+    data: list[str] = field(default_factory=list)
+    holdout: list[str] = field(default_factory=lambda: list(BSD200_VALIDATION_IDS))
+    steps: int = 10000
+    batch: int = 16
+    crop_lr: int = 32
+    loss: str = "mse"
+    learning_rate: float = 1e-3
+    last_layer_lr_scale: float = 1.0
+    warmup_steps: int = 200
+    final_lr_fraction: float = 0.01
+    seed: int = 0
+    init: str = "bicubic"
+    dropout_rate: float | None = None
+    signal_copies_conv1: int = 8
+    signal_copies_conv2: int = 4
+    signal_offset: float = 0.1
+    mc_train_samples: int = 1
+    uncertainty_weight: float = 0.0
+    uncertainty_window: int = 8
+    val_every: int = 250
+    val_mc_samples: int = 16
+    checkpoint_every: int = 250
+
+    def __post_init__(self):
+        if self.uncertainty_weight > 0 and self.mc_train_samples < 2:
+            raise ValueError(
+                "the uncertainty loss needs two or more dropout samples per crop (a variance): "
+                "set --mc-train-samples 2 or more"
+            )
+        if self.loss not in ("mse", "l1"):
+            raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
+
+    @property
+    def spec(self):
+        """The model's :class:`~napari_sr_uncertainty.models.spec.ModelSpec` (with this run's dropout rate)."""
+        from dataclasses import replace
+
+        from ..models.registry import get_spec
+
+        spec = get_spec(self.model)
+        if self.dropout_rate is None or self.dropout_rate == spec.dropout_rate:
+            return spec
+        rate = self.dropout_rate
+        return replace(spec, dropout_rate=rate, module=lambda: get_spec(self.model).module().clone(dropout_rate=rate))

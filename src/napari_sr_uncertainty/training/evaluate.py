@@ -1,0 +1,186 @@
+"""Evaluation during and after training, for any registered model at its scale and colour mode.
+
+* the protocol's Y-PSNR / SSIM (PROTOCOL.md: the model's output made into the RGB image the product shows,
+  rounded to uint8, BT.601 Y, ``scale`` pixels shaved) on held-out pairs;
+* the MC statistics of the uncertainty (pixel and patch Spearman, AUSE, ...) on the network's channels
+  (RGB for ``rgb`` models, luma for ``y`` / ``gray`` models) against the same channels of the ground truth;
+* the calibration factor ``std_scale`` of the MC std, fitted on held-out training images.
+
+Predictions use the product's engine (:class:`napari_sr_uncertainty.models.mc.Engine`); a run that trains
+the architecture at another dropout rate than its spec's is evaluated through the Flax module with that rate
+(:func:`module_predict`, equal to the engine at the same rate).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+from ..core import metrics, uncertainty_metrics
+from ..core.colour import chroma_differences, luma_to_rgb
+from .data import ImagePair, network_planes
+
+PATCH_LR = 64  # the product's patch size, for patch statistics
+
+
+@cache
+def _module_fns(model_id: str, rate: float):
+    import jax
+
+    from ..models.registry import get_spec
+
+    module = get_spec(model_id).module().clone(dropout_rate=rate)
+
+    @jax.jit
+    def prefix(variables, x, grid):
+        return module.apply(variables, x[None], grid, method="prefix")
+
+    @jax.jit
+    def heads(variables, h, grid, ids):
+        return jax.vmap(lambda s: module.apply(variables, h, grid, s, method="head")[0])(ids)
+
+    @jax.jit
+    def deterministic(variables, h, grid):
+        return module.apply(variables, h, grid, None, method="head")[0]
+
+    return prefix, heads, deterministic
+
+
+def module_predict(spec, arrays: dict, x: np.ndarray, n_samples: int, seed: int = 0, chunk: int = 4):
+    """The MC statistics of ``spec``'s Flax module on a whole network input ``x`` (H, W, C), as the engine's."""
+    import jax.numpy as jnp
+
+    from ..models.dropout import Grid
+    from ..models.mc import MCResult
+
+    prefix, heads, deterministic = _module_fns(spec.id, spec.dropout_rate)
+    variables = spec.to_flax(arrays)
+    grid = Grid.whole(x.shape[0], x.shape[1], seed)
+    h = prefix(variables, jnp.asarray(x, jnp.float32), grid)
+    if n_samples == 0:
+        y = np.asarray(deterministic(variables, h, grid))
+        return MCResult(y, y.copy(), np.zeros_like(y), 0, seed)
+    total = total_sq = shift = None
+    for start in range(0, n_samples, chunk):
+        ids = jnp.arange(start, min(start + chunk, n_samples), dtype=jnp.int32)
+        ys = np.asarray(heads(variables, h, grid, ids), np.float64)
+        if shift is None:
+            shift = ys[0]
+            total, total_sq = np.zeros_like(shift), np.zeros_like(shift)
+        d = ys - shift
+        total, total_sq = total + d.sum(0), total_sq + (d * d).sum(0)
+    mean_d = total / n_samples
+    std = np.sqrt(np.maximum(total_sq / n_samples - mean_d * mean_d, 0.0))
+    return MCResult(
+        (shift + mean_d).astype(np.float32), shift.astype(np.float32), std.astype(np.float32), n_samples, seed
+    )
+
+
+def predict(spec, arrays: dict, lr_uint8: np.ndarray, n_samples: int = 0, seed: int = 0):
+    """MC statistics of the network (on its channels) for one uint8 RGB LR image."""
+    from ..models.mc import Engine
+    from ..models.registry import get_spec
+
+    x = network_planes(lr_uint8, spec.colour)
+    if spec.dropout_rate != get_spec(spec.id).dropout_rate:
+        return module_predict(spec, arrays, x, n_samples, seed)
+    return Engine(spec, arrays).predict(x, n_samples=n_samples, seed=seed)
+
+
+def to_rgb(spec, network_output: np.ndarray, lr_uint8: np.ndarray) -> np.ndarray:
+    """The network's output (sH, sW, C) as the RGB image the product shows (``y``: luma + bicubic chroma)."""
+    if spec.colour == "rgb":
+        return network_output
+    if spec.colour == "y":
+        chroma = chroma_differences(lr_uint8.astype(np.float32) / 255.0, spec.scale)
+        return luma_to_rgb(network_output[..., 0], chroma)
+    return np.repeat(network_output, 3, axis=-1)
+
+
+def evaluate_pairs(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 0) -> dict:
+    """Mean Y-PSNR / SSIM (protocol) of the model (deterministic, or MC mean) and of bicubic on ``pairs``."""
+    s = spec.scale
+    model_psnr, model_ssim, bic_psnr, bic_ssim = [], [], [], []
+    for pair in pairs:
+        sr = to_rgb(spec, predict(spec, arrays, pair.lr, n_samples).mean, pair.lr)
+        bicubic = metrics.bicubic_upscale(pair.lr, s)
+        model_psnr.append(metrics.psnr_y(sr, pair.hr, s))
+        model_ssim.append(metrics.ssim_y(sr, pair.hr, s))
+        bic_psnr.append(metrics.psnr_y(bicubic, pair.hr, s))
+        bic_ssim.append(metrics.ssim_y(bicubic, pair.hr, s))
+    return {
+        "images": len(pairs),
+        "mc_samples": n_samples,
+        "psnr_y": float(np.mean(model_psnr)),
+        "ssim_y": float(np.mean(model_ssim)),
+        "bicubic_psnr_y": float(np.mean(bic_psnr)),
+        "bicubic_ssim_y": float(np.mean(bic_ssim)),
+    }
+
+
+def mc_image_stats(
+    spec, arrays: dict, pairs: list[ImagePair], n_samples: int, seed: int = 0, std_scale: float | None = None
+) -> list[dict]:
+    """Per image of ``pairs``: :func:`uncertainty_metrics.image_uncertainty_stats` of an MC run (64x64 LR
+    patches, the network's channels), plus ``psnr_y``, the protocol Y-PSNR of its MC mean."""
+    rows = []
+    for pair in pairs:
+        result = predict(spec, arrays, pair.lr, n_samples, seed)
+        truth = network_planes(pair.hr, spec.colour)
+        stats = uncertainty_metrics.image_uncertainty_stats(
+            result.mean, result.std, truth, patch=PATCH_LR, scale=spec.scale, std_scale=std_scale
+        )
+        stats["psnr_y"] = metrics.psnr_y(to_rgb(spec, result.mean, pair.lr), pair.hr, spec.scale)
+        rows.append(stats)
+    return rows
+
+
+def evaluate_uncertainty(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 16, seed: int = 0) -> dict:
+    """Mean MC-mean Y-PSNR and pixel / patch Spearman of the MC std against the MC mean's error on ``pairs``.
+
+    Patches are the product's 64x64 LR patches (:func:`mc_image_stats`); images with fewer than three
+    patches count only for the pixel correlation.
+    """
+    rows = mc_image_stats(spec, arrays, pairs, n_samples, seed)
+    pixel = [r["pixel_spearman"] for r in rows]
+    patch = [r["patch_spearman"] for r in rows if np.isfinite(r["patch_spearman"])]
+    return {
+        "mc_samples": n_samples,
+        "mc_psnr_y": float(np.mean([r["psnr_y"] for r in rows])) if rows else float("nan"),
+        "pixel_spearman": float(np.nanmean(pixel)) if pixel else float("nan"),
+        "patch_spearman": float(np.mean(patch)) if patch else float("nan"),
+    }
+
+
+def calibrate_std_scale(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 40) -> dict:
+    """Fit the factor ``s`` so that ``mean ± 1.96 s std`` covers 95% of per-pixel errors of the MC mean.
+
+    ``s`` is the 95th percentile of ``|error| / (1.96 std)`` over all pixels and network channels of
+    ``pairs`` (RGB or luma in [0, 1], the MC mean unrounded, a ``scale``-pixel border shaved as in the
+    benchmark), so the empirical coverage on these images is 95% by construction. The least-squares fit of
+    ``|error|`` on ``std`` is reported alongside as ``lsq_scale`` with the coverage it would give.
+    """
+    s = spec.scale
+    errors, stds = [], []
+    for pair in pairs:
+        result = predict(spec, arrays, pair.lr, n_samples)
+        shave = np.s_[s:-s, s:-s]
+        truth = network_planes(pair.hr, spec.colour)
+        errors.append(np.abs(result.mean[shave] - truth[shave]).ravel())
+        stds.append(result.std[shave].ravel())
+    err, std = np.concatenate(errors), np.concatenate(stds)
+    scale = float(np.quantile(err / np.maximum(1.96 * std, 1e-12), 0.95))
+    lsq = float(np.dot(err, std) / np.dot(std, std))
+    channels = "RGB channel" if spec.colour == "rgb" else "luma"
+    return {
+        "std_scale": scale,
+        "method": f"95th percentile of |MC-mean error| / (1.96 * std), per pixel and {channels}",
+        "data": f"{len(pairs)} held-out BSD200 training images ({', '.join(p.name for p in pairs)}), "
+        f"MC mean of {n_samples} samples, seed 0",
+        "coverage_1.96": float(np.mean(err <= 1.96 * scale * std)),
+        "lsq_scale": lsq,
+        "lsq_coverage_1.96": float(np.mean(err <= 1.96 * lsq * std)),
+        "mean_abs_error": float(err.mean()),
+        "mean_std": float(std.mean()),
+    }

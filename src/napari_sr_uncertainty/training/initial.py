@@ -1,0 +1,36 @@
+"""Initial weights of a run: random (any model), a model's own initialisation, or a weights file."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def random_init(spec, seed: int = 0, noise: float = 1.0) -> dict[str, np.ndarray]:
+    """He-normal kernels scaled by ``noise`` and zero biases for ``spec``'s parameter shapes."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, (kshape, bshape) in spec.param_shapes.items():
+        fan_in = int(np.prod(kshape[:3]))
+        arrays[f"{name}/kernel"] = rng.normal(0.0, noise * math.sqrt(2.0 / fan_in), kshape).astype(np.float32)
+        arrays[f"{name}/bias"] = np.zeros(bshape, np.float32)
+    return arrays
+
+
+def initial_arrays(config) -> dict[str, np.ndarray]:
+    """Initial weights for ``config.init``: "random", "bicubic" (ESRCNN), or a weights file to fine-tune."""
+    spec = config.spec
+    if config.init == "random":
+        return random_init(spec, config.seed)
+    if config.init == "bicubic":
+        if spec.id != "esrcnn-x2":
+            raise ValueError(
+                f"the bicubic initialisation is ESRCNN's; {spec.id} starts from 'random' or a weights file"
+            )
+        from .esrcnn import bicubic_init
+
+        return bicubic_init(config.seed, config.signal_copies_conv1, config.signal_copies_conv2, config.signal_offset)
+    from ..models.weights import load_weights
+
+    return load_weights(config.init, model=spec.id).arrays

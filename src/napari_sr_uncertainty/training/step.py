@@ -1,0 +1,121 @@
+"""The jitted training step of any registered model: dropout samples, loss, gradients, Adam.
+
+Models train through their Flax module (``spec.module()``: ``prefix`` once, ``head`` per dropout sample,
+:class:`~napari_sr_uncertainty.models.dropout.KeyedDropout` keyed on per-crop sample ids), with the loss on
+the crop interior that excludes ``halo * scale`` HR border pixels (there "same" zero padding makes a crop
+unlike the inside of an image). Models listed in :data:`FAST_PATHS` have a hand-written forward pass that
+computes the same samples faster; the tests hold each equal to the module (loss and gradients).
+
+Sample ids: sample ``j`` of crop ``i`` in a batch of ``N`` uses id ``j * N + i``, so with one sample per
+crop the masks are those of plain dropout training.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+#: registry id -> module of this package with ``samples_valid(params, lr, seed, ids, rate)``
+FAST_PATHS = {"esrcnn-x2": "esrcnn", "espcn-x3": "espcn"}
+
+
+def step_seed(config, step):
+    """The dropout-mask seed of a step (uint32)."""
+    import jax.numpy as jnp
+
+    return jnp.uint32(config.seed) * jnp.uint32(0x9E3779B9) + jnp.asarray(step).astype(jnp.uint32)
+
+
+def module_samples(spec, params, lr, seed, ids):
+    """Dropout samples (K, N, s h - 2 b, s w - 2 b, C) of the crops through the Flax module, ``b = halo * scale``."""
+    import jax
+    import jax.numpy as jnp
+
+    from ..models.dropout import Grid
+
+    module = spec.module()
+    grid = Grid(jnp.zeros(2, jnp.int32), jnp.asarray(lr.shape[1:3], jnp.int32), jnp.asarray(seed, jnp.uint32))
+    variables = {"params": params}
+    h = module.apply(variables, lr, grid, method="prefix")
+    out = jax.vmap(lambda i: module.apply(variables, h, grid, i, method="head"))(jnp.asarray(ids, jnp.int32))
+    b = spec.halo * spec.scale
+    return out[:, :, b:-b, b:-b] if b else out
+
+
+def dropout_samples(config, params, lr, seed, ids, fast: bool = True):
+    """The K x N dropout samples of a batch's crop interiors (fast path where the model has one)."""
+    spec = config.spec
+    if fast and spec.id in FAST_PATHS:
+        return import_module(f"{__package__}.{FAST_PATHS[spec.id]}").samples_valid(
+            params, lr, seed, ids, spec.dropout_rate
+        )
+    return module_samples(spec, params, lr, seed, ids)
+
+
+def sample_ids(k: int, n: int):
+    """(k, n) sample ids: sample ``j`` of crop ``i`` gets ``j * n + i``."""
+    import jax.numpy as jnp
+
+    return jnp.arange(k * n, dtype=jnp.int32).reshape(k, n)
+
+
+def training_loss(params, lr, hr, seed, config, ids=None, fast: bool = True):
+    """``(pixel + uncertainty_weight * uncertainty, (pixel, uncertainty))`` for a batch (or a piece of one)."""
+    from .losses import combined_loss, target_crop
+
+    ids = sample_ids(config.mc_train_samples, lr.shape[0]) if ids is None else ids
+    samples = dropout_samples(config, params, lr, seed, ids, fast)
+    return combined_loss(samples, target_crop(hr, samples.shape[2]), config)
+
+
+def make_schedule(config):
+    """Linear warmup to ``learning_rate``, then cosine decay to ``final_lr_fraction`` of it at ``steps``."""
+    import optax
+
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        decay_steps=max(config.steps, config.warmup_steps + 1),
+        end_value=config.learning_rate * config.final_lr_fraction,
+    )
+
+
+def make_optimizer(config):
+    """Adam with the run's schedule; the last layer's updates scaled by ``last_layer_lr_scale``."""
+    import jax
+    import optax
+
+    adam = optax.adam(make_schedule(config))
+    if config.last_layer_lr_scale == 1.0:
+        return adam
+    last = list(config.spec.param_shapes)[-1]
+    factor = config.last_layer_lr_scale
+
+    def scale_last(updates, params=None):
+        return {k: jax.tree_util.tree_map(lambda u: u * factor, v) if k == last else v for k, v in updates.items()}
+
+    return optax.chain(adam, optax.stateless(scale_last))
+
+
+def make_train_step(config, fast: bool = True):
+    """A jitted ``step(params, opt_state, step, lr, hr) -> (params, opt_state, losses)`` (dropout on).
+
+    ``losses`` is ``[pixel loss, uncertainty loss]`` (the second is 0 without ``config.uncertainty_weight``);
+    the optimised loss is ``pixel + uncertainty_weight * uncertainty``.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    optimizer = make_optimizer(config)
+
+    @jax.jit
+    def train_step(params, opt_state, step, lr, hr):
+        seed = step_seed(config, step)
+        (_, (pixel, spread)), grads = jax.value_and_grad(training_loss, has_aux=True)(
+            params, lr, hr, seed, config, None, fast
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, jnp.stack([pixel, spread])
+
+    return train_step
