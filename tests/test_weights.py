@@ -91,3 +91,38 @@ def test_a_training_card_next_to_a_weights_file_is_read_and_checked(tmp_path, ra
         load_weights(path)
     card.unlink()
     assert load_weights(path).calibration_scale is None
+
+
+ORIGINALS = {
+    "seed000/modelesrcnn8.h5": "esrcnn-x2",
+    "seed003/image_enhancer.h5": "cnn3-x4",
+    "seed002/best.pth": "espcn-x3",
+    "seed004/checkpoint.pth": "srcnn-gray-x1",
+}
+
+
+@pytest.mark.parametrize("relative, model", ORIGINALS.items())
+def test_an_original_file_without_a_model_is_recognised_by_its_shapes(relative, model):
+    """Two models read .h5 and two read .pth: the one whose importer accepts the file's shapes is chosen."""
+    path = SHARED.parent / relative
+    if not path.is_file():
+        pytest.skip(f"reference file not found at {path}")
+    assert load_weights(path).model == model
+    others = [m for m in ORIGINALS.values() if m != model and Path(relative).suffix in _suffixes(m)]
+    for other in others:
+        with pytest.raises(WeightsError, match=f"not {other} weights|{other}"):
+            load_weights(path, model=other)
+
+
+def _suffixes(model: str) -> tuple[str, ...]:
+    from napari_sr_uncertainty.models.registry import get_spec
+
+    return tuple(get_spec(model).importers)
+
+
+def test_dropout_mask_streams_are_distinct_beyond_two_layers():
+    """Layers 0 and 1 keep their keys (two-layer models keep their results); deeper layers get new ones."""
+    from napari_sr_uncertainty.models.dropout import layer_key
+
+    keys = {(s, layer): int(layer_key(7, s, layer)) for s in range(6) for layer in range(6)}
+    assert len(set(keys.values())) == len(keys)

@@ -51,8 +51,15 @@ def _mix32(x):
 
 
 def layer_key(seed, sample, layer):
+    """The 32-bit key of one (seed, sample, layer) mask stream; distinct for every sample and layer.
+
+    Layers 0 and 1 are keyed ``sample * 2 + layer`` (the engine's original keys, so two-layer models keep
+    their results bit for bit); deeper layers mix their pair index in on top.
+    """
     u32 = partial(jnp.asarray, dtype=jnp.uint32)
-    return _mix32(_mix32(u32(seed) ^ u32(0x5BD1E995)) + u32(sample) * u32(2) + u32(layer))
+    layer = u32(layer)
+    key = _mix32(_mix32(u32(seed) ^ u32(0x5BD1E995)) + u32(sample) * u32(2) + layer % u32(2))
+    return jnp.where(layer >= 2, _mix32(key ^ (layer // u32(2)) * u32(0x9E3779B9)), key)
 
 
 def lane_ids(cols, channels: int):

@@ -162,19 +162,7 @@ def read_keras_layers(path) -> list[tuple[np.ndarray, np.ndarray]]:
     return layers
 
 
-def _import_original(path: Path, model: str | None) -> tuple[str, dict[str, np.ndarray]]:
-    suffix = path.suffix.lower()
-    if model is None:
-        candidates = [s.id for s in map(get_spec, model_ids()) if suffix in s.importers]
-        if len(candidates) != 1:
-            known = ", ".join(candidates) or "none"
-            raise WeightsError(f"{path}: choose the model these {suffix} weights belong to (models that import it: {known})")
-        model = candidates[0]
-    spec = get_spec(model)
-    importer = spec.importers.get(suffix)
-    if importer is None:
-        accepted = ", ".join([".msgpack", *spec.importers])
-        raise WeightsError(f"{path}: {spec.id} reads {accepted} weights, not {suffix or 'this file'}")
+def _import_with(spec: ModelSpec, importer, path: Path) -> dict[str, np.ndarray]:
     try:
         arrays = importer(path)
         spec.check_params(arrays)
@@ -182,7 +170,36 @@ def _import_original(path: Path, model: str | None) -> tuple[str, dict[str, np.n
         raise
     except ValueError as exc:  # includes PthError
         raise WeightsError(f"{path}: {exc}") from None
-    return spec.id, arrays
+    return arrays
+
+
+def _import_original(path: Path, model: str | None) -> tuple[str, dict[str, np.ndarray]]:
+    suffix = path.suffix.lower()
+    if model is not None:
+        spec = get_spec(model)
+        importer = spec.importers.get(suffix)
+        if importer is None:
+            accepted = ", ".join([".msgpack", *spec.importers])
+            readers = [s.id for s in map(get_spec, model_ids()) if suffix in s.importers]
+            hint = f"; {suffix} files are read for {', '.join(readers)}" if readers else ""
+            raise WeightsError(f"{path}: {spec.id} reads {accepted} weights, not {suffix or 'this file'}{hint}")
+        return spec.id, _import_with(spec, importer, path)
+    # No model named: the one model whose importer accepts the file (shapes checked) is it.
+    fits, problems = [], []
+    for spec in map(get_spec, model_ids()):
+        if suffix in spec.importers:
+            try:
+                fits.append((spec.id, _import_with(spec, spec.importers[suffix], path)))
+            except WeightsError as exc:
+                problems.append(str(exc))
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        raise WeightsError(f"{path}: weights of {' or '.join(f[0] for f in fits)}; choose the model")
+    if not problems:
+        raise WeightsError(f"{path}: no registered model reads {suffix or 'this kind of'} files")
+    prefix = f"{path}: "
+    raise WeightsError(prefix + "; ".join(p.removeprefix(prefix) for p in problems))
 
 
 def load_weights(path: str | Path | None = None, model: str | None = None) -> Weights:
