@@ -307,3 +307,21 @@ def test_the_package_starts_without_dask_distributed_or_zarr():
             "bad = [m for m in ('distributed', 'zarr', 'jax', 'napari', 'qtpy') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_sigterm_is_handled_as_ctrl_c(monkeypatch, capsys, tmp_path):
+    """A job scheduler's cancel (SIGTERM) reaches the batch as KeyboardInterrupt: exit status 130."""
+    import os
+    import signal
+
+    import napari_sr_uncertainty.batch as batch_module
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(batch_module, "run_batch", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["batch", str(tmp_path), "-o", str(tmp_path / "out"), "--quiet"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # put back

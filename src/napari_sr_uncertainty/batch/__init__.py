@@ -220,9 +220,12 @@ def run_batch(
             if progress:
                 print(f"dask: {worker_count(dask_client)} workers, dashboard: {result.dashboard}", file=stream)
             run_id = uuid.uuid4().hex[:8]
+            # The weights go into the graph once, as a task's result, not into every task (10,000 copies of
+            # a model's parameters would sit in the scheduler); lost with its worker, it is recomputed.
+            weights_ref = dask_client.submit(_identity, weights, key=f"sr-weights-{run_id}", pure=False)
             for i, item in enumerate(regular):
                 future = dask_client.submit(
-                    tasks.process_input, str(item.path), str(outdir), item.name, options, weights,
+                    tasks.process_input, str(item.path), str(outdir), item.name, options, weights_ref,
                     key=f"sr-{item.name}-{run_id}-{i}", pure=False,
                 )
                 futures[future] = item
@@ -235,7 +238,7 @@ def run_batch(
                            failed=sum(r["status"] == "failed" for r in finished.values()), label=item.name)
             for item in huge:
                 row = zarr_out.process_huge(dask_client, item, outdir, options, weights, tile=tile,
-                                            progress=progress, stream=stream)
+                                            progress=progress, stream=stream, weights_ref=weights_ref)
                 finished[item.key] = row
                 record(row)
                 bar.update(done=result.skipped + len(finished),
@@ -255,6 +258,10 @@ def run_batch(
             clean_leftovers(outdir, item.name)
     result.rows = [rows[item.key] for item in items if item.key in rows]
     return result
+
+
+def _identity(value):
+    return value
 
 
 def _row_of(future, item: BatchInput, options: SROptions, weights, client) -> dict:

@@ -398,8 +398,10 @@ def create_image(folder: Path, name: str, shape: tuple[int, int], colour: bool, 
 
 
 def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, weights, *, tile: int,
-                 progress: bool = True, stream=None) -> dict:
-    """Run one huge input as block tasks on ``client`` and write ``outdir/<name>/``; returns its summary row."""
+                 progress: bool = True, stream=None, weights_ref=None) -> dict:
+    """Run one huge input as block tasks on ``client`` and write ``outdir/<name>/``; returns its summary row.
+
+    ``weights_ref``: the weights as a dask future (sent to the workers once), else ``weights`` itself."""
     from distributed import as_completed
 
     from ..core.report import staged_folder
@@ -445,7 +447,8 @@ def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, wei
                 note = f"{name}, float32, in the input's units" + (" (std_scale x std)" if name == "sigma" else "")
                 levels[name] = create_image(staging, name, (s * h, s * w), colour, chunk, s, note)
             norm_dict = norm.as_dict()
-            futures = [client.submit(predict_tile, path, str(staging), r, c, tile, norm_dict, options, weights, names,
+            ref = weights if weights_ref is None else weights_ref
+            futures = [client.submit(predict_tile, path, str(staging), r, c, tile, norm_dict, options, ref, names,
                                      pure=False) for r, c in tiles]
             bar = Bar(len(tiles), unit=f"blocks of {item.name}", stream=stream, enabled=progress)
             for k, future in enumerate(as_completed(futures)):
