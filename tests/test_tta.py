@@ -83,3 +83,21 @@ def test_a_model_without_dropout_defaults_to_the_tta_spread(monkeypatch):
     assert SROptions(model=no_dropout.id).effective_samples == N_TRANSFORMS
     with pytest.raises(InputError, match="has no dropout layers"):
         SROptions(model=no_dropout.id, uncertainty="mc-dropout").validate()
+
+
+def test_auto_gives_an_imported_original_without_dropout_the_tta_spread(random_arrays):
+    from napari_sr_uncertainty.core.pipeline import resolve_weights
+    from napari_sr_uncertainty.models.registry import get_spec
+
+    spec = get_spec("espcn-x3")
+    rng = np.random.default_rng(0)
+    arrays = {f"{n}/{k}": rng.normal(0, 0.1, s).astype(np.float32) for n, ks in spec.param_shapes.items()
+              for k, s in zip(("kernel", "bias"), ks)}
+    imported = Weights(arrays=arrays, source="best.pth", sha256="0" * 64, model=spec.id, imported=True)
+    assert resolve_weights(imported, SROptions())[1].uncertainty_method == "tta"
+    assert resolve_weights(imported, SROptions(uncertainty="mc-dropout"))[1].uncertainty_method == "mc-dropout"
+    ours = Weights(arrays=arrays, source="espcn.msgpack", sha256="0" * 64, model=spec.id)
+    assert resolve_weights(ours, SROptions())[1].uncertainty_method == "mc-dropout"
+    # ESRCNN's original trained with its dropout layers: MC dropout is meaningful on the imported file
+    keras = Weights(arrays=random_arrays, source="modelesrcnn8.h5", sha256="0" * 64, imported=True)
+    assert resolve_weights(keras, SROptions())[1].uncertainty_method == "mc-dropout"

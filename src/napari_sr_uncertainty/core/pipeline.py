@@ -57,7 +57,8 @@ class SROptions:
     chunk: int | None = None
     #: folder for disk-backed output arrays (``.npy`` memmaps); None keeps them in RAM
     scratch_dir: str | None = None
-    #: "auto" (MC dropout, or the TTA spread for a model without dropout), "mc-dropout" or "tta"
+    #: "auto" (MC dropout; the TTA spread for a model without dropout, or for an original's imported weights
+    #: when the original trained without dropout), "mc-dropout" or "tta"
     uncertainty: str = "auto"
 
     def validate(self) -> None:
@@ -108,6 +109,9 @@ def resolve_weights(weights: Weights | None, options: SROptions | None) -> tuple
     weights = weights or load_weights(model=options.model)
     if weights.model != options.model:
         options = replace(options, model=weights.model)
+    if options.uncertainty == "auto" and weights.imported and not weights.spec.original_dropout:
+        # The original never trained with dropout: its MC spread would measure an untrained perturbation.
+        options = replace(options, uncertainty="tta")
     return weights, options
 
 

@@ -112,4 +112,5 @@ SPEC = ModelSpec(
     importers={".h5": import_keras_h5},
     fast_engine=_fast_engine,
     max_channels=64,
+    original_dropout=True,
 )

@@ -56,6 +56,10 @@ class ModelSpec:
         generic engine's (a faster path for this architecture).
     max_channels : int
         Widest activation, for the memory estimate.
+    original_dropout : bool
+        Whether the original system trained with these dropout layers. If not, an MC run on the original's
+        imported weights would measure dropout the network never saw, so "auto" uncertainty gives them the
+        TTA spread instead.
     """
 
     id: str
@@ -72,6 +76,7 @@ class ModelSpec:
     importers: dict[str, Callable[[Any], dict[str, np.ndarray]]] = field(default_factory=dict)
     fast_engine: Callable[[], Any] | None = None
     max_channels: int = 64
+    original_dropout: bool = False
 
     def __post_init__(self) -> None:
         if self.scale not in (1, 2, 3, 4):

@@ -48,6 +48,8 @@ class Weights:
     sha256: str
     card: dict = field(default_factory=dict)
     model: str = "esrcnn-x2"
+    #: read from the original system's own file (not ours)
+    imported: bool = False
 
     @property
     def spec(self) -> ModelSpec:
@@ -247,4 +249,4 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> We
         magic = fh.read(8)
     ours = path.suffix.lower() == ".msgpack" or not (magic.startswith(b"\x89HDF") or magic.startswith(b"PK"))
     model_id, arrays = _load_msgpack(path, model) if ours else _import_original(path, model)
-    return Weights(arrays=arrays, source=str(path), sha256=sha, card=card, model=model_id)
+    return Weights(arrays=arrays, source=str(path), sha256=sha, card=card, model=model_id, imported=not ours)
