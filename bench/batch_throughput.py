@@ -16,7 +16,10 @@ What is measured (each worker is a process with one thread, JAX/XLA and BLAS pin
    from submission to the last summary row. Images per second. The cluster's start-up and warm-up are
    reported apart.
 3. **overhead per task** = batch wall time x W / images - single seconds per image (scheduling,
-   serialising the options and weights, the summary and checksums, and any load imbalance at the end).
+   serialising the options and weights, the summary and checksums, any load imbalance at the end, and any
+   difference in the CPU the run got); and the part of it **outside the task** = wall time x W / images -
+   the tasks' own mean time (the task measures itself: read, compute, write, checksums), which does not
+   depend on how fast the CPU was while the single-image run was measured.
 4. **scaling** = images/s on 2 workers / images/s on 1 worker (2.0 is perfect; this machine's other
    processes share the cores).
 
@@ -154,9 +157,11 @@ def main() -> int:
     for run in runs:
         overhead = run["wall_s"] * run["workers"] / args.images - single
         run["overhead_per_task_s"] = overhead
+        run["outside_task_s"] = run["wall_s"] * run["workers"] / args.images - run["task_seconds_mean"]
         print(f"batch on {run['workers']} worker(s): {run['images_per_s']:.3f} images/s "
               f"(wall {run['wall_s']:.1f} s; task mean {run['task_seconds_mean']:.3f} s; overhead per task "
-              f"{overhead:+.3f} s = {100 * overhead / single:+.1f} % of the single-image time; cluster start "
+              f"{overhead:+.3f} s = {100 * overhead / single:+.1f} % of the single-image time, of which "
+              f"{run['outside_task_s']:+.3f} s outside the task; cluster start "
               f"{run['cluster_start_s']:.1f} s, warm-up {run['warm_up_s']:.1f} s; peak worker RSS "
               f"{run['peak_worker_rss_mib']:.0f} MiB)", flush=True)
     scaling = runs[1]["images_per_s"] / runs[0]["images_per_s"]
