@@ -21,7 +21,8 @@ from napari_sr_uncertainty.core.samples import load_sample
 
 ERROR_PREFIX = "napari-sr-uncertainty: error: "
 TOP_LEVEL = ["cropped_LR_img.png", "one_prediction.png", "mean_prediction.png", "uncertainty_map.png",
-             "colorbar.png", "mean.tif", "single.tif", "std.tif", "sigma.tif", "summary.json"]
+             "colorbar.png", "mean.tif", "single.tif", "std.tif", "sigma.tif", "summary.json",
+             "uncertainty_as_shown.png", "uncertainty_as_shown_colorbar.png", "most_certain.csv", "least_certain.csv"]
 DETAIL_STEMS = ["original_lr_patch", "mean_pred", "heatmap"]
 
 

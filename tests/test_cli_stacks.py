@@ -22,7 +22,7 @@ from napari_sr_uncertainty.models.weights import load_weights
 
 ERROR_PREFIX = "napari-sr-uncertainty: error: "
 VIEWS = {"cropped_LR_img.png", "one_prediction.png", "mean_prediction.png", "uncertainty_map.png", "colorbar.png",
-         "details"}
+         "uncertainty_as_shown.png", "uncertainty_as_shown_colorbar.png", "details"}
 DETAIL_NAMES = {f"{stem}_0.png" for stem in ("original_lr_patch", "mean_pred", "heatmap")}
 RNG = np.random.default_rng(7)
 
@@ -89,7 +89,7 @@ def test_stack_or_channels_give_per_plane_results_equal_to_single_runs(capfd, tm
     assert f"plane {len(planes)}/{len(planes)}, block 1/1" in err
 
     assert {p.name for p in outdir.iterdir()} == {"summary.json", "mean.tif", "single.tif", "std.tif", "sigma.tif",
-                                                 parent}
+                                                 "most_certain.csv", "least_certain.csv", parent}
     assert leftovers(tmp_path) == []
     tiffs = {name: tifffile.imread(outdir / f"{name}.tif") for name in ("mean", "single", "std", "sigma")}
     for array in tiffs.values():
@@ -182,11 +182,11 @@ def test_a_write_error_on_the_second_plane_exits_2_and_keeps_the_previous_result
 ):
     write_views, calls = export._write_views, []
 
-    def failing(result, folder):
+    def failing(result, folder, *args):
         calls.append(folder)
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
-        write_views(result, folder)
+        write_views(result, folder, *args)
 
     monkeypatch.setattr(export, "_write_views", failing)
     assert run_cli(stack_file, previous_result, weights_path, "--quiet") == 2

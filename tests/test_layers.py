@@ -26,6 +26,11 @@ def results(weights_path):
     }
 
 
+def corners_in_world(layer, index):
+    """World coordinates of the corners of shape ``index`` of a Shapes layer."""
+    return np.array([layer.data_to_world(corner) for corner in layer.data[index]])
+
+
 def make_layers(image, result, **layer_kwargs):
     source = Image(image, name="input", rgb=image.ndim == 3, **layer_kwargs)
     tuples = build_layer_data([result], InputGeometry.from_layer(source))
@@ -65,7 +70,9 @@ def test_values_are_in_the_input_units(results):
     np.testing.assert_allclose(mean.data, result.normalization.to_input_units(result.mean))
     std = layers["input SR uncertainty"]
     np.testing.assert_allclose(std.data, result.normalization.std_to_input_units(result.heatmap))
-    assert std.colormap.name == "magma" and std.blending == "additive"
+    assert std.colormap.name == "magma_fade" and std.blending == "translucent" and std.opacity == 0.8
+    # the colormap fades out where the uncertainty is low: alpha follows the position in the colormap
+    np.testing.assert_allclose(std.colormap.map(np.array([0.0, 0.5, 1.0]))[:, 3], [0.0, 0.5, 1.0], atol=0.01)
     assert std.contrast_limits[0] == 0 and std.contrast_limits[1] == pytest.approx(np.percentile(std.data, 99.5))
     _, rgb_layers = make_layers(*results["rgb"])
     assert rgb_layers["input SR mean"].rgb and rgb_layers["input SR mean"].data.shape == results["rgb"][1].mean.shape
@@ -90,25 +97,81 @@ def test_calibrated_sigma_is_the_std_times_the_cards_factor(results, random_weig
         build_layer_data([uncalibrated], InputGeometry.from_layer(source), calibrated=True)
 
 
-def test_points_outline_the_marked_patches_with_features(results):
+def test_marks_are_true_rectangles_with_labelled_features(results):
     image, result = results["crop"]
-    _, layers = make_layers(image, result, scale=(2.0, 2.0))
+    source, layers = make_layers(image, result, scale=(2.0, 2.0), translate=(5.0, -1.0))
     most, least = layers["input most certain"], layers["input least certain"]
+    assert most._type_string == "shapes" and set(most.shape_type) == {"rectangle"}
     assert len(most.data) == len(result.most_certain) == 2 and len(least.data) == len(result.least_certain)
     mark = result.most_certain[0]
-    r0, c0, r1, c1 = mark.hr_box
-    np.testing.assert_allclose(most.data[0], [(r0 + r1 - 1) / 2, (c0 + c1 - 1) / 2])
-    assert most.size[0] == 16  # patch side 8 LR = 16 HR pixels
-    assert most.symbol[0].value == "square"
+    lr0, lc0, lr1, lc1 = np.array(mark.lr_box) + np.tile(result.crop_offset, 2)
+    # the rectangle's corners are the LR patch's outer pixel edges, in world coordinates
+    corners = corners_in_world(most, 0)
+    np.testing.assert_allclose(corners.min(axis=0), source.data_to_world((lr0 - 0.5, lc0 - 0.5)))
+    np.testing.assert_allclose(corners.max(axis=0), source.data_to_world((lr1 - 0.5, lc1 - 0.5)))
     features = most.features.iloc[0]
-    assert features["rank"] == 0 and features["score"] == pytest.approx(mark.score)
+    assert features["rank"] == 1  # 1-based, as the label
+    assert features["uncertainty"] == pytest.approx(float(result.normalization.std_to_input_units(mark.score)))
     assert (features["grid_row"], features["grid_col"]) == (mark.grid_row, mark.grid_col)
-    assert features["lr_row0"] == mark.lr_box[0] + result.crop_offset[0]
-    assert features["hr_col1"] == mark.hr_box[3]
+    assert features["lr_row0"] == lr0 and features["hr_col1"] == mark.hr_box[3]
+    assert "score" not in most.features and "mean_std" not in most.features
     assert most.face_color[0][3] == 0  # transparent inside: the image stays visible
-    np.testing.assert_allclose(most.border_color[0], [0, 1, 0, 1])
-    np.testing.assert_allclose(least.border_color[0], [1, 0, 1, 1])
-    assert most.text.values[0].startswith("#0 ")
+    np.testing.assert_allclose(most.edge_color[0], [0, 1, 0, 1])
+    np.testing.assert_allclose(least.edge_color[0], [0, 1, 1, 1])
+    label = most.text.values[0]
+    assert label.startswith("#1 · ") and "× median\nσ " in label and label.endswith("grey levels")
+
+
+def test_partial_patches_are_drawn_as_the_strips_they_are():
+    from dataclasses import replace
+
+    result = fake_result("esrcnn-x2", lr_shape=(10, 13), patch=4)
+    result.least_certain = [replace(result.least_certain[0], lr_box=(8, 12, 10, 13), hr_box=(16, 24, 20, 26), partial=True)]
+    source, layers = make_layers(np.zeros((10, 13), np.uint8), result, scale=(0.5, 0.5))
+    least = layers["input least certain"]
+    corners = corners_in_world(least, 0)
+    np.testing.assert_allclose(corners.min(axis=0), [7.5 * 0.5, 11.5 * 0.5])
+    np.testing.assert_allclose(corners.max(axis=0), [9.5 * 0.5, 12.5 * 0.5])  # 2 x 1 input pixels
+    assert bool(least.features["partial"][0])
+
+
+def test_calibrated_labels_and_features_are_in_the_layer_units(results):
+    image, result = results["gray"]
+    source = Image(image, name="input")
+    tuples = build_layer_data([result], InputGeometry.from_layer(source), calibrated=True)
+    layers = {kwargs["name"]: Layer.create(data, kwargs, kind) for data, kwargs, kind in tuples}
+    raw = build_layer_data([result], InputGeometry.from_layer(source))
+    raw_marks = Layer.create(*raw[4])
+    marks = layers["input least certain"]
+    np.testing.assert_allclose(
+        marks.features["uncertainty"], raw_marks.features["uncertainty"] * result.std_scale, rtol=1e-6
+    )
+    np.testing.assert_allclose(marks.features["x_median"], raw_marks.features["x_median"])
+    assert marks.metadata[PLUGIN_KEY]["title"] == "calibrated σ, counts"  # uint16 input
+    assert raw_marks.metadata[PLUGIN_KEY]["title"] == "MC std, counts"
+    value = marks.features["uncertainty"][0]
+    assert marks.text.values[0].endswith(f"σ {value:.3g} counts")
+    # the heatmap under the label holds values of the same size
+    heatmap = layers["input SR uncertainty"].data
+    assert heatmap.max() >= value >= heatmap.min()
+
+
+def test_no_marks_no_marks_layers(results):
+    from dataclasses import replace
+
+    image, result = results["gray"]
+    empty = replace(result, most_certain=[], least_certain=[])
+    tuples = build_layer_data([empty], InputGeometry.from_layer(Image(image, name="input")))
+    assert [kwargs["name"] for _, kwargs, _ in tuples] == ["input SR mean", "input SR single", "input SR uncertainty"]
+
+
+def test_value_units_and_titles():
+    from napari_sr_uncertainty.plugin.layers import uncertainty_title, value_unit
+
+    assert value_unit("uint8") == "grey levels" and value_unit("uint16") == "counts"
+    assert value_unit("float32") == "intensity units"
+    assert uncertainty_title("MC std", "grey levels") == "MC std, grey levels"
+    assert uncertainty_title("calibrated sigma", "counts") == "calibrated σ, counts"
 
 
 def test_every_layer_carries_the_result_metadata(results):
@@ -130,8 +193,9 @@ def test_a_slice_of_a_stack_is_placed_at_that_slice(results):
     mean = Layer.create(*tuples[0])
     assert mean.data.shape == (1, *result.mean.shape)
     assert mean.data_to_world((0, 0, 0))[0] == pytest.approx(source.data_to_world((2, 0, 0))[0])
-    points = Layer.create(*tuples[3])
-    assert points.data.shape[1] == 3 and np.all(points.data[:, 0] == 0)
+    marks = Layer.create(*tuples[3])
+    assert marks.ndim == 3 and all(np.all(rect[:, 0] == 2) for rect in marks.data)
+    assert marks.data_to_world(marks.data[0][0])[0] == pytest.approx(source.data_to_world((2, 0, 0))[0])
 
 
 def test_all_slices_are_stacked(results):
@@ -139,7 +203,7 @@ def test_all_slices_are_stacked(results):
     source = Image(np.zeros((2, 3, *image.shape)), name="stack")
     tuples = build_layer_data([result] * 6, InputGeometry.from_layer(source, slice_origin=(0, 0)), (2, 3))
     assert tuples[0][0].shape == (2, 3, *result.mean.shape)
-    assert tuples[3][0].shape == (6 * len(result.most_certain), 4)
+    assert len(tuples[3][0]) == 6 * len(result.most_certain) and tuples[3][0][0].shape == (4, 4)
     assert tuples[0][1]["metadata"]["slices"] == 6
 
 
@@ -258,25 +322,24 @@ def test_patch_marks_map_lr_patch_p_to_hr_box_p_times_s(scaled):
     s, cases = scaled
     image, result = cases["crop"]
     source, layers = make_layers(image, result, scale=INPUT_SCALE, translate=INPUT_TRANSLATE)
-    points = layers["input most certain"]
+    marks = layers["input most certain"]
     patch = result.options.patch_size
-    assert len(result.most_certain) == len(points.data) > 0
+    assert len(result.most_certain) == len(marks.data) > 0
     for i, mark in enumerate(result.most_certain):
         assert mark.hr_box == tuple(s * v for v in mark.lr_box)
         r0, c0, r1, c1 = mark.hr_box
-        np.testing.assert_allclose(points.data[i], [(r0 + r1 - 1) / 2, (c0 + c1 - 1) / 2])
-        assert points.size[i] == max(r1 - r0, c1 - c0) <= s * patch
-        row = points.features.iloc[i]
+        assert max(r1 - r0, c1 - c0) <= s * patch
+        row = marks.features.iloc[i]
         assert [row[f"hr_{k}"] for k in ("row0", "col0", "row1", "col1")] == list(mark.hr_box)
         assert row["lr_row0"] == mark.lr_box[0] + result.crop_offset[0]
-        # the box outlines the LR patch in world coordinates: its edges are the patch's edges in the input
+        # the rectangle outlines the LR patch in world coordinates, and the HR box of the output layers
         lr0, lc0, lr1, lc1 = (np.array(mark.lr_box) + np.tile(result.crop_offset, 2)).tolist()
-        np.testing.assert_allclose(
-            points.data_to_world((r0 - 0.5, c0 - 0.5)), source.data_to_world((lr0 - 0.5, lc0 - 0.5)), atol=1e-9
-        )
-        np.testing.assert_allclose(
-            points.data_to_world((r1 - 0.5, c1 - 0.5)), source.data_to_world((lr1 - 0.5, lc1 - 0.5)), atol=1e-9
-        )
+        corners = corners_in_world(marks, i)
+        np.testing.assert_allclose(corners.min(axis=0), source.data_to_world((lr0 - 0.5, lc0 - 0.5)), atol=1e-9)
+        np.testing.assert_allclose(corners.max(axis=0), source.data_to_world((lr1 - 0.5, lc1 - 0.5)), atol=1e-9)
+        mean = layers["input SR mean"]
+        np.testing.assert_allclose(corners.min(axis=0), mean.data_to_world((r0 - 0.5, c0 - 0.5)), atol=1e-9)
+        np.testing.assert_allclose(corners.max(axis=0), mean.data_to_world((r1 - 0.5, c1 - 0.5)), atol=1e-9)
 
 
 def test_layer_metadata_records_model_scale_and_colour_mode(scaled):

@@ -176,8 +176,17 @@ def test_current_slice_and_all_slices_of_a_stack(qtbot, viewer_and_widget):
 
 
 def test_saving_outputs_with_napari_writers_round_trips(qtbot, viewer_and_widget, tmp_path):
+    """Images save as float32 TIFFs; the marks save as napari's Shapes CSV and reopen, with napari's own
+    open, as rectangles in the same place in world coordinates."""
     viewer, widget = viewer_and_widget
-    viewer.add_image(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8), name="img")
+    viewer.add_image(
+        np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8),
+        name="img",
+        rgb=True,
+        scale=(0.214, 0.214),
+        translate=(3.0, -2.0),
+        units="um",
+    )
     run_and_wait(qtbot, widget)
     for name in ("img SR mean", "img SR single", "img SR uncertainty"):
         layer = viewer.layers[name]
@@ -185,23 +194,29 @@ def test_saving_outputs_with_napari_writers_round_trips(qtbot, viewer_and_widget
         path = tmp_path / f"{name}.tif"
         viewer.layers.save(str(path), selected=True)
         np.testing.assert_array_equal(tifffile.imread(path), layer.data)
-    points = viewer.layers["img least certain"]
-    viewer.layers.selection = {points}
+    marks = viewer.layers["img least certain"]
+    viewer.layers.selection = {marks}
     path = tmp_path / "least.csv"
     viewer.layers.save(str(path), selected=True)
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    assert len(rows) == len(points.data)
-    assert float(rows[0]["axis-0"]) == points.data[0, 0] and int(float(rows[0]["rank"])) == 0
-    assert float(rows[0]["score"]) == pytest.approx(points.features["score"][0])
+    (reopened,) = viewer.open(str(path))
+    assert reopened._type_string == "shapes" and set(reopened.shape_type) == {"rectangle"}
+    assert len(reopened.data) == len(marks.data) > 0
+    for i in range(len(marks.data)):
+        saved = np.array([marks.data_to_world(c) for c in marks.data[i]])
+        opened = np.array([reopened.data_to_world(c) for c in reopened.data[i]])
+        np.testing.assert_allclose(opened, saved, atol=1e-6)
 
 
-def test_export_report_writes_the_cli_folder(qtbot, viewer_and_widget, tmp_path):
+def test_export_report_writes_the_cli_folder_into_a_new_subfolder(qtbot, viewer_and_widget, tmp_path):
     viewer, widget = viewer_and_widget
-    viewer.add_image(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8), name="img")
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8), name="img", rgb=True)
     run_and_wait(qtbot, widget)
-    (folder,) = widget.export_report(tmp_path / "report")
+    (tmp_path / "unrelated.txt").write_text("the chosen folder need not be empty")
+    (folder,) = widget.export_report(tmp_path)
+    assert folder.parent == tmp_path and folder.name.startswith("img_esrcnn-x2_")
     assert (folder / "summary.json").is_file() and (folder / "mean.tif").is_file()
+    (again,) = widget.export_report(tmp_path)  # a second export never overwrites the first
+    assert again != folder and again.parent == tmp_path
 
 
 def test_gui_stays_responsive_during_a_run(qtbot, viewer_and_widget):

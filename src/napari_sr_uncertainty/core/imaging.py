@@ -111,6 +111,43 @@ def image_layout(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return int(shape[0]), int(shape[1]), channels
 
 
+#: centimetres per unit, for the TIFF resolution tags (TIFF knows inches and centimetres)
+_CM_PER_UNIT = {"nm": 1e-7, "nanometer": 1e-7, "um": 1e-4, "µm": 1e-4, "micron": 1e-4, "micrometer": 1e-4,
+                "mm": 0.1, "millimeter": 0.1, "cm": 1.0, "centimeter": 1.0, "m": 100.0, "meter": 100.0}
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """Physical size of an input pixel (``y``, ``x``) in ``unit``, and where pixel (0, 0)'s centre lies."""
+
+    y: float
+    x: float
+    unit: str = "um"
+    origin_y: float = 0.0
+    origin_x: float = 0.0
+
+    def output(self, scale: int) -> tuple[float, float]:
+        """The output pixel size at model scale ``scale``."""
+        return self.y / scale, self.x / scale
+
+    def as_dict(self, scale: int) -> dict:
+        out_y, out_x = self.output(scale)
+        return {
+            "unit": self.unit,
+            "input": {"y": self.y, "x": self.x},
+            "output": {"y": out_y, "x": out_x},
+            "origin": {"y": self.origin_y, "x": self.origin_x},
+        }
+
+    def resolution(self, scale: int) -> dict:
+        """tifffile arguments: output pixels per centimetre (empty when the unit is not a length we know)."""
+        cm = _CM_PER_UNIT.get(self.unit.strip().lower())
+        if cm is None or self.x <= 0 or self.y <= 0:
+            return {}
+        out_y, out_x = self.output(scale)
+        return {"resolution": (1.0 / (out_x * cm), 1.0 / (out_y * cm)), "resolutionunit": "CENTIMETER"}
+
+
 @dataclass(frozen=True)
 class ArrayLayout:
     """How a whole array is processed: as one image, a stack of planes, or channel by channel.
@@ -122,6 +159,8 @@ class ArrayLayout:
     kind: str  # "image", "stack" or "channels"
     axes: str
     shape: tuple[int, ...]
+    #: the input's pixel size when its file records one (a TIFF's ImageJ/OME metadata or resolution tags)
+    pixel_size: PixelSize | None = field(default=None, compare=False)
 
     @property
     def rgb(self) -> bool:
@@ -183,6 +222,13 @@ def array_layout(shape: tuple[int, ...], channels_last: bool = False) -> ArrayLa
     if 0 in shape:
         raise InputError(f"the image is empty (shape {shape})")
     return layout
+
+
+def channel_like_last_axis(shape: tuple[int, ...]) -> bool:
+    """Whether a 3D array's last axis looks like channels rather than a spatial axis: :func:`array_layout`'s
+    rule (shorter than both other axes), e.g. ``(128, 128, 2)``, which a viewer would otherwise show as 128
+    slices of 128x2 pixels."""
+    return len(shape) == 3 and shape[-1] < shape[-2] and shape[-1] < shape[-3]
 
 
 def row_blocks(n_rows: int, row_bytes: int, budget: int = 64 << 20) -> list[slice]:
@@ -329,7 +375,53 @@ def read_image(path) -> tuple[np.ndarray, ArrayLayout]:
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give an image file")
     array, channels_last = _read_file(path)
-    return array, array_layout(array.shape, channels_last)
+    layout = array_layout(array.shape, channels_last)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        from dataclasses import replace
+
+        layout = replace(layout, pixel_size=read_tiff_pixel_size(path))
+    return array, layout
+
+
+def read_tiff_pixel_size(path) -> PixelSize | None:
+    """A TIFF's pixel size: OME ``PhysicalSizeY/X``, else the resolution tags with ImageJ's unit or the TIFF
+    resolution unit (centimetre, inch); None when the file records none (or the tags are the 72/inch
+    default of image editors)."""
+    import re
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_ome and tif.ome_metadata:
+                xml = tif.ome_metadata
+                found = {k: re.search(rf'{k}="([^"]+)"', xml) for k in ("PhysicalSizeY", "PhysicalSizeX", "PhysicalSizeXUnit")}
+                if found["PhysicalSizeX"]:
+                    x = float(found["PhysicalSizeX"].group(1))
+                    y = float(found["PhysicalSizeY"].group(1)) if found["PhysicalSizeY"] else x
+                    unit = found["PhysicalSizeXUnit"].group(1) if found["PhysicalSizeXUnit"] else "um"
+                    return PixelSize(y=y, x=x, unit=unit)
+            page = tif.pages.first
+            tags = page.tags
+            if "XResolution" not in tags:
+                return None
+            xres = tags["XResolution"].value
+            yres = tags["YResolution"].value if "YResolution" in tags else xres
+            x_per, y_per = xres[0] / xres[1], yres[0] / yres[1]
+            if x_per <= 0 or y_per <= 0:
+                return None
+            resunit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+            imagej_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+            if imagej_unit:
+                unit = {"micron": "um", "\\u00B5m": "um", "µm": "um"}.get(imagej_unit, imagej_unit)
+                return PixelSize(y=1 / y_per, x=1 / x_per, unit=unit)
+            if resunit == 3:  # centimetre: report micrometres
+                return PixelSize(y=1e4 / y_per, x=1e4 / x_per, unit="um")
+            if resunit == 2 and not (x_per == y_per and x_per in (72.0, 96.0, 300.0)):
+                return PixelSize(y=25400 / y_per, x=25400 / x_per, unit="um")
+    except Exception:  # metadata is a bonus: a file whose tags cannot be read still opens
+        return None
+    return None
 
 
 def _read_file(path) -> tuple[np.ndarray, bool]:

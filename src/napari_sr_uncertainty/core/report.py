@@ -5,14 +5,23 @@ Layout (file names as in the original ESRCNN project, plus data files)::
     cropped_LR_img.png        processed LR region (8-bit view)
     one_prediction.png        one dropout sample (8-bit view)
     mean_prediction.png       mean of the samples (8-bit view)
-    uncertainty_map.png       std heatmap, colormap "cool", fixed scale 0..0.1 (model units)
+    uncertainty_map.png       std heatmap, colormap "cool", fixed scale 0..0.1 (model units), as the original
     colorbar.png              that scale, labelled "Uncertainty"
+    uncertainty_as_shown.png  the heatmap as napari shows it: magma (or the layer's colormap), the
+                              uncertainty layer's contrast limits, in the input's units (MC std or calibrated sigma)
+    uncertainty_as_shown_colorbar.png   its scale, titled with what it is and its units
+    most_certain.csv, least_certain.csv the marked patches as rectangles in napari's Shapes CSV format, in
+                              physical coordinates (File > Open in napari puts them over the input)
     details/most_certain/     original_lr_patch_{i}.png, mean_pred_{i}.png, heatmap_{i}.png
     details/least_certain/    the same; i = 0 is the most (least) certain patch
     mean.tif single.tif std.tif   float32, s times the input size (the model's scale), channels last,
                               in the input's units
     sigma.tif                 calibrated sigma = std_scale x std (when the weights carry a calibration)
-    summary.json              provenance, patch grid, scores, marked patches, timings
+    summary.json              provenance, pixel size, patch grid, scores, marked patches, timings
+
+With a pixel size (:class:`PixelSize`: the input's, from a TIFF or the napari layer's scale), the TIFFs
+carry the output pixel size (input pixel size / s) as resolution tags (pixels per centimetre, the TIFF
+unit, when the unit converts) and, with its unit, in their JSON description; ``summary.json`` records both.
 
 A stack or a multi-channel image (:class:`StackReport`) keeps ``summary.json`` and the TIFFs at the
 top, holding every plane (leading axes kept; channels first, ``(C, 2H, 2W)``), and puts each plane's
@@ -34,13 +43,15 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from .imaging import ArrayLayout, image_layout, row_blocks
-from .pipeline import SRResult
+from .imaging import ArrayLayout, PixelSize, image_layout, row_blocks
+from .patches import median_score, nearly_uniform, partial_patches
+from .pipeline import SRResult, patch_border
 
 #: provenance keys that differ between the planes of a stack: kept per plane in a stack's summary
 _PLANE_KEYS = ("normalization", "timings_s")
@@ -48,6 +59,22 @@ _PLANE_KEYS = ("normalization", "timings_s")
 HEATMAP_COLORMAP = "cool"
 HEATMAP_RANGE = (0.0, 0.1)
 SUMMARY_NAME = "summary.json"
+SHOWN_NAME = "uncertainty_as_shown.png"
+SHOWN_COLORBAR_NAME = "uncertainty_as_shown_colorbar.png"
+SHOWN_COLORMAP = "magma"
+SHOWN_PERCENTILE = 99.5  # the napari layer's default upper contrast limit
+@dataclass(frozen=True)
+class DisplayedHeatmap:
+    """How the uncertainty was shown (napari's uncertainty layer), for ``uncertainty_as_shown.png``.
+
+    ``contrast_limits`` are in the shown units (None: 0 to the 99.5th percentile, napari's default);
+    ``calibrated``: the values were the calibrated sigma (``std_scale`` x std), else the raw std.
+    """
+
+    colormap: str = SHOWN_COLORMAP
+    contrast_limits: tuple[float, float] | None = None
+    title: str = ""
+    calibrated: bool = False
 
 
 class OutputError(OSError):
@@ -90,7 +117,7 @@ def _save_heatmap(path: Path, heatmap: np.ndarray) -> None:
     _save_png(path, _blockwise(heatmap_rgb, heatmap, np.empty((*heatmap.shape, 3), np.uint8)))
 
 
-def _save_colorbar(path: Path) -> None:
+def _save_colorbar(path: Path, cmap=HEATMAP_COLORMAP, limits=HEATMAP_RANGE, label: str = "Uncertainty") -> None:
     # Figure + Agg canvas, not pyplot: no global state, safe from a worker thread.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colorbar import ColorbarBase
@@ -100,24 +127,34 @@ def _save_colorbar(path: Path) -> None:
     fig = Figure(figsize=(1.4, 4.0), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.25, 0.05, 0.2, 0.9))
-    bar = ColorbarBase(ax, cmap=HEATMAP_COLORMAP, norm=Normalize(*HEATMAP_RANGE))
-    bar.set_label("Uncertainty")
+    bar = ColorbarBase(ax, cmap=cmap, norm=Normalize(*limits))
+    bar.set_label(label)
     fig.savefig(path)
 
 
-def _open_tiff(path: Path, shape: tuple[int, ...], colour: bool, metadata: dict) -> np.ndarray:
-    """A new float32 TIFF of ``shape``, memory-mapped for filling; a page per 2D (or RGB) plane."""
+def _open_tiff(
+    path: Path, shape: tuple[int, ...], colour: bool, metadata: dict, resolution: dict | None = None
+) -> np.ndarray:
+    """A new float32 TIFF of ``shape``, memory-mapped for filling; a page per 2D (or RGB) plane.
+
+    ``resolution``: tifffile's ``resolution`` and ``resolutionunit`` (:meth:`PixelSize.resolution`).
+    """
     import tifffile
 
     # Channels last: "rgb" for colour data, explicit so tifffile's default change cannot alter files.
     return tifffile.memmap(
-        path, shape=shape, dtype=np.float32, photometric="rgb" if colour else "minisblack", metadata=metadata
+        path,
+        shape=shape,
+        dtype=np.float32,
+        photometric="rgb" if colour else "minisblack",
+        metadata=metadata,
+        **(resolution or {}),
     )
 
 
-def _save_tiff(path: Path, array: np.ndarray, convert, metadata: dict) -> None:
+def _save_tiff(path: Path, array: np.ndarray, convert, metadata: dict, resolution: dict | None = None) -> None:
     """A float32 TIFF of ``convert(array)``, filled block by block through a memory map of the file."""
-    mapped = _open_tiff(path, array.shape, array.ndim == 3, {"summary": json.dumps(metadata)})
+    mapped = _open_tiff(path, array.shape, array.ndim == 3, {"summary": json.dumps(metadata)}, resolution)
     _blockwise(convert, array, mapped)
     mapped.flush()
     del mapped
@@ -159,14 +196,67 @@ def _is_writable(folder: Path) -> bool:
         return False
 
 
-def summary_dict(result: SRResult, input_name: str) -> dict:
+def summary_dict(
+    result: SRResult, input_name: str, pixel_size: PixelSize | None = None, display: DisplayedHeatmap | None = None
+) -> dict:
     """Everything needed to reproduce and interpret a result, JSON-ready."""
-    return {**result.metadata, "input": input_name, **_plane_summary(result)}
+    return {
+        **result.metadata,
+        "input": input_name,
+        "pixel_size": None if pixel_size is None else pixel_size.as_dict(result.scale),
+        **_plane_summary(result, display),
+    }
 
 
-def _plane_summary(result: SRResult) -> dict:
+def _shown_values(result: SRResult, display: DisplayedHeatmap):
+    """Block converter: model-unit heatmap -> the shown units (input units, x std_scale when calibrated)."""
+    factor = np.float32(result.std_scale) if display.calibrated and result.std_scale is not None else np.float32(1)
+    return lambda std: result.normalization.std_to_input_units(std) * factor
+
+
+def shown_contrast_limits(result: SRResult, display: DisplayedHeatmap) -> tuple[float, float]:
+    """The display's contrast limits, or napari's default for the layer: 0 to the 99.5th percentile.
+
+    The percentile is taken over at most ~4 million pixels (a regular subsample of a larger heatmap)."""
+    if display.contrast_limits is not None:
+        return float(display.contrast_limits[0]), float(display.contrast_limits[1])
+    heatmap = result.heatmap
+    step = max(1, int(np.ceil(np.sqrt(heatmap.size / 4e6))))
+    values = _shown_values(result, display)(np.asarray(heatmap[::step, ::step]))
+    high = float(np.percentile(values, SHOWN_PERCENTILE)) if values.size else 0.0
+    return 0.0, high if high > 0 else 1.0
+
+
+def _displayed(result: SRResult, display: DisplayedHeatmap | None) -> DisplayedHeatmap:
+    """``display`` with its limits and title filled in (the napari layer's defaults for the CLI)."""
+    from dataclasses import replace
+
+    display = display or DisplayedHeatmap()
+    if display.calibrated and result.std_scale is None:
+        display = replace(display, calibrated=False, title="")
+    if not display.title:
+        method = result.options.uncertainty_method
+        kind = "calibrated σ" if display.calibrated else "TTA std" if method == "tta" else "MC std"
+        display = replace(display, title=f"{kind}, {_value_unit(result.normalization.dtype)}")
+    return replace(display, contrast_limits=shown_contrast_limits(result, display))
+
+
+def _value_unit(dtype: str) -> str:
+    """What the input's values are called (as the napari layers say): grey levels, counts or intensity units."""
+    kind = np.dtype(dtype)
+    if kind in (np.uint8, np.int8):
+        return "grey levels"
+    if kind == np.bool_:
+        return "mask units"
+    return "counts" if kind.kind in "iu" else "intensity units"
+
+
+def _plane_summary(result: SRResult, display: DisplayedHeatmap | None = None) -> dict:
     """The part of the summary that is specific to one image (one plane of a stack)."""
     r0, c0 = result.crop_offset
+    lr_shape = result.lr.shape[:2]
+    patch = result.options.patch_size
+    median = median_score(result.scores, lr_shape, patch)
 
     def patch_entry(mark) -> dict:
         entry = mark.as_dict()
@@ -174,24 +264,32 @@ def _plane_summary(result: SRResult) -> dict:
         entry["lr_box_in_input"] = [y0 + r0, x0 + c0, y1 + r0, x1 + c0]
         entry["lr_box"] = list(mark.lr_box)
         entry["hr_box"] = list(mark.hr_box)
+        entry["score_input_units"] = float(result.normalization.std_to_input_units(np.float32(mark.score)))
+        entry["x_median"] = mark.score / median if median > 0 else None
         if result.std_scale is not None:
             entry["calibrated_sigma"] = result.std_scale * mark.score
         return entry
 
-    return {
-        "processed_lr_shape": list(result.lr.shape[:2]),
+    summary = {
+        "processed_lr_shape": list(lr_shape),
         "output_shape": list(result.mean.shape),
         "region": "centre crop" if result.options.center_crop else "full image",
         "patch_grid": {
-            "patch_size_lr": result.options.patch_size,
+            "patch_size_lr": patch,
             "rows": int(result.scores.shape[0]),
             "cols": int(result.scores.shape[1]),
-            "edge_patches": "partial, scored over their in-image area",
-            "score": "mean of the uncertainty heatmap (std averaged over channels, model units)",
+            "border_px": patch_border(result.options.spec),
+            "edge_patches": "partial patches (cut by the image edge) rank after every full patch",
+            "partial": partial_patches(result.scores.shape, lr_shape, patch).tolist(),
+            "score": "mean of the uncertainty heatmap (std averaged over channels, model units) over the patch's "
+            "pixels outside the padding frame (border_px output pixels along the image edges); a patch "
+            "entirely in the frame is scored over all its pixels",
+            "median_score": median,
         },
         "scores": np.round(result.scores, 8).tolist(),
         "most_certain": [patch_entry(m) for m in result.most_certain],
         "least_certain": [patch_entry(m) for m in result.least_certain],
+        "nearly_uniform": nearly_uniform(result.most_certain, result.least_certain),
         "uncertainty_units": "model units: std of values mapped to [0, 1] (see normalization)",
         "heatmap_stats": {
             "mean": float(result.heatmap.mean()),
@@ -199,15 +297,72 @@ def _plane_summary(result: SRResult) -> dict:
             "min": float(result.heatmap.min()),
         },
     }
+    if display is not None:
+        summary["heatmaps"] = {
+            "uncertainty_map.png": f"the original project's: colormap {HEATMAP_COLORMAP}, fixed scale "
+            f"{HEATMAP_RANGE[0]:g}..{HEATMAP_RANGE[1]:g} in model units (colorbar.png)",
+            SHOWN_NAME: f"as shown in napari: colormap {display.colormap}, contrast limits "
+            f"{display.contrast_limits[0]:.6g}..{display.contrast_limits[1]:.6g}, {display.title} "
+            f"({SHOWN_COLORBAR_NAME})",
+        }
+    return summary
 
 
-def _write_views(result: SRResult, folder: Path) -> None:
-    """The original project's per-image file set: five PNGs and the ``details/`` patches."""
+def _save_shown(folder: Path, result: SRResult, display: DisplayedHeatmap) -> None:
+    """``uncertainty_as_shown.png`` and its colorbar: the heatmap as the napari layer shows it."""
+    from matplotlib import colormaps
+
+    lo, hi = display.contrast_limits
+    to_values = _shown_values(result, display)
+    cmap = colormaps[display.colormap] if display.colormap in colormaps else colormaps[SHOWN_COLORMAP]
+
+    def convert(block: np.ndarray) -> np.ndarray:
+        rgba = cmap(np.clip((to_values(block) - lo) / max(hi - lo, 1e-30), 0.0, 1.0))
+        return np.rint(rgba[..., :3] * 255.0).astype(np.uint8)
+
+    heatmap = result.heatmap
+    _save_png(folder / SHOWN_NAME, _blockwise(convert, heatmap, np.empty((*heatmap.shape, 3), np.uint8)))
+    _save_colorbar(folder / SHOWN_COLORBAR_NAME, cmap, (lo, hi), display.title)
+
+
+def _write_marks_csv(folder: Path, results: Sequence[SRResult], indices, pixel_size: PixelSize | None) -> None:
+    """The marked patches as rectangles in napari's Shapes CSV format (``viewer.open`` reads them back).
+
+    Coordinates: input pixel edges times the pixel size plus the origin (pixel units without a pixel
+    size); a stack's plane indices come first.
+    """
+    import csv
+
+    pixel = pixel_size or PixelSize(1.0, 1.0, "pixel")
+    for subset in ("most_certain", "least_certain"):
+        rows = []
+        for index, result in zip(indices, results):
+            r_off, c_off = result.crop_offset
+            for mark in getattr(result, subset):
+                y0, x0, y1, x1 = mark.lr_box
+                ys = pixel.origin_y + pixel.y * (np.array([y0, y1]) + r_off - 0.5)
+                xs = pixel.origin_x + pixel.x * (np.array([x0, x1]) + c_off - 0.5)
+                corners = [(ys[0], xs[0]), (ys[0], xs[1]), (ys[1], xs[1]), (ys[1], xs[0])]
+                shape_id = len(rows) // 4
+                for vertex, (y, x) in enumerate(corners):
+                    rows.append([shape_id, "rectangle", vertex, *[float(i) for i in index], float(y), float(x)])
+        n_axes = len(next(iter(indices), ())) + 2
+        with open(folder / f"{subset}.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["index", "shape-type", "vertex-index", *[f"axis-{i}" for i in range(n_axes)]])
+            writer.writerows(rows)
+
+
+def _write_views(result: SRResult, folder: Path, display: DisplayedHeatmap | None = None) -> None:
+    """The original project's per-image file set (five PNGs and the ``details/`` patches), plus the heatmap
+    as shown when ``display`` is given."""
     _save_uint8_view(folder / "cropped_LR_img.png", result.lr)
     _save_uint8_view(folder / "one_prediction.png", result.single)
     _save_uint8_view(folder / "mean_prediction.png", result.mean)
     _save_heatmap(folder / "uncertainty_map.png", result.heatmap)
     _save_colorbar(folder / "colorbar.png")
+    if display is not None:
+        _save_shown(folder, result, display)
     for subset, marks in (("most_certain", result.most_certain), ("least_certain", result.least_certain)):
         sub = folder / "details" / subset
         sub.mkdir(parents=True)
@@ -219,16 +374,25 @@ def _write_views(result: SRResult, folder: Path) -> None:
             _save_png(sub / f"heatmap_{i}.png", heatmap_rgb(result.heatmap[Y0:Y1, X0:X1]))
 
 
-def _write_folder(result: SRResult, folder: Path, input_name: str) -> None:
-    _write_views(result, folder)
+def _write_folder(
+    result: SRResult,
+    folder: Path,
+    input_name: str,
+    pixel_size: PixelSize | None = None,
+    display: DisplayedHeatmap | None = None,
+) -> None:
+    display = _displayed(result, display)
+    _write_views(result, folder, display)
+    _write_marks_csv(folder, [result], [()], pixel_size)
     norm = result.normalization
-    meta = result.metadata
-    _save_tiff(folder / "mean.tif", result.mean, norm.to_input_units, meta)
-    _save_tiff(folder / "single.tif", result.single, norm.to_input_units, meta)
-    _save_tiff(folder / "std.tif", result.std, norm.std_to_input_units, meta)
+    meta = {**result.metadata, "pixel_size": None if pixel_size is None else pixel_size.as_dict(result.scale)}
+    resolution = None if pixel_size is None else pixel_size.resolution(result.scale)
+    _save_tiff(folder / "mean.tif", result.mean, norm.to_input_units, meta, resolution)
+    _save_tiff(folder / "single.tif", result.single, norm.to_input_units, meta, resolution)
+    _save_tiff(folder / "std.tif", result.std, norm.std_to_input_units, meta, resolution)
     if result.std_scale is not None:
-        _save_tiff(folder / "sigma.tif", result.std, _sigma_in_input_units(result), meta)
-    summary = summary_dict(result, input_name)
+        _save_tiff(folder / "sigma.tif", result.std, _sigma_in_input_units(result), meta, resolution)
+    summary = summary_dict(result, input_name, pixel_size, display)
     (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
 
 
@@ -259,12 +423,22 @@ class StackReport:
     as soon as :meth:`add` returns. ``folder`` is meant to be a :func:`staged_folder`.
     """
 
-    def __init__(self, folder: Path, layout: ArrayLayout):
+    def __init__(
+        self,
+        folder: Path,
+        layout: ArrayLayout,
+        pixel_size: PixelSize | None = None,
+        display: DisplayedHeatmap | None = None,
+    ):
         self.folder, self.layout = Path(folder), layout
+        #: the input's pixel size; None: the layout's (read from the input file), if any
+        self.pixel_size = pixel_size if pixel_size is not None else getattr(layout, "pixel_size", None)
+        self.display = display
         self.tiffs: dict[str, np.ndarray] = {}
         self.planes: list[dict] = []
         self.provenance: dict = {}
         self.output_axes = ""
+        self._marks: list[tuple[tuple[int, ...], SRResult]] = []
 
     def plane_folder(self, index: tuple[int, ...]) -> str:
         """Sub-folder of plane ``index``, relative to the report: ``planes/t000_z003`` or ``channels/c001``."""
@@ -275,17 +449,24 @@ class StackReport:
         """Write plane ``index`` (an index into ``layout.plane_shape``)."""
         folder = self.plane_folder(index)
         (self.folder / folder).mkdir(parents=True)
-        _write_views(result, self.folder / folder)
+        display = _displayed(result, self.display)
+        _write_views(result, self.folder / folder, display)
         meta = result.metadata
+        pixel = self.pixel_size
         if not self.tiffs:
             self.provenance = {k: v for k, v in meta.items() if k not in _PLANE_KEYS}
             self.provenance["input_shape"] = list(self.layout.shape)  # the whole stack, not one plane
+            self.provenance["pixel_size"] = None if pixel is None else pixel.as_dict(result.scale)
             self.output_axes = self.layout.plane_axes + "YX" + ("S" if result.mean.ndim == 3 else "")
             shape = (*self.layout.plane_shape, *result.mean.shape)
             tiff_meta = {"summary": json.dumps(self.provenance), "axes": self.output_axes}
             names = ("mean", "single", "std") + (("sigma",) if result.std_scale is not None else ())
+            resolution = None if pixel is None else pixel.resolution(result.scale)
             for name in names:
-                self.tiffs[name] = _open_tiff(self.folder / f"{name}.tif", shape, result.mean.ndim == 3, tiff_meta)
+                self.tiffs[name] = _open_tiff(
+                    self.folder / f"{name}.tif", shape, result.mean.ndim == 3, tiff_meta, resolution
+                )
+        self._marks.append((tuple(index), _marks_only(result)))
         norm = result.normalization
         outputs = [("mean", result.mean, norm.to_input_units), ("single", result.single, norm.to_input_units),
                    ("std", result.std, norm.std_to_input_units)]
@@ -294,7 +475,7 @@ class StackReport:
         for name, array, convert in outputs:
             _blockwise(convert, array, self.tiffs[name][index])
         plane_meta = {k: meta[k] for k in _PLANE_KEYS}
-        self.planes.append({"index": list(index), "folder": folder, **plane_meta, **_plane_summary(result)})
+        self.planes.append({"index": list(index), "folder": folder, **plane_meta, **_plane_summary(result, display)})
 
     def finish(self, input_name: str, value_range: tuple[float, float] | None) -> None:
         """Close the TIFFs and write ``summary.json``; ``value_range`` is the stack's shared range, if any."""
@@ -302,8 +483,11 @@ class StackReport:
         for mapped in self.tiffs.values():
             mapped.flush()
         self.tiffs.clear()  # the last references: closes the memory maps
+        indices, results = zip(*self._marks) if self._marks else ((), ())
+        _write_marks_csv(self.folder, list(results), list(indices), self.pixel_size)
+        what = "channel" if self.layout.kind == "channels" else "plane"
         if value_range is None:
-            scaling = {"scope": "channel", "note": "each channel scaled with its own range (planes[i].normalization)"}
+            scaling = {"scope": what, "note": f"each {what} scaled with its own range (planes[i].normalization)"}
         else:
             scaling = {"scope": "stack", "min": value_range[0], "max": value_range[1]}
         summary = {
@@ -320,8 +504,28 @@ class StackReport:
         (self.folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
 
 
-def write_report(result: SRResult, outdir: str | Path, *, input_name: str, overwrite: bool = True) -> Path:
+def _marks_only(result: SRResult) -> SRResult:
+    """A light stand-in for a plane's result that keeps what the marks CSVs need (not its arrays)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        crop_offset=result.crop_offset, most_certain=result.most_certain, least_certain=result.least_certain
+    )
+
+
+def write_report(
+    result: SRResult,
+    outdir: str | Path,
+    *,
+    input_name: str,
+    overwrite: bool = True,
+    pixel_size: PixelSize | None = None,
+    display: DisplayedHeatmap | None = None,
+) -> Path:
     """Write the output folder for ``result`` atomically; returns the folder.
+
+    ``pixel_size`` (the input's) goes into the TIFFs and ``summary.json``; ``display`` says how napari
+    showed the heatmap (default: as the napari layer would, magma from 0 to the 99.5th percentile).
 
     Raises
     ------
@@ -329,7 +533,33 @@ def write_report(result: SRResult, outdir: str | Path, *, input_name: str, overw
         If the folder cannot be written or would overwrite unrelated files.
     """
     with staged_folder(outdir, overwrite) as staging:
-        _write_folder(result, staging, input_name)
+        _write_folder(result, staging, input_name, pixel_size, display)
+    return Path(outdir).expanduser().resolve()
+
+
+def write_stack_report(
+    results: Sequence[SRResult],
+    slices_shape: Sequence[int],
+    outdir: str | Path,
+    *,
+    input_name: str,
+    pixel_size: PixelSize | None = None,
+    display: DisplayedHeatmap | None = None,
+) -> Path:
+    """Write the results of every slice of a stack (C order over ``slices_shape``) in the CLI's stack layout.
+
+    Each slice was scaled with its own value range (as the napari widget runs them); the summary says so.
+    """
+    first = results[0]
+    axes = "TZ"[-len(slices_shape):] if len(slices_shape) <= 2 else "".join(f"Q{i}" for i in range(len(slices_shape)))
+    plane_axes = axes + "YX" + ("S" if first.mean.ndim == 3 else "")
+    shape = (*slices_shape, *first.lr.shape)
+    layout = ArrayLayout("stack", plane_axes, tuple(int(n) for n in shape))
+    with staged_folder(outdir, overwrite=False) as staging:
+        report = StackReport(staging, layout, pixel_size, display)
+        for index, result in zip(np.ndindex(*slices_shape), results):
+            report.add(index, result)
+        report.finish(input_name, None)
     return Path(outdir).expanduser().resolve()
 
 

@@ -1,4 +1,5 @@
-"""SRResults -> napari layer data tuples that overlay the input layer exactly. Pure: no Qt, no napari.
+"""SRResults -> napari layer data tuples that overlay the input layer exactly. No Qt (napari itself only for
+the fading colormap object).
 
 Geometry. napari puts the centre of data pixel ``i`` at data coordinate ``i``, i.e. at world
 ``translate + scale * i``. A result of a model at scale ``s`` (1 for restoration, 2, 3 or 4; read from the
@@ -20,9 +21,21 @@ slices makes layers with the input's leading shape.
 
 Values. Mean and single sample are float32 in the input's units, shown with the input's contrast limits.
 The uncertainty layer holds the per-pixel MC standard deviation (averaged over colour channels) in the
-input's units, drawn with a perceptual colormap (``magma``: dark = certain, bright = uncertain) from 0 to
-the 99.5th percentile of the data (robust to a few extreme pixels), with additive blending so the image
-underneath stays visible.
+input's units, or the calibrated sigma, drawn with a perceptual colormap (``magma``: dark = certain,
+bright = uncertain) from 0 to the 99.5th percentile of the data (robust to a few extreme pixels). The
+colormap fades to transparent where the uncertainty is low (its alpha rises linearly from 0 at the lower
+contrast limit to 1 at the upper one, :func:`uncertainty_colormap`) and the layer is blended translucently
+at :data:`UNCERTAINTY_OPACITY`: the image underneath keeps its own grey levels where the result can be
+trusted, and only uncertain regions are coloured. Its title
+(:func:`uncertainty_title`, e.g. "MC std, grey levels") names what it holds and in which units; every
+number shown with the marks is in those units.
+
+Marks. The most and least certain patches are a Shapes layer each: the patches' true rectangles (a
+partial patch at the image edge is drawn as the strip it is), labelled inside their top-left corner with
+"#1 · 1.9× median" and "σ 13.3 grey levels" (1-based rank, ratio to the median patch, the patch's mean
+uncertainty in the uncertainty layer's units). The rectangles are
+stored in the input's physical coordinates (the spatial axes have scale 1 and no translate; leading stack
+axes keep the input's scale), so a marks layer saved with napari's own CSV writer reopens in place.
 
 Metadata. Every layer carries the result's provenance (:attr:`SRResult.metadata`: ``model``, ``scale``,
 ``colour_mode``, seed, samples, weights, ...) plus, under :data:`PLUGIN_KEY`, which output it is and
@@ -44,11 +57,25 @@ if TYPE_CHECKING:
 # Key under which each output layer's metadata records what it is and which input it came from.
 PLUGIN_KEY = "sr_uncertainty"
 IMAGE_OUTPUTS = ("SR mean", "SR single", "SR uncertainty")
-POINT_OUTPUTS = ("most certain", "least certain")
-OUTPUTS = IMAGE_OUTPUTS + POINT_OUTPUTS
+MARK_OUTPUTS = ("most certain", "least certain")
+POINT_OUTPUTS = MARK_OUTPUTS  # the marks were points layers before they became rectangles
+OUTPUTS = IMAGE_OUTPUTS + MARK_OUTPUTS
 UNCERTAINTY_COLORMAP = "magma"
 UNCERTAINTY_PERCENTILE = 99.5
-MARK_COLORS = {"most certain": "lime", "least certain": "magenta"}
+#: the uncertainty overlay: translucent, so the image underneath keeps its own grey levels and contrast
+UNCERTAINTY_BLENDING = "translucent"
+UNCERTAINTY_OPACITY = 0.8
+#: suffix of the fading colormaps' names (``"magma_fade"``)
+FADE_SUFFIX = "_fade"
+# readable over magma (which has no green or cyan) and over grey images
+MARK_COLORS = {"most certain": "lime", "least certain": "cyan"}
+#: rectangle outline width, in input pixels
+MARK_EDGE_PIXELS = 1.0
+#: feature columns of a marks layer (boxes are end-exclusive; LR in input pixels, HR in output pixels)
+MARK_FEATURES = (
+    "rank", "uncertainty", "x_median", "partial", "grid_row", "grid_col",
+    "lr_row0", "lr_col0", "lr_row1", "lr_col1", "hr_row0", "hr_col0", "hr_row1", "hr_col1",
+)  # fmt: skip
 
 LayerDataTuple = tuple[Any, dict, str]
 
@@ -140,16 +167,66 @@ def uncertainty_contrast_limits(std: np.ndarray) -> tuple[float, float]:
     return 0.0, high if high > 0 else 1.0
 
 
+def value_unit(dtype: str) -> str:
+    """What the input's values are called: grey levels (8-bit), counts (other integers), intensity (float)."""
+    kind = np.dtype(dtype)
+    if kind == np.uint8 or kind == np.int8:
+        return "grey levels"
+    if kind == np.bool_:
+        return "mask units"
+    if kind.kind in "iu":
+        return "counts"
+    return "intensity units"
+
+
+def uncertainty_kind(method: str | None, calibrated: bool) -> str:
+    """``"MC std"``, ``"TTA std"`` or ``"calibrated sigma"`` (metadata ``uncertainty_units``)."""
+    return "calibrated sigma" if calibrated else "TTA std" if method == "tta" else "MC std"
+
+
+def uncertainty_title(kind: str, unit: str) -> str:
+    """The colorbar's title, e.g. ``"MC std, grey levels"`` or ``"calibrated σ, counts"``."""
+    return f"{kind.replace('sigma', 'σ')}, {unit}"
+
+
+def mark_label(unit: str) -> str:
+    """Format string of a mark's label (napari text from features): rank and ratio to the median, then the
+    value with its unit."""
+    return "#{rank} · {x_median:.1f}× median\nσ {uncertainty:.3g} " + unit.replace("{", "{{").replace("}", "}}")
+
+
+def uncertainty_colormap(name: str = UNCERTAINTY_COLORMAP) -> Any:
+    """napari colormap ``name`` fading to transparent at its low end (alpha = position in the colormap).
+
+    Returns a :class:`napari.utils.colormaps.Colormap` named ``<name>_fade`` (napari is imported here, so
+    :mod:`layers` itself stays importable without it).
+    """
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    base = ensure_colormap(name[: -len(FADE_SUFFIX)] if name.endswith(FADE_SUFFIX) else name)
+    position = np.linspace(0.0, 1.0, 256)
+    colors = np.asarray(base.map(position), dtype=float)
+    colors[:, 3] = position
+    return Colormap(
+        colors=colors,
+        controls=position,
+        name=base.name + FADE_SUFFIX,
+        display_name=f"{base.name}, transparent where certain",
+    )
+
+
 def build_layer_data(
     results: Sequence[SRResult],
     geometry: InputGeometry,
     slices_shape: Sequence[int] | None = None,
     colormap: str = UNCERTAINTY_COLORMAP,
     calibrated: bool = False,
+    opacity: float = UNCERTAINTY_OPACITY,
 ) -> list[LayerDataTuple]:
     """Layer data tuples for ``<input> SR mean / SR single / SR uncertainty / most certain / least certain``.
 
     The outputs are at the results' model scale (``SRResult.scale``); their geometry overlays the input.
+    A marks layer is left out when its set is empty (``n_patches = 0``).
 
     Parameters
     ----------
@@ -164,7 +241,11 @@ def build_layer_data(
     calibrated : bool
         Show the uncertainty as calibrated sigma (``std_scale * std``, an error estimate) instead of the
         raw MC std; raises ``InputError`` when the weights carry no calibration.
+    opacity : float
+        Opacity of the (translucent) uncertainty layer.
     """
+    from ..core.patches import median_score, nearly_uniform
+
     n_lead = geometry.ndim - 2
     slices_shape = tuple(slices_shape) if slices_shape is not None else (1,) * n_lead
     if len(slices_shape) != n_lead or prod(slices_shape) != len(results):
@@ -178,27 +259,38 @@ def build_layer_data(
     metadata = combined_metadata(results)
     # what the std is over: the MC dropout samples, or (models without dropout) the TTA views
     method = getattr(first.options, "uncertainty_method", "mc-dropout")
-    uncertainty_units = "calibrated sigma" if calibrated else "TTA std" if method == "tta" else "MC std"
+    kind = uncertainty_kind(method, calibrated)
+    unit = value_unit(first.normalization.dtype)
+    title = uncertainty_title(kind, unit)
+    if calibrated and first.std_scale is None:
+        first.calibrated_sigma(np.zeros(1, np.float32))  # raises InputError, saying why
+    factor = np.float32(first.std_scale) if calibrated else np.float32(1)
+    uniform = all(nearly_uniform(r.most_certain, r.least_certain) for r in results) and any(
+        r.most_certain and r.least_certain for r in results
+    )
 
     def stack(arrays: list[np.ndarray]) -> np.ndarray:
         return np.stack(arrays).reshape(*slices_shape, *arrays[0].shape)
 
-    def common(output: str) -> dict:
+    def info(output: str) -> dict:
+        return {
+            "output": output,
+            "source_layer": geometry.name,
+            "source_layer_id": geometry.layer_id,
+            "slice_origin": list(geometry.slice_origin),
+            "uncertainty_units": kind,
+            "value_unit": unit,
+            "title": title,
+            "nearly_uniform": bool(uniform),
+        }
+
+    def common(output: str, layer_scale=scale, layer_translate=translate) -> dict:
         kwargs = {
             "name": names[output],
-            "scale": scale,
-            "translate": translate,
+            "scale": layer_scale,
+            "translate": layer_translate,
             "affine": geometry.affine,
-            "metadata": {
-                **metadata,
-                PLUGIN_KEY: {
-                    "output": output,
-                    "source_layer": geometry.name,
-                    "source_layer_id": geometry.layer_id,
-                    "slice_origin": list(geometry.slice_origin),
-                    "uncertainty_units": uncertainty_units,
-                },
-            },
+            "metadata": {**metadata, PLUGIN_KEY: info(output)},
         }
         if geometry.units is not None:
             kwargs["units"] = geometry.units
@@ -222,68 +314,96 @@ def build_layer_data(
             std,
             {
                 **common("SR uncertainty"),
-                "colormap": colormap,
+                "colormap": uncertainty_colormap(colormap),
                 "contrast_limits": uncertainty_contrast_limits(std),
-                "blending": "additive",
-                "opacity": 0.7,
+                "blending": UNCERTAINTY_BLENDING,
+                "opacity": float(opacity),
             },
             "image",
         ),
     ]
+    # marks: physical coordinates on the spatial axes (scale 1), the input's scale on leading axes
+    mark_scale = np.ones(geometry.ndim)
+    mark_scale[:n_lead] = geometry.scale[:n_lead]
+    mark_translate = np.zeros(geometry.ndim)
+    mark_translate[:n_lead] = geometry.translate[:n_lead]
+    pixel = float(np.min(np.abs(geometry.scale[n_lead:])))
+    patch_side = pixel * first.options.patch_size
+    medians = [median_score(r.scores, r.lr.shape[:2], r.options.patch_size) for r in results]
     for output, attr in (("most certain", "most_certain"), ("least certain", "least_certain")):
-        coords, sizes, features = _patch_marks(results, slices_shape, attr)
+        rectangles, features = _patch_marks(results, slices_shape, attr, geometry, factor, medians)
+        if not rectangles:
+            continue
+        color = MARK_COLORS[output]
         layers.append(
             (
-                coords,
+                rectangles,
                 {
-                    **common(output),
+                    **common(output, mark_scale, mark_translate),
                     "ndim": geometry.ndim,
-                    "symbol": "square",
-                    "size": sizes,
+                    "shape_type": "rectangle",
                     "face_color": "transparent",
-                    "border_color": MARK_COLORS[output],
-                    "border_width": 0.03,
+                    "edge_color": color,
+                    "edge_width": MARK_EDGE_PIXELS * pixel,
                     "features": features,
-                    "text": {"string": "#{rank} {mean_std:.3g}", "color": MARK_COLORS[output], "size": 9},
+                    # inside the rectangle's top-left corner (moved down by about two lines at the zoom
+                    # that fits the image): never clipped at the image edge, never over another patch
+                    "text": {
+                        "string": mark_label(unit),
+                        "color": color,
+                        "size": 8,
+                        "anchor": "upper_left",
+                        "translation": [0] * n_lead + [0.3 * patch_side, 0.05 * patch_side],
+                    },
                 },
-                "points",
+                "shapes",
             )
         )
     return layers
 
 
 def _patch_marks(
-    results: Sequence[SRResult], slices_shape: tuple[int, ...], attr: str
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Point coordinates (patch centres, output pixel grid), sizes (patch side) and feature columns.
+    results: Sequence[SRResult],
+    slices_shape: tuple[int, ...],
+    attr: str,
+    geometry: InputGeometry,
+    factor: np.float32,
+    medians: Sequence[float],
+) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Rectangles (4 corners each, in the marks layer's coordinates) and feature columns of one set.
 
-    Feature columns: ``rank`` (0 = the most/least certain), ``score`` (mean std over the patch in model
-    units, as in the CLI's summary.json), ``mean_std`` (the same in the input's units), ``grid_row``,
-    ``grid_col``, the LR box ``lr_row0 .. lr_col1`` in input pixel coordinates (crop offset added) and the
-    HR box ``hr_row0 .. hr_col1`` in output pixel coordinates (the LR box times the model's scale, as the
-    pipeline computes it); boxes are end-exclusive. A partial patch at
-    the image edge is drawn as a square of its longer side.
+    A rectangle outlines its LR patch's pixel edges in the input: rows ``lr_row0 - 1/2 .. lr_row1 - 1/2``
+    (crop offset included) times the input's scale plus its translate. Feature columns: ``rank`` (1 = the
+    most/least certain), ``uncertainty`` (the patch's mean, in the uncertainty layer's units), ``x_median``
+    (its ratio to the median patch of its slice), ``partial`` (cut by the image edge), ``grid_row``,
+    ``grid_col``, the LR box ``lr_row0 .. lr_col1`` in input pixel coordinates and the HR box
+    ``hr_row0 .. hr_col1`` in output pixel coordinates (the LR box times the model's scale); boxes are
+    end-exclusive. The patch scores themselves (model units) are in the results and ``summary.json``.
     """
-    coords, sizes = [], []
-    columns: dict[str, list] = {
-        key: []
-        for key in (
-            "rank", "score", "mean_std", "grid_row", "grid_col",
-            "lr_row0", "lr_col0", "lr_row1", "lr_col1", "hr_row0", "hr_col0", "hr_row1", "hr_col1",
-        )
-    }  # fmt: skip
+    n_lead = len(slices_shape)
+    spatial_scale = np.asarray(geometry.scale[n_lead:], dtype=float)
+    spatial_translate = np.asarray(geometry.translate[n_lead:], dtype=float)
+    origin = geometry.slice_origin or (0,) * n_lead
+    rectangles = []
+    columns: dict[str, list] = {key: [] for key in MARK_FEATURES}
     for index, result in enumerate(results):
         lead = np.unravel_index(index, slices_shape) if slices_shape else ()
+        lead = [int(o) + int(i) for o, i in zip(origin, lead)] if len(results) == 1 else [int(i) for i in lead]
         r_off, c_off = result.crop_offset
+        median = medians[index]
         for mark in getattr(result, attr):
-            r0, c0, r1, c1 = mark.hr_box
-            coords.append([*lead, (r0 + r1 - 1) / 2, (c0 + c1 - 1) / 2])
-            sizes.append(max(r1 - r0, c1 - c0))
             lr0, lc0, lr1, lc1 = mark.lr_box
+            box = np.array([[lr0 + r_off, lc0 + c_off], [lr1 + r_off, lc1 + c_off]], dtype=float) - 0.5
+            (y0, x0), (y1, x1) = spatial_translate + spatial_scale * box
+            corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
+            rectangles.append(np.hstack([np.tile(np.asarray(lead, dtype=float), (4, 1)), corners]))
+            r0, c0, r1, c1 = mark.hr_box
+            value = float(result.normalization.std_to_input_units(np.float32(mark.score)) * factor)
             values = {
-                "rank": mark.rank,
-                "score": mark.score,
-                "mean_std": float(result.normalization.std_to_input_units(np.float32(mark.score))),
+                "rank": mark.rank + 1,
+                "uncertainty": value,
+                "x_median": mark.score / median if median > 0 else float("nan"),
+                "partial": bool(mark.partial),
                 "grid_row": mark.grid_row,
                 "grid_col": mark.grid_col,
                 "lr_row0": lr0 + r_off,
@@ -297,8 +417,6 @@ def _patch_marks(
             }
             for key, value in values.items():
                 columns[key].append(value)
-    ndim = len(slices_shape) + 2
-    features = {
-        key: np.asarray(values, dtype=float if key in ("score", "mean_std") else int) for key, values in columns.items()
-    }
-    return np.asarray(coords, dtype=float).reshape(-1, ndim), np.asarray(sizes, dtype=float), features
+    dtypes = {"uncertainty": float, "x_median": float, "partial": bool}
+    features = {key: np.asarray(values, dtype=dtypes.get(key, int)) for key, values in columns.items()}
+    return rectangles, features

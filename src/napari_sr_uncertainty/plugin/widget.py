@@ -7,28 +7,45 @@ come from :mod:`napari_sr_uncertainty.plugin.layers`. The model picker lists the
 
 Importing this module, and opening the widget, imports no JAX: the registry, the specs and the pipeline
 module are JAX-free. JAX is imported in the worker when a run loads the weights and builds the engine.
+
+Responsiveness. The worker builds everything it can: the layer data and the napari layer objects
+themselves (a Shapes layer's first construction alone takes ~0.8 s). The GUI thread then adds or updates
+one layer per event-loop turn. A re-run on the same input updates its layers in place (``layer.data =``):
+removing a layer makes napari run a full garbage collection (~0.3 s with JAX loaded) and re-adding it
+rebuilds its controls and visuals, and the colorbar is kept rather than re-created.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import re
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, PushButton, SpinBox
 from napari.layers import Image, Layer
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
-from ..core.imaging import InputError
+from ..core.imaging import InputError, channel_like_last_axis
 from ..core.pipeline import MAX_SAMPLES, MIN_SAMPLES, SEED_LIMIT, SROptions
 from ..models import registry
 from ..models.spec import ModelSpec
-from .layers import PLUGIN_KEY, UNCERTAINTY_COLORMAP, InputGeometry, LayerDataTuple, build_layer_data
+from .layers import (
+    PLUGIN_KEY,
+    UNCERTAINTY_COLORMAP,
+    UNCERTAINTY_OPACITY,
+    InputGeometry,
+    LayerDataTuple,
+    build_layer_data,
+    uncertainty_colormap,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -42,6 +59,10 @@ UNCERTAINTY_UNITS = ("MC std (raw)", "calibrated sigma")
 WEIGHT_SUFFIXES = (".msgpack", ".h5", ".keras", ".pth", ".param")
 COLOUR_MODES = {"rgb": "RGB", "y": "luma (Y; Cb/Cr bicubic)", "gray": "grayscale"}
 QT_INT_MAX = 2**31 - 1  # a Qt spin box holds a C int
+#: how the heatmap is shown after a run
+HEATMAP_VIEWS = (("over the image", True), ("hidden (marks and mean only)", False))
+#: the first run in a process loads JAX and compiles the engine: its time says so
+_first_run_done = False
 
 
 def weight_suffixes() -> tuple[str, ...]:
@@ -99,6 +120,7 @@ class RunJob:
     weights_path: Path | None
     colormap: str
     calibrated: bool = False
+    opacity: float = UNCERTAINTY_OPACITY
 
 
 def current_slice_index(layer: Layer, world_point: Any) -> tuple[int, ...]:
@@ -113,11 +135,14 @@ class RunFailed(Exception):
     """A runtime error of the computation, re-raised under a type that superqt reports (see :func:`run_job`)."""
 
 
-def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult], list[LayerDataTuple]]]:
+def run_job(
+    job: RunJob,
+) -> Generator[tuple[int, Any], None, tuple[list[SRResult], list[LayerDataTuple], list[Layer]]]:
     """Super-resolve (or restore) every image of ``job``; yields ``(image index, Progress)``.
 
-    Returns the results and their layer data, built here so the GUI thread only has to add the layers.
-    Runs in the worker thread: loading the weights and building the engine import JAX (on the first run).
+    Returns the results, their layer data and the napari layers made from it, built here so the GUI thread
+    only has to add (or update) the layers. Runs in the worker thread: loading the weights and building the
+    engine import JAX (on the first run).
     """
     from ..core.pipeline import iter_super_resolve  # looked up at run time (tests replace it)
     from ..models.weights import load_weights
@@ -136,7 +161,12 @@ def run_job(job: RunJob) -> Generator[tuple[int, Any], None, tuple[list[SRResult
                     results.append(stop.value)
                     break
                 yield index, step
-        return results, build_layer_data(results, job.geometry, job.slices_shape, job.colormap, job.calibrated)
+        tuples = build_layer_data(
+            results, job.geometry, job.slices_shape, job.colormap, job.calibrated, opacity=job.opacity
+        )
+        # napari layers are plain evented models (no Qt): making them here keeps their construction
+        # (data checks, thumbnails, shape triangulation, text) off the GUI thread
+        return results, tuples, [Layer.create(*layer_tuple) for layer_tuple in tuples]
     except RuntimeError as exc:
         # superqt takes a RuntimeError from a generator worker for a deleted worker and then emits neither
         # errored nor finished, which would leave the widget running forever; XLA's errors (out of memory,
@@ -161,6 +191,76 @@ def error_message(exc: BaseException, input_name: str, spec: ModelSpec | None = 
     return f"{run_noun(spec)} of '{input_name}' failed ({type(exc).__name__}: {exc}); see the console for details."
 
 
+def _same_kind(old: Layer, new: Layer) -> bool:
+    """Whether ``old`` can take ``new``'s data in place: same layer type, dimensions and colour mode."""
+    return (
+        type(old) is type(new)
+        and old.ndim == new.ndim
+        and getattr(old, "rgb", False) == getattr(new, "rgb", False)
+    )
+
+
+def _update_layer(old: Layer, new: Layer, kwargs: dict) -> None:
+    """Give ``old`` the data, geometry and metadata of ``new`` (a layer built from ``kwargs``), in place.
+
+    What the user may have changed on an output layer is kept: its visibility, and the contrast limits of
+    the mean and single sample. The uncertainty layer takes the new contrast limits (new values); the marks
+    their new rectangles, features and labels.
+    """
+    old.metadata = new.metadata
+    for attr in ("units", "axis_labels"):
+        if attr in kwargs and tuple(getattr(old, attr)) != tuple(getattr(new, attr)):
+            setattr(old, attr, getattr(new, attr))
+    old.affine = new.affine
+    old.scale = new.scale
+    old.translate = new.translate
+    if isinstance(old, Image):
+        old.data = new.data
+        if "colormap" in kwargs:  # the uncertainty: new values, new range
+            old.contrast_limits_range = new.contrast_limits_range
+            old.contrast_limits = new.contrast_limits
+            old.colormap = new.colormap
+            old.opacity = new.opacity
+            old.blending = new.blending
+        return
+    # marks (Shapes): empty first, so the new rectangles take the new colours, features and labels
+    old.data = []
+    old.current_edge_color = kwargs["edge_color"]
+    old.current_face_color = kwargs["face_color"]
+    old.current_edge_width = kwargs["edge_width"]
+    old.features = new.features.iloc[:0]
+    old.add_rectangles(new.data, edge_width=kwargs["edge_width"], edge_color=kwargs["edge_color"],
+                       face_color=kwargs["face_color"])
+    old.features = new.features
+    old.text = kwargs["text"]
+
+
+def _has_data_on_current_slice(layer: Layer, world_point: Any) -> bool:
+    """Whether ``layer`` has data on the slice shown at ``world_point`` (a one-slice result of a stack has not
+    on the other slices)."""
+    n_lead = layer.ndim - 2
+    if n_lead <= 0:
+        return True
+    point = np.asarray(layer.world_to_data(world_point))
+    shape = layer.data.shape if hasattr(layer.data, "shape") else layer._extent_data[1] + 1
+    return all(-0.5 <= point[i] < shape[i] - 0.5 for i in range(n_lead))
+
+
+def _text_overlay(viewer: Any) -> Any:
+    """The viewer's canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    text = getattr(overlays, "text", None)
+    return text if text is not None else viewer.text_overlay
+
+
+def export_folder_name(input_name: str, model: str, when: float | None = None) -> str:
+    """A new report sub-folder's name: ``<input>_<model>_<YYYYmmdd-HHMMSS>`` (file-system safe)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", input_name).strip("-.") or "image"
+    return f"{safe}_{model}_{stamp}"
+
+
 class SuperResolveWidget(Container):
     """Super-resolve (or, with a scale-1 model, restore) the selected image layer with the chosen model, with
     Monte Carlo dropout uncertainty; the outputs are at the model's scale and overlay the input."""
@@ -172,7 +272,14 @@ class SuperResolveWidget(Container):
         self.last_results: list[SRResult] = []
         self._last_input_name = ""
         self._progress: progress | None = None
-        self._pending_layers: list[LayerDataTuple] = []
+        #: GUI-thread steps left of the current run's results (one layer each, one per event-loop turn)
+        self._pending_steps: list[Callable[[], None]] = []
+        self._run_started = 0.0
+        #: the uncertainty layer whose colorbar (and title) is shown: one at a time
+        self._colorbar_layer: Layer | None = None
+        self._showing_title = False
+        self._last_geometry: InputGeometry | None = None
+        self._last_slices_shape: tuple[int, ...] = ()
 
         self.image_layer = ComboBox(
             label="image",
@@ -193,8 +300,8 @@ class SuperResolveWidget(Container):
             value=defaults.n_samples,
             min=MIN_SAMPLES,
             max=MAX_SAMPLES,
-            tooltip="Monte Carlo dropout samples (at least 2: the uncertainty is their spread): more give a "
-            "smoother, more reliable uncertainty, linearly slower.",
+            tooltip=f"Monte Carlo dropout samples, at least {MIN_SAMPLES}: the uncertainty is their spread (one "
+            "sample has none). More give a smoother, more reliable uncertainty, linearly slower.",
         )
         self.seed = SpinBox(
             label="seed",
@@ -234,6 +341,21 @@ class SuperResolveWidget(Container):
             value=UNCERTAINTY_COLORMAP,
             tooltip="Colormap of the uncertainty layer; perceptually uniform maps (magma default) read best.",
         )
+        self.heatmap_view = ComboBox(
+            label="heatmap",
+            choices=HEATMAP_VIEWS,
+            value=True,
+            tooltip="Show the uncertainty heatmap over the image (translucent), or hide it and keep the "
+            "marked patches over the mean. Applies to the last result at once.",
+        )
+        self.opacity = FloatSlider(
+            label="heatmap opacity",
+            value=UNCERTAINTY_OPACITY,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            tooltip="Opacity of the heatmap over the image (translucent blending); applies to the last result at once.",
+        )
         self.uncertainty_units = ComboBox(
             label="uncertainty shown as",
             choices=UNCERTAINTY_UNITS,
@@ -252,7 +374,8 @@ class SuperResolveWidget(Container):
         self.export_button = PushButton(
             text="Export report",
             enabled=False,
-            tooltip="Write the last result as the command-line tool's report folder (PNGs, float32 TIFFs, summary.json).",
+            tooltip="Write the last result as the command-line tool's report folder (PNGs, float32 TIFFs with "
+            "the pixel size, summary.json) into a new sub-folder of the folder you choose.",
         )
         self.status = Label(value="")
         self.extend(
@@ -267,6 +390,8 @@ class SuperResolveWidget(Container):
                 self.region,
                 self.all_slices,
                 self.colormap,
+                self.heatmap_view,
+                self.opacity,
                 self.uncertainty_units,
                 self.weights,
                 self.run_button,
@@ -280,11 +405,16 @@ class SuperResolveWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self._ask_and_export)
+        self.opacity.changed.connect(self._apply_view)
+        self.heatmap_view.changed.connect(self._apply_view)
+        self.colormap.changed.connect(self._apply_view)
 
         layers = napari_viewer.layers
         for event in (layers.events.inserted, layers.events.removed, layers.events.moved):
             event.connect(self._refresh_layer_choices)
         layers.selection.events.active.connect(self._follow_active_layer)
+        layers.events.removed.connect(self._sync_colorbar)
+        napari_viewer.dims.events.current_step.connect(self._sync_colorbar)
         for layer in layers:
             layer.events.name.connect(self._refresh_layer_choices)
         self._refresh_layer_choices()
@@ -293,11 +423,24 @@ class SuperResolveWidget(Container):
         # can no longer be seen or cancelled, and its layers would go to a closed viewer: stop and drop it.
         self.native.destroyed.connect(lambda *_: self._on_native_destroyed())
         self.native_parent_changed.connect(lambda parent: parent is None and self._drop_run(controls_alive=True))
+        self.native_parent_changed.connect(self._fit_dock_title)
+
+    def _fit_dock_title(self, parent: Any) -> None:
+        """Make the dock at least as wide as its title ("Super-resolve with uncertainty (napari-sr-...)")."""
+        title = parent.windowTitle() if parent is not None and hasattr(parent, "windowTitle") else ""
+        if title:
+            width = self.native.fontMetrics().horizontalAdvance(title) + 80  # the title bar's buttons
+            self.native.setMinimumWidth(max(self.native.minimumWidth(), width))
 
     # layer picker
 
     def _image_layer_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+        """Image layers, without our own outputs (a super-resolved result is not an input)."""
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, Image) and PLUGIN_KEY not in layer.metadata
+        ]
 
     def _refresh_layer_choices(self, event: Any = None) -> None:
         if event is not None and getattr(event, "type", None) == "inserted":
@@ -341,7 +484,7 @@ class SuperResolveWidget(Container):
 
     @property
     def is_running(self) -> bool:
-        return self.worker is not None or bool(self._pending_layers)
+        return self.worker is not None or bool(self._pending_steps)
 
     def _weights_path(self) -> Path | None:
         text = self.weights.line_edit.value.strip()
@@ -373,6 +516,14 @@ class SuperResolveWidget(Container):
             )
         if layer.ndim < 2:
             raise InputError(f"layer '{layer.name}' is {layer.ndim}D; a 2D image (or a stack of them) is needed")
+        shape = tuple(int(n) for n in layer.data[0].shape) if layer.multiscale else tuple(layer.data.shape)
+        if not layer.rgb and len(shape) == 3 and channel_like_last_axis(shape):
+            raise InputError(
+                f"layer '{layer.name}' has shape {shape}: its last axis looks like {shape[-1]} channels, which napari "
+                f"shows as {shape[0]} slices of {shape[1]}x{shape[2]} pixels. Open the channels as separate layers "
+                "(viewer.add_image(data, channel_axis=-1)) and run on each, or run the command line tool on the "
+                "file, which processes each channel"
+            )
         spec = options.spec
         weights_path = self._weights_path()
         if weights_path is None and spec.default_weights is None:
@@ -406,6 +557,7 @@ class SuperResolveWidget(Container):
             weights_path=weights_path,
             colormap=str(self.colormap.value),
             calibrated=self.uncertainty_units.value == UNCERTAINTY_UNITS[1],
+            opacity=float(self.opacity.value),
         )
 
     def run(self) -> None:
@@ -418,6 +570,7 @@ class SuperResolveWidget(Container):
             show_error(f"Cannot {self.spec.kind}: {exc}")
             return
         spec = job.options.spec
+        self._run_started = time.perf_counter()
         self._set_running(True)
         self.status.value = f"running {spec.id} on '{job.geometry.name}'..."
         verb = "Restoring" if spec.kind == "restore" else "Super-resolving"
@@ -429,7 +582,7 @@ class SuperResolveWidget(Container):
             return lambda *args: handler(*args) if self.worker is worker else None
 
         worker.yielded.connect(while_current(lambda step: self._on_progress(step, len(job.images))))
-        worker.returned.connect(while_current(lambda returned: self._on_results(*returned, job)))
+        worker.returned.connect(while_current(lambda returned: self._on_results(*returned, job=job)))
         worker.errored.connect(while_current(lambda exc: self._on_error(exc, job)))
         worker.aborted.connect(while_current(self._on_aborted))
         worker.finished.connect(while_current(self._on_finished))
@@ -450,8 +603,8 @@ class SuperResolveWidget(Container):
     def _drop_run(self, controls_alive: bool) -> None:
         """Stop the run and add nothing from it to the viewer; the controls are reset only if they still exist."""
         worker, self.worker = self.worker, None
-        dropped = worker is not None or bool(self._pending_layers)
-        self._pending_layers = []
+        dropped = worker is not None or bool(self._pending_steps)
+        self._pending_steps = []
         if worker is not None:
             worker.quit()
         if self._progress is not None:
@@ -478,35 +631,112 @@ class SuperResolveWidget(Container):
         prefix = f"slice {index + 1}/{n_images}: " if n_images > 1 else ""
         bar.set_description(f"{prefix}{prog.message}")
 
-    def _on_results(self, results: list[SRResult], layer_data: list[LayerDataTuple], job: RunJob) -> None:
-        self._remove_previous_outputs(job.geometry.layer_id)
+    def _on_results(
+        self, results: list[SRResult], layer_data: list[LayerDataTuple], prebuilt: list[Layer], job: RunJob
+    ) -> None:
+        global _first_run_done
         self.last_results = list(results)
         self._last_input_name = job.geometry.name
-        seconds = sum(r.timings.get("total", 0.0) for r in results)
+        self._last_geometry = job.geometry
+        self._last_slices_shape = tuple(job.slices_shape)
         spec = job.options.spec
-        self.status.value = f"done in {seconds:.1f} s ({spec.id}, x{spec.scale})"
-        self._pending_layers = list(layer_data)
-        self._add_next_layer()
+        status = f"done in {time.perf_counter() - self._run_started:.1f} s ({spec.id}, x{spec.scale})"
+        if not _first_run_done:
+            status += "; the first run includes start-up (loading JAX, compiling)"
+            _first_run_done = True
+        info = layer_data[2][1]["metadata"][PLUGIN_KEY]
+        if info["nearly_uniform"]:
+            most, least = results[0].most_certain[0].score, results[0].least_certain[0].score
+            status += f"; uncertainty nearly uniform: least and most certain patch differ by {100 * (least - most) / least:.0f} %"
+        self.status.value = status
+        self.status.tooltip = status
+        existing = self._outputs_of(job.geometry.layer_id)
+        steps: list[Callable[[], None]] = []
+        for (_, kwargs, _), new in zip(layer_data, prebuilt):
+            output = kwargs["metadata"][PLUGIN_KEY]["output"]
+            steps.append(partial(self._put_layer, existing.pop(output, None), new, kwargs))
+        for stale in existing.values():  # e.g. the marks of a previous run with marked patches > 0
+            steps.append(partial(self._remove_layer, stale))
+        self._pending_steps = steps
+        self._next_step()
 
-    def _add_next_layer(self) -> None:
-        """Add the outputs one per event-loop turn: each costs ~0.1 s of texture upload for a 1024^2 image."""
-        if not self._pending_layers:  # the run was dropped between two turns
+    def _outputs_of(self, layer_id: str) -> dict[str, Layer]:
+        """The output layers of earlier runs on the input with ``layer_id``, by output."""
+        found = {}
+        for layer in self._viewer.layers:
+            info = layer.metadata.get(PLUGIN_KEY) if isinstance(layer.metadata, dict) else None
+            if isinstance(info, dict) and info.get("source_layer_id") == layer_id:
+                found[info.get("output")] = layer
+        return found
+
+    def _next_step(self) -> None:
+        """Run one pending step, then yield to the event loop: each step is one layer's worth of GUI work."""
+        if not self._pending_steps:  # the run was dropped between two turns
             return
-        data, kwargs, layer_type = self._pending_layers.pop(0)
-        layer = self._viewer.add_layer(Layer.create(data, kwargs, layer_type))
-        if kwargs["name"].endswith("SR uncertainty") and hasattr(layer, "colorbar"):
-            layer.colorbar.visible = True  # napari >= 0.5.5 draws a colorbar overlay for image layers
-        if self._pending_layers:
-            QTimer.singleShot(0, self._add_next_layer)
+        step = self._pending_steps.pop(0)
+        step()
+        if self._pending_steps:
+            QTimer.singleShot(0, self._next_step)
         else:
             self._set_running(self.is_running)
 
-    def _remove_previous_outputs(self, layer_id: str) -> None:
-        """Drop the layers of an earlier run on the same input, so re-running replaces them."""
-        for layer in list(self._viewer.layers):
-            info = layer.metadata.get(PLUGIN_KEY) if isinstance(layer.metadata, dict) else None
-            if isinstance(info, dict) and info.get("source_layer_id") == layer_id:
-                self._viewer.layers.remove(layer)
+    def _remove_layer(self, layer: Layer) -> None:
+        if layer in self._viewer.layers:
+            self._viewer.layers.remove(layer)
+
+    def _put_layer(self, old: Layer | None, new: Layer, kwargs: dict) -> None:
+        """Update ``old`` in place from ``new`` when they are alike, else add ``new`` (replacing ``old``)."""
+        if old is not None and old in self._viewer.layers and _same_kind(old, new):
+            _update_layer(old, new, kwargs)
+            layer = old
+        else:
+            if old is not None:
+                self._remove_layer(old)
+            layer = self._viewer.add_layer(new)
+        if kwargs["metadata"][PLUGIN_KEY]["output"] == "SR uncertainty":
+            layer.visible = bool(self.heatmap_view.value)
+            self._show_colorbar_of(layer)
+
+    # the colorbar and its title
+
+    def _show_colorbar_of(self, layer: Layer) -> None:
+        """Show ``layer``'s colorbar, titled with its units, and no other of our colorbars."""
+        for other in self._viewer.layers:
+            if other is not layer and hasattr(other, "colorbar") and PLUGIN_KEY in other.metadata:
+                other.colorbar.visible = False
+        if self._colorbar_layer is not None and self._colorbar_layer is not layer:
+            self._colorbar_layer.events.visible.disconnect(self._sync_colorbar)
+        self._colorbar_layer = layer
+        layer.events.visible.connect(self._sync_colorbar)
+        self._sync_colorbar()
+
+    def _sync_colorbar(self, _event: Any = None) -> None:
+        """The colorbar and its title show while their layer is visible and has data on the current slice."""
+        layer = self._colorbar_layer
+        if layer is not None and layer not in self._viewer.layers:
+            layer.events.visible.disconnect(self._sync_colorbar)
+            layer = self._colorbar_layer = None
+        show = layer is not None and layer.visible and _has_data_on_current_slice(layer, self._viewer.dims.point)
+        if layer is not None and hasattr(layer, "colorbar") and layer.colorbar.visible != show:
+            layer.colorbar.visible = show
+        text = _text_overlay(self._viewer)
+        if show:
+            text.text = f"{layer.name}\n{layer.metadata[PLUGIN_KEY]['title']}"
+            text.position = "top_right"
+            text.visible = True
+            self._showing_title = True
+        elif self._showing_title:
+            text.visible = False
+            self._showing_title = False
+
+    def _apply_view(self, _value: Any = None) -> None:
+        """Apply the heatmap controls (shown or hidden, opacity, colormap) to the last result's heatmap."""
+        layer = self._colorbar_layer
+        if layer is None or layer not in self._viewer.layers:
+            return
+        layer.opacity = float(self.opacity.value)
+        layer.colormap = uncertainty_colormap(str(self.colormap.value))
+        layer.visible = bool(self.heatmap_view.value)
 
     def _on_error(self, exc: BaseException, job: RunJob) -> None:
         message = error_message(exc, job.geometry.name, job.options.spec)
@@ -525,24 +755,62 @@ class SuperResolveWidget(Container):
 
     # export
 
-    def export_report(self, outdir: str | Path) -> list[Path]:
-        """Write the last result as the CLI's report folder (one subfolder per slice for stacks)."""
-        from ..core.report import write_report
+    def export_report(self, folder: str | Path) -> list[Path]:
+        """Write the last result as the CLI's report folder, in a new sub-folder of ``folder``; returns it.
+
+        The sub-folder is named ``<input>_<model>_<date-time>`` (:func:`export_folder_name`). A stack (all
+        slices) is written in the CLI's stack layout (:class:`~napari_sr_uncertainty.core.report.StackReport`):
+        one set of TIFFs holding every slice, each slice's PNGs in ``planes/``. The TIFFs and ``summary.json``
+        carry the input layer's pixel size (its scale on the spatial axes, and its units), and the folder
+        holds the heatmap as shown (colormap, contrast limits and units of the uncertainty layer) beside the
+        original project's fixed-scale one.
+        """
+        from ..core.report import DisplayedHeatmap, PixelSize, write_report, write_stack_report
 
         if not self.last_results:
             raise RuntimeError("nothing to export: run first")
-        outdir = Path(outdir)
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise RuntimeError(f"{folder} is not a folder")
+        first = self.last_results[0]
+        name = export_folder_name(self._last_input_name, first.options.model)
+        outdir, n = folder / name, 2
+        while outdir.exists():
+            outdir, n = folder / f"{name}-{n}", n + 1
+        geometry = self._last_geometry
+        pixel = None
+        if geometry is not None:
+            units = geometry.units[-2:] if geometry.units else ("pixel", "pixel")
+            pixel = PixelSize(y=geometry.scale[-2], x=geometry.scale[-1], unit=str(units[-1]))
+        display = None
+        layer = self._colorbar_layer
+        if layer is not None and layer in self._viewer.layers:
+            info = layer.metadata[PLUGIN_KEY]
+            display = DisplayedHeatmap(
+                colormap=layer.colormap.name,
+                contrast_limits=tuple(float(v) for v in layer.contrast_limits),
+                title=info["title"],
+                calibrated=info["uncertainty_units"] == "calibrated sigma",
+            )
         if len(self.last_results) == 1:
-            return [write_report(self.last_results[0], outdir, input_name=self._last_input_name)]
+            return [write_report(first, outdir, input_name=self._last_input_name, pixel_size=pixel, display=display)]
         return [
-            write_report(result, outdir / f"slice_{index:04d}", input_name=self._last_input_name)
-            for index, result in enumerate(self.last_results)
+            write_stack_report(
+                self.last_results,
+                self._last_slices_shape,
+                outdir,
+                input_name=self._last_input_name,
+                pixel_size=pixel,
+                display=display,
+            )
         ]
 
     def _ask_and_export(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
-        folder = QFileDialog.getExistingDirectory(self.native, "Export report to folder")
+        folder = QFileDialog.getExistingDirectory(
+            self.native, "Export report: choose a folder (a new sub-folder is made in it)"
+        )
         if not folder:
             return
         try:
@@ -550,4 +818,4 @@ class SuperResolveWidget(Container):
         except Exception as exc:  # a full disk or permissions problem must not crash the GUI
             show_error(f"Export failed ({type(exc).__name__}: {exc}); choose another folder.")
             return
-        show_info(f"Report written to {written[0] if len(written) == 1 else folder}")
+        show_info(f"Report written to {written[0]}")
