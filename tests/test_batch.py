@@ -37,7 +37,7 @@ TIFFS = ("mean.tif", "single.tif", "std.tif", "sigma.tif")
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       host="127.0.0.1", env=worker_env(1)) as cluster, Client(cluster, timeout=60) as c:
         yield c
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,6 +23,28 @@ def missing_distributed() -> str | None:
     except ImportError:
         return "batch processing needs dask.distributed: pip install 'napari-sr-uncertainty[distributed]'"
     return None
+
+
+def silence_distributed_logs():
+    """Set every ``distributed`` logger of this process to CRITICAL; returns a function that puts them back.
+
+    A lost scheduler makes the client log tracebacks while it tries to reconnect; the command line says it
+    in one line instead (and rows record task errors).
+    """
+    try:
+        import distributed  # noqa: F401 - configures its loggers, which then exist to be set
+    except ImportError:
+        pass
+    names = ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    def restore() -> None:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+    return restore
 
 
 def worker_env(threads: int) -> dict[str, str]:
@@ -126,7 +149,13 @@ def dashboard(client) -> str:
         services = {}
     if "dashboard" not in services:
         return "not available (install bokeh>=3.1 for the dask dashboard)"
-    return client.dashboard_link
+    link = client.dashboard_link
+    try:  # a scheduler started without a dashboard may still list the default port
+        host = client.scheduler.address.split("://")[-1].rsplit(":", 1)[0]
+        socket.create_connection((host, int(services["dashboard"])), timeout=1).close()
+    except (OSError, ValueError, AttributeError):
+        return f"{link} (not reachable from this machine)"
+    return link
 
 
 def n_workers(client) -> int:
