@@ -246,12 +246,11 @@ def build_batch_parser() -> argparse.ArgumentParser:
 
 def main_batch(argv: list[str]) -> int:
     """``napari-sr-uncertainty batch ...``; returns the exit status."""
-    import logging
     import signal
     import threading
 
     from .batch import DEFAULT_HUGE_PIXELS, DEFAULT_TILE, EXIT_BAD_ARGS, EXIT_CLUSTER_LOST, run_batch
-    from .batch.cluster import ClusterError
+    from .batch.cluster import ClusterError, silence_distributed_logs
 
     args = build_batch_parser().parse_args(argv)
     prog = "napari-sr-uncertainty batch"
@@ -259,9 +258,7 @@ def main_batch(argv: list[str]) -> int:
         print(f"{prog}: error: --workers and --threads-per-worker must be >= 1", file=sys.stderr)
         return EXIT_BAD_ARGS
     # distributed logs lost connections with tracebacks; the batch reports them as one line (and rows)
-    dist_logger = logging.getLogger("distributed")
-    log_level = dist_logger.level
-    dist_logger.setLevel(logging.CRITICAL)
+    restore_logs = silence_distributed_logs()
     previous = None
     if threading.current_thread() is threading.main_thread():
         def on_sigterm(signum, frame):  # SIGTERM (a job scheduler's cancel) is handled as Ctrl-C
@@ -287,7 +284,7 @@ def main_batch(argv: list[str]) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     finally:
-        dist_logger.setLevel(log_level)
+        restore_logs()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     for row in result.rows:
