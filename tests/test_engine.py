@@ -140,7 +140,7 @@ def test_keep_rate_and_independence():
         "neighbouring columns": (base[:, :-1], base[:, 1:]),
         "neighbouring rows": (base[:-1], base[1:]),
         "neighbouring channels": (base[..., :-1], base[..., 1:]),
-        "channels 3 apart (same hash)": (base[..., :-3], base[..., 3:]),
+        "channels sharing a hash (ceil(64 / 3) = 22 apart)": (base[..., :-22], base[..., 22:]),
         "samples": (base, keep_mask(11, 1, 0, coords[:256], coords[:256], 64)),
         "layers": (base[..., :32], keep_mask(11, 0, 1, coords[:256], coords[:256], 32)),
         "seeds": (base, keep_mask(12, 0, 0, coords[:256], coords[:256], 64)),
