@@ -121,15 +121,20 @@ def test_real_scheduler_and_workers_survive_a_worker_killed_mid_task(dask_proces
         runner = threading.Thread(target=batch, daemon=True)
         runner.start()
 
-        def image_task():
-            for name, address in names.items():
-                keys = [str(k) for k in observer.processing().get(address, ()) if str(k).startswith("sr-img")]
-                if keys:
-                    return name, keys[0]
+        def executing(dask_worker):
+            return [str(ts.key) for ts in dask_worker.state.executing]
 
-        victim, key = _wait_for(image_task, 60, "a running image task")
-        time.sleep(0.3)  # inside the task (a fresh worker imports JAX and compiles: seconds)
-        assert str(observer.processing().get(names[victim], ())).count(key) == 1, "the task ended too soon"
+        def image_task_still_running():
+            """(worker name, key) of an image task that runs now and still runs 0.3 s later."""
+            for name, address in names.items():
+                keys = [k for k in observer.run(executing, workers=[address]).get(address, [])
+                        if k.startswith("sr-img")]
+                if keys:
+                    time.sleep(0.3)  # inside the task (a fresh worker imports JAX and compiles: seconds)
+                    if keys[0] in observer.run(executing, workers=[address]).get(address, []):
+                        return name, keys[0]
+
+        victim, key = _wait_for(image_task_still_running, 60, "a running image task")
         os.kill(dask_processes.workers[victim].pid, signal.SIGKILL)
         runner.join(timeout=90)
     assert not runner.is_alive(), "the batch did not finish after the worker was killed"
