@@ -13,8 +13,10 @@ from .data import list_images
 
 
 def default_init(model: str) -> str:
-    """ESRCNN starts as bicubic interpolation; other models start from random weights."""
-    return "bicubic" if model == "esrcnn-x2" else "random"
+    """Models with a bicubic initialisation start as bicubic interpolation; others from random weights."""
+    from .initial import BICUBIC_INITS
+
+    return "bicubic" if model in BICUBIC_INITS else "random"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,8 @@ matrix-product (im2col) forms of the same convolutions measured no faster (see `
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..models.dropout import keep_mask, keep_scale
 from ..models.espcn import SCALE, pixel_shuffle
 
@@ -50,3 +52,59 @@ def samples_valid(params, lr, seed, ids, rate: float):
     if ids.shape[0] == 1:  # plain dropout training: no vmap over samples (XLA's CPU convs are slower under it)
         return one(ids[0])[None]
     return jax.vmap(one)(ids)
+
+
+def bicubic_phase_kernels(scale: int = SCALE, radius: int = 2) -> np.ndarray:
+    """(2r+1, 2r+1, s*s) LR kernels whose phase ``s*i + j`` output is Pillow's bicubic upscale at HR (s h + i, s w + j).
+
+    Read off Pillow itself: the bicubic upscale of an impulse gives every output phase's weight on each
+    LR neighbour (Pillow's kernel is separable with support 2 LR pixels, so a 5x5 window holds it).
+    """
+    from PIL import Image
+
+    size = 2 * radius + 5
+    centre = size // 2
+    impulse = np.zeros((size, size), np.float32)
+    impulse[centre, centre] = 1.0
+    up = np.asarray(Image.fromarray(impulse, mode="F").resize((scale * size,) * 2, Image.BICUBIC), np.float64)
+    kernels = np.zeros((2 * radius + 1, 2 * radius + 1, scale * scale))
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            for i in range(scale):
+                for j in range(scale):
+                    kernels[dy + radius, dx + radius, scale * i + j] = up[
+                        scale * (centre - dy) + i, scale * (centre - dx) + j
+                    ]
+    return kernels
+
+
+def bicubic_init(
+    seed: int = 0, copies_conv1: int = 4, copies_conv2: int = 2, gain: float = 0.2, noise: float = 0.1
+) -> dict[str, np.ndarray]:
+    """ESPCN weights that compute (to ~50 dB) Pillow bicubic x3 of the luma, plus small noise elsewhere.
+
+    conv1 channels ``copies_conv1`` per output phase hold ``tanh(gain (bicubic phase - 0.5))`` (tanh nearly
+    linear there); conv2 averages the copies of each phase into ``copies_conv2`` channels through its centre
+    tap; conv3's centre tap averages those, undoes the gain and its bias adds 0.5 back. A dropped carrier
+    channel perturbs its phase by about 1 / copies. The other channels start small and random and learn
+    the residual.
+    """
+    from ..models.espcn import SPEC
+    from .initial import random_init
+
+    arrays = {k: v.astype(np.float64) for k, v in random_init(SPEC, seed, noise).items()}
+    phases = bicubic_phase_kernels()
+    for p in range(SCALE * SCALE):
+        ch1 = [p * copies_conv1 + i for i in range(copies_conv1)]
+        ch2 = [p * copies_conv2 + i for i in range(copies_conv2)]
+        for c in ch1:
+            arrays["conv1/kernel"][:, :, 0, c] = gain * phases[:, :, p]
+            arrays["conv1/bias"][c] = -0.5 * gain
+        for c in ch2:
+            arrays["conv2/kernel"][:, :, :, c] = 0.0
+            arrays["conv2/kernel"][1, 1, ch1, c] = 1.0 / copies_conv1
+            arrays["conv2/bias"][c] = 0.0
+        arrays["conv3/kernel"][:, :, ch2, p] = 0.0
+        arrays["conv3/kernel"][1, 1, ch2, p] = 1.0 / (copies_conv2 * gain)
+        arrays["conv3/bias"][p] = 0.5
+    return {k: v.astype(np.float32) for k, v in arrays.items()}

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from importlib import import_module
 
 import numpy as np
+
+#: models whose network can start as bicubic interpolation -> the module of this package with ``bicubic_init``
+BICUBIC_INITS = {"esrcnn-x2": "esrcnn", "espcn-x3": "espcn"}
 
 
 def random_init(spec, seed: int = 0, noise: float = 1.0) -> dict[str, np.ndarray]:
@@ -19,18 +23,23 @@ def random_init(spec, seed: int = 0, noise: float = 1.0) -> dict[str, np.ndarray
 
 
 def initial_arrays(config) -> dict[str, np.ndarray]:
-    """Initial weights for ``config.init``: "random", "bicubic" (ESRCNN), or a weights file to fine-tune."""
+    """Initial weights for ``config.init``: "random", "bicubic" (models in :data:`BICUBIC_INITS`), or a weights file to fine-tune."""
     spec = config.spec
     if config.init == "random":
         return random_init(spec, config.seed)
     if config.init == "bicubic":
-        if spec.id != "esrcnn-x2":
+        if spec.id not in BICUBIC_INITS:
             raise ValueError(
-                f"the bicubic initialisation is ESRCNN's; {spec.id} starts from 'random' or a weights file"
+                f"no bicubic initialisation for {spec.id} (models with one: {', '.join(BICUBIC_INITS)}); "
+                "start from 'random' or a weights file"
             )
-        from .esrcnn import bicubic_init
+        if spec.id == "esrcnn-x2":
+            from .esrcnn import bicubic_init
 
-        return bicubic_init(config.seed, config.signal_copies_conv1, config.signal_copies_conv2, config.signal_offset)
+            return bicubic_init(
+                config.seed, config.signal_copies_conv1, config.signal_copies_conv2, config.signal_offset
+            )
+        return import_module(f"{__package__}.{BICUBIC_INITS[spec.id]}").bicubic_init(config.seed)
     from ..models.weights import load_weights
 
     return load_weights(config.init, model=spec.id).arrays

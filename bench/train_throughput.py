@@ -1,0 +1,123 @@
+"""Training throughput: ms per step, achieved GFLOP/s and the share of the machine's matrix-product peak.
+
+Usage::
+
+    taskset -c 1 env XLA_FLAGS=--xla_cpu_multi_thread_eigen=false python bench/train_throughput.py \
+        [--model ID ...] [--batch 16] [--crop 32] [--steps 20]
+
+For each registered model (or those given), one realistic batch of random LR crops (dropout on, one sample
+per crop), the jitted train step (loss, gradients, Adam) is timed two ways:
+
+* ``module``: the plain path, the model's Flax module ("same" padding on the whole crop, the loss on the
+  interior that excludes ``halo * scale`` HR pixels);
+* ``fast``: the model's training fast path (:data:`napari_sr_uncertainty.training.step.FAST_PATHS`), when it
+  has one: the same loss and gradients (tests/test_training_models.py).
+
+FLOPs per step are XLA's cost analysis of the fast step (forward plus backward; the least work a step
+needs), so both rows are measured against the same useful work. The peak is a jitted 2048 x 2048 float32
+matrix product measured in the same process. Data loading (:class:`CropSampler`) is timed separately on
+synthetic 480x320 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a jitted n x n float32 matrix product."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32))
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    return 2 * n**3 / median_seconds(lambda: f(a).block_until_ready(), repeats) / 1e9
+
+
+def time_step(config, fast: bool, steps: int) -> tuple[float, float]:
+    """(median seconds per step, XLA FLOPs of the step)."""
+    import jax
+    import jax.numpy as jnp
+
+    from napari_sr_uncertainty.training.initial import random_init
+    from napari_sr_uncertainty.training.step import make_optimizer, make_train_step
+
+    spec = config.spec
+    params = spec.to_flax(random_init(spec, 0))["params"]
+    opt_state = make_optimizer(config).init(params)
+    rng = np.random.default_rng(0)
+    c, s, ch = config.crop_lr, spec.scale, spec.channels
+    lr = jnp.asarray(rng.random((config.batch, c, c, ch), np.float32))
+    hr = jnp.asarray(rng.random((config.batch, s * c, s * c, ch), np.float32))
+    step_fn = make_train_step(config, fast=fast)
+    flops = step_fn.lower(params, opt_state, jnp.int32(0), lr, hr).compile().cost_analysis()
+    flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
+    state = [params, opt_state]
+
+    def one():
+        state[0], state[1], loss = step_fn(state[0], state[1], jnp.int32(1), lr, hr)
+        jax.block_until_ready(loss)
+
+    one()
+    return median_seconds(one, steps), flops
+
+
+def time_data(config, repeats: int = 50) -> float:
+    from napari_sr_uncertainty.training.data import CropSampler, make_pair
+
+    spec = config.spec
+    rng = np.random.default_rng(0)
+    pairs = [make_pair(f"syn{i}", (rng.random((320, 480, 3)) * 255).astype(np.uint8), spec.scale) for i in range(4)]
+    sampler = CropSampler(pairs, config.crop_lr, seed=0, colour=spec.colour)
+    return median_seconds(lambda: sampler.batch(config.batch), repeats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from napari_sr_uncertainty.models.registry import model_ids
+    from napari_sr_uncertainty.training.config import TrainConfig
+    from napari_sr_uncertainty.training.step import FAST_PATHS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", choices=model_ids(), default=model_ids())
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=32, help="LR crop side")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (median)")
+    args = parser.parse_args(argv)
+    peak = matmul_peak()
+    print(f"matrix-product peak (2048^2 float32, jitted): {peak:.0f} GFLOP/s")
+    print(f"batch {args.batch} of {args.crop}x{args.crop} LR crops, one dropout sample per crop\n")
+    print("| model | path | ms / step | GFLOP / step (fwd+bwd) | GFLOP/s | % of peak | data ms / batch |")
+    print("|---|---|---|---|---|---|---|")
+    for model in args.model:
+        config = TrainConfig(model=model, batch=args.batch, crop_lr=args.crop, init="random")
+        data_ms = time_data(config) * 1e3
+        paths = [False] + ([True] if model in FAST_PATHS else [])
+        results = {fast: time_step(config, fast, args.steps) for fast in paths}
+        useful_flops = results[paths[-1]][1]
+        for fast, (seconds, _) in results.items():
+            rate = useful_flops / seconds / 1e9
+            print(
+                f"| {model} | {'fast' if fast else 'module'} | {seconds * 1e3:.1f} | {useful_flops / 1e9:.2f} | "
+                f"{rate:.0f} | {100 * rate / peak:.0f} % | {data_ms:.2f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
