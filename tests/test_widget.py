@@ -219,40 +219,57 @@ def test_export_report_writes_the_cli_folder_into_a_new_subfolder(qtbot, viewer_
     assert again != folder and again.parent == tmp_path
 
 
-def test_gui_stays_responsive_during_a_run(qtbot, viewer_and_widget):
-    """Longest gap between 10 ms event-loop timer ticks while a 512x512 RGB image is computed block by block.
-
-    While blocks are computed the GUI thread only handles progress, and the engine releases the GIL:
-    gaps stay under 200 ms. Not covered by the bound (napari's and Python's own work, measured and
-    reported instead): importing JAX on the first run, the post-processing of the full image, and adding
-    the five 1024x1024 layers (texture uploads, ~0.1 s per layer on an idle machine).
-    """
+def measure_gaps(qtbot, widget) -> dict[str, float]:
+    """Run once; the longest gaps (ms) between 10 ms event-loop timer ticks, by phase of the run."""
     from qtpy.QtCore import QTimer
 
-    viewer, widget = viewer_and_widget
-    viewer.add_image(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8), name="big")
-    in_blocks = {"now": False}
-    ticks: list[tuple[float, bool]] = []
+    phase = {"now": "start"}
+    ticks: list[tuple[float, str]] = []
     timer = QTimer()
     timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), in_blocks["now"])))
+    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), phase["now"])))
     timer.start()
     widget.run()
 
     def on_progress(step):
         prog = step[1]
-        in_blocks["now"] = prog.message.startswith("block") and prog.done < prog.total
+        phase["now"] = "blocks" if prog.message.startswith("block") and prog.done < prog.total else "worker"
 
     widget.worker.yielded.connect(on_progress)
+    widget.worker.returned.connect(lambda *_: phase.update(now="end"))
     qtbot.waitUntil(lambda: not widget.is_running, timeout=RUN_TIMEOUT_MS)
+    ticks.append((time.perf_counter(), "last layer"))
     timer.stop()
-    times = np.array([t for t, _ in ticks])
-    flags = np.array([f for _, f in ticks])
-    gaps = np.diff(times)
-    block_gaps = gaps[flags[1:] & flags[:-1]]
-    print(f"longest gap: {block_gaps.max() * 1000:.0f} ms computing blocks, {gaps.max() * 1000:.0f} ms over the run")
-    assert len(block_gaps) > 20
-    assert block_gaps.max() < 0.2, f"event loop blocked for {block_gaps.max() * 1000:.0f} ms while computing blocks"
+    gaps: dict[str, float] = {}
+    for (t0, label), (t1, _) in zip(ticks, ticks[1:]):
+        gaps[label] = max(gaps.get(label, 0.0), (t1 - t0) * 1000)
+    gaps["blocks_ticks"] = sum(label == "blocks" for _, label in ticks)
+    return gaps
+
+
+def test_gui_stays_responsive_during_a_run(qtbot, viewer_and_widget):
+    """Longest gap between 10 ms event-loop timer ticks, from Run to the last layer, 512x512 RGB image.
+
+    While blocks are computed the GUI thread only handles progress, and the engine releases the GIL: gaps
+    stay under 200 ms (asserted). The end of the run (the worker's result to the last layer: layers added,
+    or updated in place on a re-run, one per event-loop turn) and the start (JAX's import in the worker on
+    the first run) are measured and reported here, on the first run and on a re-run; their bound is checked
+    by ``bench/gui_gap.py``, not here (a shared CI machine's load makes wall-clock gaps vary).
+    """
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(
+        np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8), name="big", rgb=True
+    )
+    for run in ("first run", "re-run"):
+        widget.image_layer.value = layer
+        widget.seed.value = 0 if run == "first run" else 1
+        gaps = measure_gaps(qtbot, widget)
+        print(
+            f"{run}: longest gap {gaps.get('blocks', 0):.0f} ms computing blocks, {gaps.get('start', 0):.0f} ms "
+            f"at the start, {gaps.get('end', 0):.0f} ms from the result to the last layer"
+        )
+        assert gaps["blocks_ticks"] > 20
+        assert gaps["blocks"] < 200, f"event loop blocked for {gaps['blocks']:.0f} ms while computing blocks"
 
 
 # The model picker (issue 12)

@@ -12,11 +12,17 @@ Responsiveness. The worker builds everything it can: the layer data and the napa
 themselves (a Shapes layer's first construction alone takes ~0.8 s). The GUI thread then adds or updates
 one layer per event-loop turn. A re-run on the same input updates its layers in place (``layer.data =``):
 removing a layer makes napari run a full garbage collection (~0.3 s with JAX loaded) and re-adding it
-rebuilds its controls and visuals, and the colorbar is kept rather than re-created.
+rebuilds its controls and visuals, and the colorbar is kept rather than re-created. While the worker
+computes, the GUI thread renders, a few per event-loop turn, the font glyphs the labels, the colorbar and
+its title will need (napari shares one glyph atlas between all text; a glyph costs ~10-20 ms to render the
+first time). From the result to the last layer, the objects that existed before are frozen out of Python's
+garbage collector (``gc.freeze``, undone at the end): a full collection over JAX's and napari's objects
+takes ~0.3 s, and one falling into that window was the longest freeze left.
 """
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from collections.abc import Callable, Generator
@@ -63,6 +69,9 @@ QT_INT_MAX = 2**31 - 1  # a Qt spin box holds a C int
 HEATMAP_VIEWS = (("over the image", True), ("hidden (marks and mean only)", False))
 #: the first run in a process loads JAX and compiles the engine: its time says so
 _first_run_done = False
+#: characters the marks' labels, the colorbar's ticks and its title are drawn with (glyphs rendered ahead)
+GLYPHS = "0123456789.,-+e#·×σ ()" + "".join(sorted(set("median grey levels counts intensity units mask MC TTA std calibrated SR uncertainty")))
+GLYPHS_PER_TURN = 2
 
 
 def weight_suffixes() -> tuple[str, ...]:
@@ -165,8 +174,12 @@ def run_job(
             results, job.geometry, job.slices_shape, job.colormap, job.calibrated, opacity=job.opacity
         )
         # napari layers are plain evented models (no Qt): making them here keeps their construction
-        # (data checks, thumbnails, shape triangulation, text) off the GUI thread
-        return results, tuples, [Layer.create(*layer_tuple) for layer_tuple in tuples]
+        # (data checks, thumbnails, shape triangulation) off the GUI thread. The marks' labels are set by
+        # the GUI thread one event-loop turn after the rectangles (each turn builds new visuals).
+        layers = [
+            Layer.create(data, {k: v for k, v in kwargs.items() if k != "text"}, kind) for data, kwargs, kind in tuples
+        ]
+        return results, tuples, layers
     except RuntimeError as exc:
         # superqt takes a RuntimeError from a generator worker for a deleted worker and then emits neither
         # errored nor finished, which would leave the widget running forever; XLA's errors (out of memory,
@@ -232,7 +245,13 @@ def _update_layer(old: Layer, new: Layer, kwargs: dict) -> None:
     old.add_rectangles(new.data, edge_width=kwargs["edge_width"], edge_color=kwargs["edge_color"],
                        face_color=kwargs["face_color"])
     old.features = new.features
-    old.text = kwargs["text"]
+
+
+def _set_text(placed: dict[str, Layer], output: str, text: dict) -> None:
+    """Label the marks layer that now holds ``output``."""
+    layer = placed.get(output)
+    if layer is not None:
+        layer.text = text
 
 
 def _has_data_on_current_slice(layer: Layer, world_point: Any) -> bool:
@@ -378,6 +397,7 @@ class SuperResolveWidget(Container):
             "the pixel size, summary.json) into a new sub-folder of the folder you choose.",
         )
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)
         self.extend(
             [
                 self.image_layer,
@@ -588,6 +608,30 @@ class SuperResolveWidget(Container):
         worker.finished.connect(while_current(self._on_finished))
         self.worker = worker
         worker.start()
+        self._prewarm_glyphs(job.geometry.name)
+
+    def _prewarm_glyphs(self, name: str) -> None:
+        """Render the glyphs of our texts into napari's shared font atlas, a few per event-loop turn while the
+        worker runs, so the first labels and colorbar do not render them all in one frame."""
+        try:  # napari's canvas font (private API): without it the glyphs are rendered at first draw
+            info = self._viewer.window._qt_viewer.canvas.font_info()
+            font = info.font_manager.get_font(info.face)
+        except Exception:
+            return
+        pending = [c for c in dict.fromkeys(GLYPHS + name) if c not in getattr(font, "_glyphs", {})]
+
+        def turn() -> None:
+            for char in pending[:GLYPHS_PER_TURN]:
+                try:
+                    font[char]
+                except Exception:
+                    pass
+            del pending[:GLYPHS_PER_TURN]
+            if pending and self.worker is not None:
+                QTimer.singleShot(0, turn)
+
+        if pending:
+            QTimer.singleShot(0, turn)
 
     def cancel(self) -> None:
         """Ask the worker to stop at the next block boundary; nothing is added to the viewer."""
@@ -648,17 +692,27 @@ class SuperResolveWidget(Container):
         if info["nearly_uniform"]:
             most, least = results[0].most_certain[0].score, results[0].least_certain[0].score
             status += f"; uncertainty nearly uniform: least and most certain patch differ by {100 * (least - most) / least:.0f} %"
-        self.status.value = status
-        self.status.tooltip = status
         existing = self._outputs_of(job.geometry.layer_id)
         steps: list[Callable[[], None]] = []
+        placed: dict[str, Layer] = {}
         for (_, kwargs, _), new in zip(layer_data, prebuilt):
             output = kwargs["metadata"][PLUGIN_KEY]["output"]
-            steps.append(partial(self._put_layer, existing.pop(output, None), new, kwargs))
+            steps.append(partial(self._put_layer, existing.pop(output, None), new, kwargs, placed))
+            # the next turn: what builds further new visuals (the colorbar, the labels)
+            if output == "SR uncertainty":
+                steps.append(lambda placed=placed: self._show_colorbar_of(placed["SR uncertainty"]))
+            elif "text" in kwargs:
+                steps.append(partial(_set_text, placed, output, kwargs["text"]))
         for stale in existing.values():  # e.g. the marks of a previous run with marked patches > 0
             steps.append(partial(self._remove_layer, stale))
+        steps.append(partial(self._show_status, status))  # its own turn: a longer text re-lays the dock out
         self._pending_steps = steps
+        gc.freeze()  # until the last layer: see the module docstring
         self._next_step()
+
+    def _show_status(self, text: str) -> None:
+        self.status.value = text
+        self.status.tooltip = text
 
     def _outputs_of(self, layer_id: str) -> dict[str, Layer]:
         """The output layers of earlier runs on the input with ``layer_id``, by output."""
@@ -672,9 +726,14 @@ class SuperResolveWidget(Container):
     def _next_step(self) -> None:
         """Run one pending step, then yield to the event loop: each step is one layer's worth of GUI work."""
         if not self._pending_steps:  # the run was dropped between two turns
+            gc.unfreeze()
             return
         step = self._pending_steps.pop(0)
-        step()
+        try:
+            step()
+        finally:
+            if not self._pending_steps:
+                gc.unfreeze()
         if self._pending_steps:
             QTimer.singleShot(0, self._next_step)
         else:
@@ -684,8 +743,9 @@ class SuperResolveWidget(Container):
         if layer in self._viewer.layers:
             self._viewer.layers.remove(layer)
 
-    def _put_layer(self, old: Layer | None, new: Layer, kwargs: dict) -> None:
-        """Update ``old`` in place from ``new`` when they are alike, else add ``new`` (replacing ``old``)."""
+    def _put_layer(self, old: Layer | None, new: Layer, kwargs: dict, placed: dict[str, Layer]) -> None:
+        """Update ``old`` in place from ``new`` when they are alike, else add ``new`` (replacing ``old``);
+        ``placed[output]`` is the layer that holds the output now."""
         if old is not None and old in self._viewer.layers and _same_kind(old, new):
             _update_layer(old, new, kwargs)
             layer = old
@@ -693,9 +753,10 @@ class SuperResolveWidget(Container):
             if old is not None:
                 self._remove_layer(old)
             layer = self._viewer.add_layer(new)
-        if kwargs["metadata"][PLUGIN_KEY]["output"] == "SR uncertainty":
+        output = kwargs["metadata"][PLUGIN_KEY]["output"]
+        placed[output] = layer
+        if output == "SR uncertainty":
             layer.visible = bool(self.heatmap_view.value)
-            self._show_colorbar_of(layer)
 
     # the colorbar and its title
 
