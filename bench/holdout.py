@@ -6,7 +6,7 @@ Usage::
 
 This is where choices between trained models are made (never on Set5, Set14 or BSD100). One row per
 weights file: Y-PSNR of bicubic and of the MC mean (protocol, at the model's scale), and the uncertainty
-metrics of :func:`napari_sr_uncertainty.training.evaluate.mc_image_stats` (64 px LR patches, the network's
+metrics of :func:`napari_sr_uncertainty.training.evaluate.mc_image_stats` (128 px HR patches, the network's
 channels), mean over the images. ``--dropout-rate`` evaluates the architecture at another rate than its
 spec's (weights trained at that rate, e.g. while choosing it).
 """

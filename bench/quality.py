@@ -1,28 +1,31 @@
-"""Quality benchmark: x2 Y-PSNR / SSIM on Set5, Set14, BSD100 and uncertainty metrics (PROTOCOL.md).
+"""Quality benchmark of a registered model at its scale: Y-PSNR / SSIM on Set5, Set14, BSD100 and uncertainty
+metrics (PROTOCOL.md: the x2 protocol, and its x3 / x4 sections).
 
 Usage::
 
-    python bench/quality.py [--shared PATH] [--quick N] [--weights MSGPACK] [--samples 40]
+    python bench/quality.py [--model ID] [--shared PATH] [--quick N] [--weights FILE] [--samples 40]
+                            [--sets Set5 Set14 BSD100]
 
 ``--shared`` is the folder holding ``datasets/`` and ``reference/`` (default: ``<repo>/../shared``).
-``--quick N`` uses only the first N images of each set.
+``--quick N`` uses only the first N images of each set. ``--weights`` defaults to the model's bundled weights.
 
-Rows: bicubic, the original Keras weights (``modelesrcnn8.h5``), ours deterministic (dropout off), ours MC
-mean of ``--samples`` dropout samples, and the published SRCNN / FSRCNN numbers (copied from PROTOCOL.md,
-not measured here). The uncertainty section (Set14, BSD100, ours) uses the heatmap = MC std averaged over
-RGB, errors of the MC mean in RGB [0, 1] with ``scale`` pixels shaved
-(:mod:`napari_sr_uncertainty.core.uncertainty_metrics`), as follows:
+Protocol at scale s: HR cropped to a multiple of s, LR = Pillow bicubic /s of the uint8 RGB image, the model's
+output made into the RGB image the product shows (``y`` models: network luma + bicubic chroma), rounded to
+uint8, BT.601 Y, ``s`` pixels shaved. Rows: bicubic, the original project's weights (imported, deterministic)
+where ``reference/`` has them, ours deterministic (dropout off), ours MC mean of ``--samples`` dropout samples,
+and the published numbers of PROTOCOL.md at that scale (copied, not measured here).
 
-* pixel Spearman: per image, Spearman rank correlation of heatmap and |error| (mean over RGB), averaged;
-* patch Spearman: per image, Spearman of patch scores (mean heatmap per 64x64 LR patch) and patch RMSE;
+The uncertainty section (Set14, BSD100, ours) uses the heatmap = MC std of the network's channels (averaged
+over RGB for ``rgb`` models, the luma for ``y`` models) against the errors of the MC mean on the same channels
+in [0, 1], ``s`` pixels shaved (:mod:`napari_sr_uncertainty.core.uncertainty_metrics`):
+
+* pixel Spearman: per image, Spearman rank correlation of heatmap and |error|, averaged;
+* patch Spearman: per image, Spearman of patch scores (mean heatmap per 128x128 HR patch: 64 LR px at x2, 42 at x3, 32 at x4) and patch RMSE;
 * least/most RMSE ratio: mean RMSE of the 5 least-certain patches / of the 5 most-certain, images with
-  at least 10 patches; the "ceiling" row ranks the patches by their true RMSE instead (what a perfect
-  uncertainty map would reach on the same images);
-* AUSE (Ilg et al. 2018): RMSE of the pixels left after removing the fraction f of most uncertain
-  pixels, f = 0, 0.02, ..., 0.98, minus the same curve when removing by true error (oracle); area under
-  the difference, per image, averaged. "random" is the same area for a random order (its expected curve
-  is flat at the full RMSE). Lower is better; 0 = oracle;
-* coverage (BSD100): fraction of pixel-channel errors within ±1.96 · s · std, s = calibrated std scale
+  at least 10 patches; the "ceiling" row ranks the patches by their true RMSE instead;
+* AUSE (Ilg et al. 2018): area between the RMSE sparsification curve and the oracle's; "random" is the same
+  area for a random order. Lower is better; 0 = oracle;
+* coverage (BSD100): fraction of pixel-channel errors within ±1.96 · s · std, s = the calibrated std scale
   from the training card.
 """
 
@@ -36,19 +39,38 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from napari_sr_uncertainty.models import esrcnn_fast as engine
 from napari_sr_uncertainty.core import metrics
-from napari_sr_uncertainty.models.weights import load_weights
-
 from napari_sr_uncertainty.core.uncertainty_metrics import image_uncertainty_stats
+from napari_sr_uncertainty.models.registry import DEFAULT_MODEL, get_spec, model_ids
+from napari_sr_uncertainty.models.weights import load_weights
+from napari_sr_uncertainty.training.data import network_planes
+from napari_sr_uncertainty.training.evaluate import patch_lr, predict, to_rgb
 
-SCALE = 2
-PATCH_LR = 64
 SETS = ("Set5", "Set14", "BSD100")
 UNCERTAINTY_SETS = ("Set14", "BSD100")
-PUBLISHED = {  # PROTOCOL.md, x2, Y channel: PSNR dB / SSIM
-    "SRCNN (published)": {"Set5": (36.66, 0.9542), "Set14": (32.45, 0.9067), "BSD100": (31.36, 0.8879)},
-    "FSRCNN (published)": {"Set5": (37.05, 0.9560), "Set14": (32.66, 0.9090), "BSD100": (31.53, 0.8920)},
+#: the original projects' weights in ``<shared>/reference`` (imported through the model's importer)
+ORIGINAL_WEIGHTS = {"esrcnn-x2": "seed000/modelesrcnn8.h5", "espcn-x3": "seed002/best.pth"}
+#: PROTOCOL.md, Y channel: scale -> method -> set -> (PSNR dB, SSIM or None)
+PUBLISHED = {
+    2: {
+        "SRCNN (published)": {"Set5": (36.66, 0.9542), "Set14": (32.45, 0.9067), "BSD100": (31.36, 0.8879)},
+        "FSRCNN (published)": {"Set5": (37.05, 0.9560), "Set14": (32.66, 0.9090), "BSD100": (31.53, 0.8920)},
+    },
+    3: {
+        "bicubic (published)": {"Set5": (30.39, None), "Set14": (27.55, None), "BSD100": (27.21, None)},
+        "SRCNN (published)": {"Set5": (32.75, None), "Set14": (29.30, None), "BSD100": (28.41, None)},
+        "FSRCNN (published)": {"Set5": (33.18, None), "Set14": (29.37, None), "BSD100": (28.53, None)},
+        "ESPCN, 91 images (published)": {"Set5": (32.55, None)},
+        "ESPCN, ImageNet (published)": {"Set5": (33.00, None)},
+        "VDSR (published)": {"Set5": (33.66, None), "Set14": (29.77, None), "BSD100": (28.82, None)},
+    },
+    4: {
+        "bicubic (published)": {"Set5": (28.42, None), "Set14": (26.00, None), "BSD100": (25.96, None)},
+        "SRCNN (published)": {"Set5": (30.48, None), "Set14": (27.50, None), "BSD100": (26.90, None)},
+        "FSRCNN (published)": {"Set5": (30.72, None), "Set14": (27.61, None), "BSD100": (26.98, None)},
+        "VDSR (published)": {"Set5": (31.35, None), "Set14": (28.01, None), "BSD100": (27.29, None)},
+        "RDN (published)": {"Set5": (32.47, None), "Set14": (28.81, None), "BSD100": (27.72, None)},
+    },
 }
 
 
@@ -56,33 +78,39 @@ def default_shared() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared"
 
 
-def load_set(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def load_set(folder: Path, limit: int | None, scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, HR cropped to the scale, protocol LR) for the PNGs of an evaluation set."""
     items = []
     for path in sorted(folder.glob("*.png"))[:limit]:
         with Image.open(path) as img:
-            hr = metrics.crop_to_scale(metrics.to_rgb_uint8(np.asarray(img.convert("RGB"))), SCALE)
-        items.append((path.stem, hr, metrics.make_lr(hr, SCALE)))
+            hr = metrics.crop_to_scale(metrics.to_rgb_uint8(np.asarray(img.convert("RGB"))), scale)
+        items.append((path.stem, hr, metrics.make_lr(hr, scale)))
     return items
 
 
-def uncertainty_stats(result: engine.MCResult, hr: np.ndarray, std_scale: float | None) -> dict:
-    """Per-image uncertainty metrics of an MC result against the uint8 HR ground truth."""
-    truth = hr.astype(np.float32) / 255.0
-    return image_uncertainty_stats(result.mean, result.std, truth, patch=PATCH_LR, scale=SCALE, std_scale=std_scale)
-
-
-def run(shared: Path, weights_path: str | None, quick: int | None, n_samples: int, log=sys.stderr) -> str:
+def run(
+    shared: Path,
+    model: str,
+    weights_path: str | None,
+    quick: int | None,
+    n_samples: int,
+    sets: tuple[str, ...] = SETS,
+    log=sys.stderr,
+) -> str:
     """Run the benchmark and return the report text."""
+    spec = get_spec(model)
+    if spec.scale == 1:
+        raise ValueError(f"{spec.id} is x1 restoration: PROTOCOL.md measures it with its own degradation, not here")
+    s = spec.scale
     datasets = shared / "datasets"
-    ours = load_weights(weights_path)
-    keras_path = shared / "reference" / "seed000" / "modelesrcnn8.h5"
-    models = {"ours": engine.prepare_params(ours.arrays)}
-    if keras_path.is_file():
-        models["keras"] = engine.prepare_params(load_weights(keras_path).arrays)
-    rows = {name: {} for name in ("bicubic", "keras", "ours_det", "ours_mc")}
+    ours = load_weights(weights_path, model=spec.id)
+    models = {"ours": ours.arrays}
+    original = shared / "reference" / ORIGINAL_WEIGHTS.get(spec.id, "-")
+    if original.is_file():
+        models["original"] = load_weights(original, model=spec.id).arrays
+    rows = {name: {} for name in ("bicubic", "original", "ours_det", "ours_mc")}
     uncertainty = {}
-    for set_name in SETS:
+    for set_name in sets:
         folder = datasets / set_name
         if not folder.is_dir():
             print(f"skipping {set_name}: {folder} not found", file=log)
@@ -90,83 +118,112 @@ def run(shared: Path, weights_path: str | None, quick: int | None, n_samples: in
         scores = {name: [] for name in rows}
         per_image = []
         start = time.monotonic()
-        for name, hr, lr_uint8 in load_set(folder, quick):
-            lr = lr_uint8.astype(np.float32) / 255.0
-            outputs = {"bicubic": metrics.bicubic_upscale(lr_uint8, SCALE),
-                       "ours_det": engine.mc_predict(lr, models["ours"], n_samples=0).mean}
-            if "keras" in models:
-                outputs["keras"] = engine.mc_predict(lr, models["keras"], n_samples=0).mean
-            mc = engine.mc_predict(lr, models["ours"], n_samples=n_samples, seed=0)
-            outputs["ours_mc"] = mc.mean
+        for _name, hr, lr in load_set(folder, quick, s):
+            outputs = {
+                "bicubic": metrics.bicubic_upscale(lr, s),
+                "ours_det": to_rgb(spec, predict(spec, models["ours"], lr, 0).mean, lr),
+            }
+            if "original" in models:
+                outputs["original"] = to_rgb(spec, predict(spec, models["original"], lr, 0).mean, lr)
+            mc = predict(spec, models["ours"], lr, n_samples, seed=0)
+            outputs["ours_mc"] = to_rgb(spec, mc.mean, lr)
             for row, sr in outputs.items():
-                scores[row].append((metrics.psnr_y(sr, hr, SCALE), metrics.ssim_y(sr, hr, SCALE)))
+                scores[row].append((metrics.psnr_y(sr, hr, s), metrics.ssim_y(sr, hr, s)))
             if set_name in UNCERTAINTY_SETS:
-                per_image.append(uncertainty_stats(mc, hr, ours.calibration_scale))
+                truth = network_planes(hr, spec.colour)
+                per_image.append(
+                    image_uncertainty_stats(
+                        mc.mean, mc.std, truth, patch=patch_lr(s), scale=s, std_scale=ours.calibration_scale
+                    )
+                )
         for row, values in scores.items():
             if values:
                 rows[row][set_name] = tuple(np.mean(values, axis=0))
         if per_image:
             uncertainty[set_name] = per_image
         print(f"{set_name}: {len(scores['bicubic'])} images in {time.monotonic() - start:.0f}s", file=log)
-    return format_report(rows, uncertainty, ours, n_samples, quick)
+    return format_report(spec, rows, uncertainty, ours, original.name, n_samples, quick)
 
 
-def format_report(rows: dict, uncertainty: dict, ours, n_samples: int, quick: int | None) -> str:
+def format_report(
+    spec, rows: dict, uncertainty: dict, ours, original_name: str, n_samples: int, quick: int | None
+) -> str:
+    s = spec.scale
     labels = {
-        "bicubic": "bicubic (Pillow)",
-        "keras": "original Keras weights (modelesrcnn8.h5), deterministic",
+        "bicubic": "bicubic (Pillow), measured",
+        "original": f"original project's weights ({original_name}), deterministic",
         "ours_det": "ours, deterministic (dropout off)",
         "ours_mc": f"ours, MC mean of {n_samples}",
     }
-    sets = [s for s in SETS if any(s in r for r in rows.values())]
-    lines = [f"x2 super-resolution, Y channel (BT.601), shave 2 px, PSNR dB / SSIM"
-             + (f"  [quick: first {quick} images per set]" if quick else ""),
-             f"weights: {ours.source} (sha256 {ours.sha256[:12]})", ""]
-    header = f"| {'method':<58} | " + " | ".join(f"{s:^16}" for s in sets) + " |"
-    lines += [header, "|" + "-" * 60 + "|" + "|".join("-" * 18 for _ in sets) + "|"]
+    sets = [name for name in SETS if any(name in r for r in rows.values())]
+    lines = [
+        f"{spec.id}: x{s} super-resolution, Y channel (BT.601), shave {s} px, PSNR dB / SSIM"
+        + (f"  [quick: first {quick} images per set]" if quick else ""),
+        f"weights: {ours.source} (sha256 {ours.sha256[:12]})",
+        "",
+    ]
+    lines += [
+        f"| {'method':<62} | " + " | ".join(f"{name:^16}" for name in sets) + " |",
+        "|" + "-" * 64 + "|" + "|".join("-" * 18 for _ in sets) + "|",
+    ]
+
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        return f"{value[0]:6.2f}" + (f" / {value[1]:.4f}" if value[1] is not None else "")
+
     for key, label in labels.items():
         if rows[key]:
-            cells = [f"{rows[key][s][0]:6.2f} / {rows[key][s][1]:.4f}" if s in rows[key] else "-" for s in sets]
-            lines.append(f"| {label:<58} | " + " | ".join(f"{c:^16}" for c in cells) + " |")
-    for label, published in PUBLISHED.items():
-        cells = [f"{published[s][0]:6.2f} / {published[s][1]:.4f}" for s in sets]
-        lines.append(f"| {label:<58} | " + " | ".join(f"{c:^16}" for c in cells) + " |")
+            lines.append(f"| {label:<62} | " + " | ".join(f"{cell(rows[key].get(n)):^16}" for n in sets) + " |")
+    for label, published in PUBLISHED.get(s, {}).items():
+        lines.append(f"| {label:<62} | " + " | ".join(f"{cell(published.get(n)):^16}" for n in sets) + " |")
     if uncertainty:
-        lines += ["", f"Uncertainty of ours (MC {n_samples}, heatmap = std averaged over RGB), mean over images:", ""]
-        keys = [("pixel_spearman", "Spearman(heatmap, abs error) per pixel"),
-                ("patch_spearman", "Spearman(patch score, patch RMSE), 64 px LR patches"),
-                ("least_most_ratio", "RMSE 5 least certain / 5 most certain patches"),
-                ("oracle_least_most_ratio", "  same, patches ranked by true RMSE (ceiling)"),
-                ("ause", "AUSE (RMSE, [0,1] units; lower is better)"),
-                ("ause_random", "  same area for a random ordering"),
-                ("oracle_area", "  area under the oracle curve")]
+        channels = "std averaged over RGB" if spec.colour == "rgb" else "std of the luma"
+        lines += ["", f"Uncertainty of ours (MC {n_samples}, heatmap = {channels}), mean over images:", ""]
+        keys = [
+            ("pixel_spearman", "Spearman(heatmap, abs error) per pixel"),
+            ("patch_spearman", "Spearman(patch score, patch RMSE), 128 px HR patches"),
+            ("least_most_ratio", "RMSE 5 least certain / 5 most certain patches"),
+            ("oracle_least_most_ratio", "  same, patches ranked by true RMSE (ceiling)"),
+            ("ause", "AUSE (RMSE, [0,1] units; lower is better)"),
+            ("ause_random", "  same area for a random ordering"),
+            ("oracle_area", "  area under the oracle curve"),
+        ]
         names = list(uncertainty)
         lines.append(f"| {'metric':<52} | " + " | ".join(f"{n:^18}" for n in names) + " |")
         lines.append("|" + "-" * 54 + "|" + "|".join("-" * 20 for _ in names) + "|")
         for key, label in keys:
             cells = []
             for n in names:
-                values = [s[key] for s in uncertainty[n] if key in s and np.isfinite(s[key])]
+                values = [st[key] for st in uncertainty[n] if key in st and np.isfinite(st[key])]
                 cells.append(f"{np.mean(values):.4f} (n={len(values)})" if values else "-")
             lines.append(f"| {label:<52} | " + " | ".join(f"{c:^18}" for c in cells) + " |")
         if "BSD100" in uncertainty and ours.calibration_scale is not None:
-            covered = sum(s["covered"] for s in uncertainty["BSD100"])
-            count = sum(s["count"] for s in uncertainty["BSD100"])
-            lines += ["", f"BSD100 coverage of ±1.96·s·std (s = {ours.calibration_scale:.3f} from the training card): "
-                      f"{100.0 * covered / count:.2f}% of pixel-channel errors (target 95%)"]
+            covered = sum(st["covered"] for st in uncertainty["BSD100"])
+            count = sum(st["count"] for st in uncertainty["BSD100"])
+            lines += [
+                "",
+                f"BSD100 coverage of ±1.96·s·std (s = {ours.calibration_scale:.3f} from the training card): "
+                f"{100.0 * covered / count:.2f}% of pixel-channel errors (target 95%)",
+            ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=model_ids(), default=DEFAULT_MODEL, help="registry id")
     parser.add_argument("--shared", type=Path, default=default_shared(), help="folder holding datasets/ and reference/")
-    parser.add_argument("--weights", default=None, help="weights file (default: the bundled weights)")
+    parser.add_argument("--weights", default=None, help="weights file (default: the model's bundled weights)")
     parser.add_argument("--quick", type=int, default=None, metavar="N", help="only the first N images of each set")
     parser.add_argument("--samples", type=int, default=40, help="MC dropout samples")
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="evaluation sets")
     args = parser.parse_args(argv)
     if not (args.shared / "datasets").is_dir():
         parser.error(f"{args.shared / 'datasets'} not found (pass --shared)")
-    print(run(args.shared, args.weights, args.quick, args.samples))
+    try:
+        print(run(args.shared, args.model, args.weights, args.quick, args.samples, tuple(args.sets)))
+    except ValueError as exc:
+        parser.error(str(exc))
     return 0
 
 

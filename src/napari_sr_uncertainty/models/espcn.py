@@ -23,8 +23,9 @@ import numpy as np
 from .spec import ModelSpec
 
 SCALE = 3
-# Chosen on held-out training images (BSD200 validation ids), see the training card and the README.
-DROPOUT_RATE = 0.05
+# Chosen on held-out training images (BSD200 validation ids): 3k-step runs at 0.02 / 0.05 / 0.1, rule fixed
+# beforehand (highest MC-40 Y-PSNR with patch Spearman >= 0.7, else the highest patch Spearman): 0.1 (see the card).
+DROPOUT_RATE = 0.1
 PARAM_SHAPES = {
     "conv1": ((5, 5, 1, 64), (64,)),
     "conv2": ((3, 3, 64, 32), (32,)),

@@ -21,7 +21,13 @@ from ..core import metrics, uncertainty_metrics
 from ..core.colour import chroma_differences, luma_to_rgb
 from .data import ImagePair, network_planes
 
-PATCH_LR = 64  # the product's patch size, for patch statistics
+PATCH_HR = 128  # patch side in output pixels for patch statistics: 64 LR px at x2 (the product's default)
+
+
+def patch_lr(scale: int) -> int:
+    """LR patch side of the patch statistics at ``scale``: the same 128 output pixels at every scale, so an
+    image holds as many patches (a 481x321 image: 3 x 2) whatever the model."""
+    return PATCH_HR // scale
 
 
 @cache
@@ -122,14 +128,14 @@ def evaluate_pairs(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 
 def mc_image_stats(
     spec, arrays: dict, pairs: list[ImagePair], n_samples: int, seed: int = 0, std_scale: float | None = None
 ) -> list[dict]:
-    """Per image of ``pairs``: :func:`uncertainty_metrics.image_uncertainty_stats` of an MC run (64x64 LR
+    """Per image of ``pairs``: :func:`uncertainty_metrics.image_uncertainty_stats` of an MC run (128x128 HR
     patches, the network's channels), plus ``psnr_y``, the protocol Y-PSNR of its MC mean."""
     rows = []
     for pair in pairs:
         result = predict(spec, arrays, pair.lr, n_samples, seed)
         truth = network_planes(pair.hr, spec.colour)
         stats = uncertainty_metrics.image_uncertainty_stats(
-            result.mean, result.std, truth, patch=PATCH_LR, scale=spec.scale, std_scale=std_scale
+            result.mean, result.std, truth, patch=patch_lr(spec.scale), scale=spec.scale, std_scale=std_scale
         )
         stats["psnr_y"] = metrics.psnr_y(to_rgb(spec, result.mean, pair.lr), pair.hr, spec.scale)
         rows.append(stats)
@@ -139,7 +145,7 @@ def mc_image_stats(
 def evaluate_uncertainty(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 16, seed: int = 0) -> dict:
     """Mean MC-mean Y-PSNR and pixel / patch Spearman of the MC std against the MC mean's error on ``pairs``.
 
-    Patches are the product's 64x64 LR patches (:func:`mc_image_stats`); images with fewer than three
+    Patches are 128x128 output pixels (:func:`patch_lr`); images with fewer than three
     patches count only for the pixel correlation.
     """
     rows = mc_image_stats(spec, arrays, pairs, n_samples, seed)
