@@ -71,7 +71,7 @@ def test_calibrated_sigma_labels_match_the_heatmap(qtbot, cell_run):
     marks = viewer.layers["cell LR least certain"]
     std_scale = viewer.layers["cell LR SR uncertainty"].metadata["calibration"]["std_scale"]
     np.testing.assert_allclose(marks.features["uncertainty"], raw * std_scale, rtol=1e-5)
-    assert f"σ {marks.features['uncertainty'][0]:.3g} grey levels" in marks.text.values[0]
+    assert f"σ {marks.features['uncertainty'][0]:.3g}\ngrey levels" in marks.text.values[0]
     assert viewer.layers["cell LR SR uncertainty"].metadata[PLUGIN_KEY]["title"] == "calibrated σ, grey levels"
 
 

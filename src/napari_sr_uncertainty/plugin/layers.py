@@ -23,8 +23,9 @@ Values. Mean and single sample are float32 in the input's units, shown with the 
 The uncertainty layer holds the per-pixel MC standard deviation (averaged over colour channels) in the
 input's units, or the calibrated sigma, drawn with a perceptual colormap (``magma``: dark = certain,
 bright = uncertain) from 0 to the 99.5th percentile of the data (robust to a few extreme pixels). The
-colormap fades to transparent where the uncertainty is low (its alpha rises linearly from 0 at the lower
-contrast limit to 1 at the upper one, :func:`uncertainty_colormap`) and the layer is blended translucently
+colormap fades to transparent where the uncertainty is low (its alpha is the square of the position in the
+contrast range: 0 at the lower limit, 1/4 halfway, 1 at the upper limit, :func:`uncertainty_colormap`) and
+the layer is blended translucently
 at :data:`UNCERTAINTY_OPACITY`: the image underneath keeps its own grey levels where the result can be
 trusted, and only uncertain regions are coloured. Its title
 (:func:`uncertainty_title`, e.g. "MC std, grey levels") names what it holds and in which units; every
@@ -32,8 +33,8 @@ number shown with the marks is in those units.
 
 Marks. The most and least certain patches are a Shapes layer each: the patches' true rectangles (a
 partial patch at the image edge is drawn as the strip it is), labelled inside their top-left corner with
-"#1 · 1.9× median" and "σ 13.3 grey levels" (1-based rank, ratio to the median patch, the patch's mean
-uncertainty in the uncertainty layer's units). The rectangles are
+three short lines, "#1 · 1.9× median", "σ 13.3", "grey levels" (1-based rank, ratio to the median patch, the
+patch's mean uncertainty and the uncertainty layer's units). The rectangles are
 stored in the input's physical coordinates (the spatial axes have scale 1 and no translate; leading stack
 axes keep the input's scale), so a marks layer saved with napari's own CSV writer reopens in place.
 
@@ -67,10 +68,11 @@ UNCERTAINTY_BLENDING = "translucent"
 UNCERTAINTY_OPACITY = 0.8
 #: suffix of the fading colormaps' names (``"magma_fade"``)
 FADE_SUFFIX = "_fade"
-# readable over magma (which has no green or cyan) and over grey images
-MARK_COLORS = {"most certain": "lime", "least certain": "cyan"}
+# readable over magma (which has no green or blue) and over grey images; green and azure stay apart for
+# colour-blind eyes too
+MARK_COLORS = {"most certain": "lime", "least certain": "#4da6ff"}
 #: rectangle outline width, in input pixels
-MARK_EDGE_PIXELS = 1.0
+MARK_EDGE_PIXELS = 1.5
 #: feature columns of a marks layer (boxes are end-exclusive; LR in input pixels, HR in output pixels)
 MARK_FEATURES = (
     "rank", "uncertainty", "x_median", "partial", "grid_row", "grid_col",
@@ -192,11 +194,11 @@ def uncertainty_title(kind: str, unit: str) -> str:
 def mark_label(unit: str) -> str:
     """Format string of a mark's label (napari text from features): rank and ratio to the median, then the
     value with its unit."""
-    return "#{rank} · {x_median:.1f}× median\nσ {uncertainty:.3g} " + unit.replace("{", "{{").replace("}", "}}")
+    return "#{rank} · {x_median:.1f}× median\nσ {uncertainty:.3g}\n" + unit.replace("{", "{{").replace("}", "}}")
 
 
 def uncertainty_colormap(name: str = UNCERTAINTY_COLORMAP) -> Any:
-    """napari colormap ``name`` fading to transparent at its low end (alpha = position in the colormap).
+    """napari colormap ``name`` fading to transparent at its low end (alpha = the position squared).
 
     Returns a :class:`napari.utils.colormaps.Colormap` named ``<name>_fade`` (napari is imported here, so
     :mod:`layers` itself stays importable without it).
@@ -206,7 +208,7 @@ def uncertainty_colormap(name: str = UNCERTAINTY_COLORMAP) -> Any:
     base = ensure_colormap(name[: -len(FADE_SUFFIX)] if name.endswith(FADE_SUFFIX) else name)
     position = np.linspace(0.0, 1.0, 256)
     colors = np.asarray(base.map(position), dtype=float)
-    colors[:, 3] = position
+    colors[:, 3] = position**2
     return Colormap(
         colors=colors,
         controls=position,
@@ -353,7 +355,7 @@ def build_layer_data(
                         "color": color,
                         "size": 8,
                         "anchor": "upper_left",
-                        "translation": [0] * n_lead + [0.3 * patch_side, 0.05 * patch_side],
+                        "translation": [0] * n_lead + [0.42 * patch_side, 0.05 * patch_side],
                     },
                 },
                 "shapes",

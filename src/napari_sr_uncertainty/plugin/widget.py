@@ -72,6 +72,7 @@ _first_run_done = False
 #: characters the marks' labels, the colorbar's ticks and its title are drawn with (glyphs rendered ahead)
 GLYPHS = "0123456789.,-+e#·×σ ()" + "".join(sorted(set("median grey levels counts intensity units mask MC TTA std calibrated SR uncertainty")))
 GLYPHS_PER_TURN = 2
+COLORBAR_POSITION = "bottom_right"
 
 
 def weight_suffixes() -> tuple[str, ...]:
@@ -779,11 +780,14 @@ class SuperResolveWidget(Container):
             layer = self._colorbar_layer = None
         show = layer is not None and layer.visible and _has_data_on_current_slice(layer, self._viewer.dims.point)
         if layer is not None and hasattr(layer, "colorbar") and layer.colorbar.visible != show:
+            # bottom right, where napari stacks overlays vertically: the title sits on the bar, and a narrow
+            # canvas does not push the bar out of sight (top right stacks them side by side)
+            layer.colorbar.position = COLORBAR_POSITION
             layer.colorbar.visible = show
         text = _text_overlay(self._viewer)
         if show:
             text.text = f"{layer.name}\n{layer.metadata[PLUGIN_KEY]['title']}"
-            text.position = "top_right"
+            text.position = COLORBAR_POSITION
             text.visible = True
             self._showing_title = True
         elif self._showing_title:
