@@ -206,12 +206,28 @@ def test_cli_trains_and_exports_espcn_with_a_card(data_folders, tmp_path, capsys
     log = [json.loads(line) for line in (run / loop.LOG_NAME).read_text().splitlines()]
     assert log[-1]["step"] == 3 and np.isfinite(log[-1]["val_mc_psnr_y"])
     out = tmp_path / "espcn.msgpack"
-    assert cli.main(["--run-dir", str(run), "--export", str(out), "--export-last", "--mc-samples", "3"]) == 0
+    assert (
+        cli.main(
+            [
+                "--run-dir",
+                str(run),
+                "--export",
+                str(out),
+                "--export-last",
+                "--mc-samples",
+                "3",
+                "--note",
+                "rate chosen by a rule",
+            ]
+        )
+        == 0
+    )
     weights = load_weights(out)
     assert weights.model == "espcn-x3" and weights.calibration_scale > 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["model_id"] == "espcn-x3" and card["scale"] == 3 and card["colour"] == "y"
     assert card["config"]["init"] == "bicubic" and "luma" in card["loss"]
+    assert card["notes"] == ["rate chosen by a rule"]
     assert card["calibration"]["method"].endswith("per pixel and luma")
 
 
@@ -219,3 +235,21 @@ def test_cli_reports_a_bad_run_with_status_2(data_folders, tmp_path, capsys):
     args = ["--model", "espcn-x3", "--run-dir", str(tmp_path), "--data", str(data_folders / "train"), "--steps", "1"]
     assert cli.main(args) == 2  # no BSD200: no held-out images
     assert "no validation images" in capsys.readouterr().err
+
+
+def test_resume_can_change_the_schedule_length(data_folders, tmp_path):
+    config = TrainConfig(
+        model="espcn-x3",
+        data=[str(data_folders / "train"), str(data_folders / "BSD200")],
+        steps=3,
+        batch=2,
+        crop_lr=12,
+        val_every=100,
+        checkpoint_every=100,
+        val_mc_samples=2,
+    )
+    assert loop.train(config, tmp_path, max_seconds=0.0, log=QUIET)["step"] == 1
+    assert loop.train(config, tmp_path, steps=5, log=QUIET)["step"] == 5
+    from napari_sr_uncertainty.training.checkpoint import read_checkpoint_config
+
+    assert read_checkpoint_config(tmp_path / CHECKPOINT_NAME).steps == 5

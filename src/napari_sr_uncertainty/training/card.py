@@ -55,6 +55,7 @@ def export(
     mc_samples: int = 40,
     last: bool = False,
     data: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> dict:
     """Write the run's best (or ``last``) weights to ``out_path`` (msgpack) and the training card (``.json``).
 
@@ -64,7 +65,8 @@ def export(
     the MC std on the held-out training images, and the sha256 of the written weights file.
 
     ``last`` exports the checkpoint's latest weights instead of those with the best validation Y-PSNR.
-    ``data`` replaces the checkpoint's training folders (a run trained on another machine).
+    ``data`` replaces the checkpoint's training folders (a run trained on another machine); ``notes`` are
+    free-text lines kept in the card (e.g. how a hyper-parameter was chosen).
     """
     from ..models.weights import load_weights, save_weights
 
@@ -130,6 +132,8 @@ def export(
             "deterministic": evaluate_pairs(spec, arrays, set5, 0),
             "mc_mean": evaluate_pairs(spec, arrays, set5, mc_samples),
         }
+    if notes:
+        card["notes"] = list(notes)
     card["calibration"] = calibrate_std_scale(spec, arrays, val_pairs, mc_samples)
     out_path = Path(out_path)
     card["sha256"] = save_weights(arrays, out_path, model=spec.id)

@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="folders of HR training images (e.g. T91 BSD200); on resume, where they are now",
     )
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="total steps (schedule length)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"total steps (schedule length; default {defaults.steps}); on resume, a new length for the run",
+    )
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--crop", type=int, default=defaults.crop_lr, help="LR crop size in pixels")
     parser.add_argument("--loss", choices=("mse", "l1"), default=defaults.loss)
@@ -108,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--set5", default=None, help="Set5 folder, measured for the training card on export")
     parser.add_argument("--mc-samples", type=int, default=40, help="MC samples for export numbers")
+    parser.add_argument("--note", action="append", default=None, help="with --export: a line kept in the card")
     return parser
 
 
@@ -120,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.export:
         card = export(
-            args.run_dir, args.export, args.set5, args.mc_samples, last=args.export_last, data=args.data or None
+            args.run_dir,
+            args.export,
+            args.set5,
+            args.mc_samples,
+            last=args.export_last,
+            data=args.data or None,
+            notes=args.note,
         )
         print(
             json.dumps(
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(
             model=args.model,
             data=[str(Path(d).resolve()) for d in args.data],
-            steps=args.steps,
+            steps=args.steps or TrainConfig().steps,
             batch=args.batch,
             crop_lr=args.crop,
             loss=args.loss,
@@ -164,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         for folder in args.data:
             list_images(folder)  # fails early on evaluation sets and missing folders
         result = train(
-            config, args.run_dir, max_seconds=args.max_seconds, resume=not args.no_resume, data=args.data or None
+            config,
+            args.run_dir,
+            max_seconds=args.max_seconds,
+            resume=not args.no_resume,
+            data=args.data or None,
+            steps=args.steps,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"napari-sr-uncertainty-train: error: {exc}", file=sys.stderr)

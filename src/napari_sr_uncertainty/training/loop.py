@@ -42,6 +42,7 @@ def train(
     max_seconds: float | None = None,
     resume: bool = True,
     data: list[str] | None = None,
+    steps: int | None = None,
     log=sys.stderr,
 ) -> dict:
     """Train (or resume) until ``config.steps`` or ``max_seconds``, checkpointing into ``run_dir``.
@@ -61,6 +62,8 @@ def train(
         Continue from ``run_dir/checkpoint.msgpack`` when it exists.
     data : list of str, optional
         On resume, the training folders on this machine (the checkpoint's paths may be another machine's).
+    steps : int, optional
+        On resume, a new schedule length (lengthen or shorten a run; the cosine decay follows it).
     log : file
         Where the progress lines go.
 
@@ -82,6 +85,8 @@ def train(
         config = read_checkpoint_config(checkpoint_path)
         if data:
             config.data = [str(Path(d).resolve()) for d in data]
+        if steps:
+            config.steps = steps
     spec = config.spec
     if train_pairs is None or val_pairs is None:
         train_pairs, val_pairs = load_pairs(
