@@ -168,7 +168,8 @@ def write_input(
             result = run_to_end(iter_super_resolve(image, weights, options), progress)
             if on_result is not None:
                 on_result((), result)
-            return write_report(result, outdir, input_name=input_name)
+            # a TIFF input's pixel size (read_image puts it on the layout; a stack's report reads it there)
+            return write_report(result, outdir, input_name=input_name, pixel_size=layout.pixel_size)
         return _run_planes(image, layout, weights, options, outdir, input_name, progress, on_result)
 
 

@@ -215,12 +215,17 @@ def _shown_values(result: SRResult, display: DisplayedHeatmap):
 
 
 def shown_contrast_limits(result: SRResult, display: DisplayedHeatmap) -> tuple[float, float]:
-    """The display's contrast limits, or napari's default for the layer: 0 to the 99.5th percentile.
+    """The display's contrast limits, or the napari layer's default: 0 to the 99.5th percentile of the
+    pixels outside the padding frame.
 
     The percentile is taken over at most ~4 million pixels (a regular subsample of a larger heatmap)."""
     if display.contrast_limits is not None:
         return float(display.contrast_limits[0]), float(display.contrast_limits[1])
     heatmap = result.heatmap
+    border = patch_border(result.options.spec)  # the padding frame, as the napari layer leaves it out
+    h, w = heatmap.shape[:2]
+    if border and min(h, w) > 4 * border:
+        heatmap = heatmap[border : h - border, border : w - border]
     step = max(1, int(np.ceil(np.sqrt(heatmap.size / 4e6))))
     values = _shown_values(result, display)(np.asarray(heatmap[::step, ::step]))
     high = float(np.percentile(values, SHOWN_PERCENTILE)) if values.size else 0.0

@@ -163,9 +163,13 @@ def combined_metadata(results: Sequence[SRResult]) -> dict:
     return metadata
 
 
-def uncertainty_contrast_limits(std: np.ndarray) -> tuple[float, float]:
-    """0 to the 99.5th percentile; a valid range even when every std is 0 (deterministic run)."""
-    high = float(np.percentile(std, UNCERTAINTY_PERCENTILE)) if std.size else 0.0
+def uncertainty_contrast_limits(std: np.ndarray, border: int = 0) -> tuple[float, float]:
+    """0 to the 99.5th percentile of the pixels outside the padding frame (``border`` output pixels along
+    the image edges, when the image is larger than the frame): the frame's artefact would otherwise set
+    the top of the range. A valid range even when every std is 0 (deterministic run)."""
+    h, w = std.shape[-2:]
+    inner = std[..., border : h - border, border : w - border] if border and min(h, w) > 4 * border else std
+    high = float(np.percentile(inner, UNCERTAINTY_PERCENTILE)) if inner.size else 0.0
     return 0.0, high if high > 0 else 1.0
 
 
@@ -247,6 +251,7 @@ def build_layer_data(
         Opacity of the (translucent) uncertainty layer.
     """
     from ..core.patches import median_score, nearly_uniform
+    from ..core.pipeline import patch_border
 
     n_lead = geometry.ndim - 2
     slices_shape = tuple(slices_shape) if slices_shape is not None else (1,) * n_lead
@@ -317,7 +322,7 @@ def build_layer_data(
             {
                 **common("SR uncertainty"),
                 "colormap": uncertainty_colormap(colormap),
-                "contrast_limits": uncertainty_contrast_limits(std),
+                "contrast_limits": uncertainty_contrast_limits(std, patch_border(first.options.spec)),
                 "blending": UNCERTAINTY_BLENDING,
                 "opacity": float(opacity),
             },
