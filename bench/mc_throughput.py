@@ -2,14 +2,16 @@
 
 Usage::
 
-    python bench/mc_throughput.py [--repeats 3] [--baseline-repeats 2]
+    python bench/mc_throughput.py [--model ID] [--repeats 3] [--baseline-repeats 2] [--profile]
 
 Every configuration runs in a fresh subprocess, so its first-call time (compile included) and its peak
 RSS are its own. Each worker uses a fresh, empty JAX compilation cache folder; the cold-start row then
 reruns 512x512 in a new process against the cache the previous process filled, as a new napari session
-or CLI run would. Inputs are uniform random RGB LR images in [0, 1] (the cost does not depend on content).
-Weights: the bundled ``weights/esrcnn_x2.msgpack`` if present, else the original Keras model in
-``../shared/reference/seed000``, else random weights of the right shapes.
+or CLI run would. Inputs are uniform random LR images in [0, 1] with the model's channels (the cost does not
+depend on content). ``--model`` picks the registered model (default ESRCNN x2); the baseline is a Python loop
+over its jitted Flax module, one dropout sample per pass; PyTorch (ESRCNN only) if installed. Weights: the
+model's bundled weights if present, else the original project's in ``../shared/reference``, else random weights
+of the right shapes. ``--profile`` (ESRCNN's fast engine only) splits the per-sample cost.
 """
 
 from __future__ import annotations
@@ -27,23 +29,33 @@ from pathlib import Path
 
 N_SAMPLES = 40
 REPO = Path(__file__).resolve().parents[1]
-KERAS_WEIGHTS = REPO.parent / "shared" / "reference" / "seed000" / "modelesrcnn8.h5"
+REFERENCE = REPO.parent / "shared" / "reference"
+ORIGINAL_WEIGHTS = {"esrcnn-x2": "seed000/modelesrcnn8.h5", "espcn-x3": "seed002/best.pth"}
+MODEL = "esrcnn-x2"  # set by --model (and passed on to the workers)
+
+
+def spec():
+    from napari_sr_uncertainty.models.registry import get_spec
+
+    return get_spec(MODEL)
 
 
 def load_arrays() -> tuple[dict, str]:
-    """ESRCNN weights as flat float32 arrays, and where they came from."""
+    """The model's weights as flat float32 arrays, and where they came from."""
     import numpy as np
 
-    from napari_sr_uncertainty.models.esrcnn import SPEC
     from napari_sr_uncertainty.models import weights
 
-    bundled = weights.bundled_weights_dir() / SPEC.default_weights
-    for path in (bundled, KERAS_WEIGHTS):
+    model = spec()
+    candidates = [REFERENCE / ORIGINAL_WEIGHTS.get(model.id, "-")]
+    if model.default_weights:
+        candidates.insert(0, weights.bundled_weights_dir() / model.default_weights)
+    for path in candidates:
         if path.is_file():
-            return weights.load_weights(path).arrays, path.name
+            return weights.load_weights(path, model=model.id).arrays, path.name
     rng = np.random.default_rng(0)
     arrays = {}
-    for name, (kshape, bshape) in model.PARAM_SHAPES.items():
+    for name, (kshape, bshape) in model.param_shapes.items():
         fan_in = int(np.prod(kshape[:-1]))
         arrays[f"{name}/kernel"] = rng.normal(0, fan_in**-0.5, kshape).astype(np.float32)
         arrays[f"{name}/bias"] = np.zeros(bshape, np.float32)
@@ -55,26 +67,27 @@ def peak_rss_mb() -> float:
 
 
 def baseline_runner(arrays):
-    """What a typical JAX user writes: a Python loop over a jitted full forward pass with jax.random."""
+    """What a typical JAX user writes: a Python loop over a jitted full forward pass, one sample per pass."""
     import jax
     import jax.numpy as jnp
 
-    from napari_sr_uncertainty.models.esrcnn import SPEC
+    from napari_sr_uncertainty.models.dropout import Grid
 
-    net = SPEC.module()
-    variables = SPEC.to_flax(arrays)
+    model = spec()
+    net = model.module()
+    variables = model.to_flax(arrays)
 
     @jax.jit
-    def forward(x, key):
-        return net.apply(variables, x[None], deterministic=False, rngs={"dropout": key})[0]
+    def forward(x, sample):
+        return net.apply(variables, x[None], Grid.whole(x.shape[0], x.shape[1]), sample)[0]
 
     def run(lr):
         x = jnp.asarray(lr)
-        key = jax.random.PRNGKey(0)
-        total = jnp.zeros((2 * lr.shape[0], 2 * lr.shape[1], 3))
+        s = model.scale
+        total = jnp.zeros((s * lr.shape[0], s * lr.shape[1], model.channels))
         total_sq = jnp.zeros_like(total)
         for i in range(N_SAMPLES):
-            y = forward(x, jax.random.fold_in(key, i))
+            y = forward(x, jnp.int32(i))
             total, total_sq = total + y, total_sq + y * y
         mean = total / N_SAMPLES
         return jax.block_until_ready(jnp.sqrt(jnp.maximum(total_sq / N_SAMPLES - mean * mean, 0.0)))
@@ -83,10 +96,10 @@ def baseline_runner(arrays):
 
 
 def engine_runner(arrays):
-    from napari_sr_uncertainty.models import esrcnn_fast as engine
+    from napari_sr_uncertainty.models.mc import Engine
 
-    params = engine.prepare_params(arrays)
-    return lambda lr: engine.mc_predict(lr, params, n_samples=N_SAMPLES, seed=0)
+    engine = Engine(spec(), arrays)
+    return lambda lr: engine.predict(lr, n_samples=N_SAMPLES, seed=0)
 
 
 def torch_runner(arrays):
@@ -122,18 +135,24 @@ def worker(kind: str, size: int, repeats: int) -> dict:
     import numpy as np
 
     arrays, source = load_arrays()
-    lr = np.random.default_rng(0).random((size, size, 3), dtype=np.float32)
+    model = spec()
+    lr = np.random.default_rng(0).random((size, size, model.channels), dtype=np.float32)
     run = RUNNERS[kind](arrays)
     start = time.perf_counter()
     if kind == "engine" and repeats == 0:  # one run with progress reporting (the large image)
-        from napari_sr_uncertainty.models import esrcnn_fast as engine
+        from napari_sr_uncertainty.models.mc import Engine, allocate_result
 
-        out = engine.allocate_result(lr.shape, N_SAMPLES, 0)
-        progress = list(engine.iter_mc_predict(lr, engine.prepare_params(arrays), n_samples=N_SAMPLES, out=out))
+        out = allocate_result(lr.shape, N_SAMPLES, 0, scale=model.scale, channels=model.channels)
+        progress = list(Engine(model, arrays).iter_predict(lr, n_samples=N_SAMPLES, seed=0, out=out))
         first = time.perf_counter() - start
-        return {"first": first, "warm": None, "rss_mb": peak_rss_mb(), "source": source,
-                "progress": f"{progress[-1][0]}/{progress[-1][1]} blocks, {len(progress)} updates",
-                "finite": bool(np.isfinite(out.std).all())}
+        return {
+            "first": first,
+            "warm": None,
+            "rss_mb": peak_rss_mb(),
+            "source": source,
+            "progress": f"{progress[-1][0]}/{progress[-1][1]} blocks, {len(progress)} updates",
+            "finite": bool(np.isfinite(out.std).all()),
+        }
     run(lr)
     first = time.perf_counter() - start
     times = []
@@ -181,8 +200,9 @@ def profile(block: int, repeats: int = 16) -> None:
         "sample from stored hashes (all but hashing)": sample,
     }
     for name, part in parts.items():
-        loop = jax.jit(lambda h1, bits, part=part: jax.lax.fori_loop(
-            0, repeats, lambda s, acc: acc + part(s, h1, bits), 0.0))
+        loop = jax.jit(
+            lambda h1, bits, part=part: jax.lax.fori_loop(0, repeats, lambda s, acc: acc + part(s, h1, bits), 0.0)
+        )
         jax.block_until_ready(loop(h1, stored))
         times = []
         for _ in range(5):
@@ -195,7 +215,7 @@ def profile(block: int, repeats: int = 16) -> None:
 
 def spawn(kind: str, size: int, repeats: int, cache_dir: str) -> dict:
     env = dict(os.environ, NAPARI_SR_UNCERTAINTY_JAX_CACHE=cache_dir)
-    cmd = [sys.executable, __file__, "--worker", kind, str(size), str(repeats)]
+    cmd = [sys.executable, __file__, "--model", MODEL, "--worker", kind, str(size), str(repeats)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} {size}: worker failed\n{done.stderr[-2000:]}")
@@ -207,13 +227,20 @@ def fmt(value, spec):
 
 
 def main() -> None:
+    global MODEL
+    from napari_sr_uncertainty.models.registry import model_ids
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=model_ids(), default=MODEL, help="registry id")
     parser.add_argument("--repeats", type=int, default=3, help="timed warm runs per engine config (median)")
     parser.add_argument("--baseline-repeats", type=int, default=2, help="timed warm runs per baseline config")
     parser.add_argument("--profile", action="store_true", help="only print the per-sample cost breakdown")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    MODEL = args.model
     if args.profile:
+        if MODEL != "esrcnn-x2":
+            parser.error("--profile splits ESRCNN's fast engine only")
         from napari_sr_uncertainty.models import esrcnn_fast as engine
 
         profile(engine.BLOCK)
@@ -223,12 +250,15 @@ def main() -> None:
         print(json.dumps(worker(kind, int(size), int(repeats))))
         return
 
+    kinds = ["baseline", "engine"]
     try:
         import torch  # noqa: F401
 
-        kinds = ["baseline", "engine", "torch"]
+        if MODEL == "esrcnn-x2":
+            kinds.append("torch")
     except ImportError:
-        kinds = ["baseline", "engine"]
+        pass
+    s = spec().scale
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in (256, 512):
@@ -237,25 +267,63 @@ def main() -> None:
                 repeats = args.repeats if kind == "engine" else args.baseline_repeats
                 r = spawn(kind, size, repeats, tempfile.mkdtemp(dir=tmp))
                 base = r["warm"] if kind == "baseline" else base
-                mps = (2 * size) ** 2 * N_SAMPLES / 1e6 / r["warm"]
-                rows.append((f"{size}x{size}", kind, fmt(r["warm"], ".2f"), fmt(mps, ".1f"),
-                             fmt(base / r["warm"], ".1f"), fmt(r["first"], ".2f"), fmt(r["rss_mb"], ".0f"), ""))
+                mps = (s * size) ** 2 * N_SAMPLES / 1e6 / r["warm"]
+                rows.append(
+                    (
+                        f"{size}x{size}",
+                        kind,
+                        fmt(r["warm"], ".2f"),
+                        fmt(mps, ".1f"),
+                        fmt(base / r["warm"], ".1f"),
+                        fmt(r["first"], ".2f"),
+                        fmt(r["rss_mb"], ".0f"),
+                        "",
+                    )
+                )
         big = spawn("engine", 2048, 0, tempfile.mkdtemp(dir=tmp))
-        rows.append(("2048x2048", "engine", fmt(big["first"], ".2f"), fmt(4096**2 * N_SAMPLES / 1e6 / big["first"], ".1f"),
-                     "-", fmt(big["first"], ".2f"), fmt(big["rss_mb"], ".0f"),
-                     f"one run; {big['progress']}; finite={big['finite']}"))
+        rows.append(
+            (
+                "2048x2048",
+                "engine",
+                fmt(big["first"], ".2f"),
+                fmt((s * 2048) ** 2 * N_SAMPLES / 1e6 / big["first"], ".1f"),
+                "-",
+                fmt(big["first"], ".2f"),
+                fmt(big["rss_mb"], ".0f"),
+                f"one run; {big['progress']}; finite={big['finite']}",
+            )
+        )
         cache = tempfile.mkdtemp(dir=tmp)
         filling = spawn("engine", 512, 0, cache)
         cold = spawn("engine", 512, args.repeats, cache)
-        rows.append(("512x512", "engine cold start", fmt(cold["warm"], ".2f"), "-", "-", fmt(cold["first"], ".2f"),
-                     fmt(cold["rss_mb"], ".0f"),
-                     f"fresh process, cache filled by a previous one: first/warm = {cold['first'] / cold['warm']:.2f}"
-                     f" (empty cache: first {filling['first']:.2f} s)"))
-    header = ("LR input", "implementation", "s / 40 samples", "HR Mpx-samples/s", "x baseline", "first call s",
-              "peak RSS MB", "note")
+        rows.append(
+            (
+                "512x512",
+                "engine cold start",
+                fmt(cold["warm"], ".2f"),
+                "-",
+                "-",
+                fmt(cold["first"], ".2f"),
+                fmt(cold["rss_mb"], ".0f"),
+                f"fresh process, cache filled by a previous one: first/warm = {cold['first'] / cold['warm']:.2f}"
+                f" (empty cache: first {filling['first']:.2f} s)",
+            )
+        )
+    header = (
+        "LR input",
+        "implementation",
+        "s / 40 samples",
+        "HR Mpx-samples/s",
+        "x baseline",
+        "first call s",
+        "peak RSS MB",
+        "note",
+    )
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
-    print(f"weights: {load_arrays()[1]}; {N_SAMPLES} samples; {os.cpu_count()} CPUs; "
-          f"load average at end {os.getloadavg()[0]:.1f}")
+    print(
+        f"{MODEL}; weights: {load_arrays()[1]}; {N_SAMPLES} samples; {os.cpu_count()} CPUs; "
+        f"load average at end {os.getloadavg()[0]:.1f}"
+    )
     for row in [header, tuple("-" * w for w in widths)] + rows:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
 
