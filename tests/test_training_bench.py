@@ -1,0 +1,64 @@
+"""bench/quality.py and bench/holdout.py at a model's scale (they read ../shared; skipped without it)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optax")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ESPCN_PTH = SHARED / "reference" / "seed002" / "best.pth"
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "datasets" / "Set5").is_dir() or not ESPCN_PTH.is_file(),
+    reason=f"needs the shared datasets and the ESPCN reference weights in {SHARED} (not part of the repository)",
+)
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_shared
+def test_quality_measures_espcn_at_x3_with_the_published_rows():
+    quality = _bench("quality")
+    report = quality.run(
+        SHARED, "espcn-x3", str(ESPCN_PTH), quick=1, n_samples=2, sets=("Set5",), log=open("/dev/null", "w")
+    )
+    assert "espcn-x3: x3 super-resolution" in report and "shave 3 px" in report
+    assert "ESPCN, ImageNet (published)" in report and "33.00" in report
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")}
+    bicubic = float(rows["bicubic (Pillow), measured"].split("|")[2].split("/")[0])
+    original = float(rows["original project's weights (best.pth), deterministic"].split("|")[2].split("/")[0])
+    assert 30.0 < bicubic < original  # baby.png: the original ESPCN beats bicubic
+
+
+def test_quality_refuses_restoration_models():
+    quality = _bench("quality")
+    from napari_sr_uncertainty.models.registry import all_specs
+
+    x1 = [s.id for s in all_specs() if s.scale == 1]
+    if not x1:
+        pytest.skip("no x1 model registered")
+    with pytest.raises(ValueError, match="x1 restoration"):
+        quality.run(SHARED, x1[0], None, 1, 2)
+
+
+@needs_shared
+def test_holdout_evaluates_at_the_model_scale():
+    holdout = _bench("holdout")
+    from napari_sr_uncertainty.training.config import TrainConfig
+    from napari_sr_uncertainty.training.data import load_pairs
+
+    spec = TrainConfig(model="espcn-x3", dropout_rate=0.1).spec
+    _, pairs = load_pairs([SHARED / "datasets" / "BSD200"], ("100075",), scale=3)
+    result = holdout.evaluate(spec, str(ESPCN_PTH), pairs, 2)
+    assert pairs[0].scale == 3 and pairs[0].lr.shape[:2] == (pairs[0].hr.shape[0] // 3, pairs[0].hr.shape[1] // 3)
+    assert 25.0 < result["bicubic_psnr_y"] < 40.0  # (the original weights never saw dropout: their MC mean is poor)
+    assert set(holdout.COLUMNS) <= set(result)
