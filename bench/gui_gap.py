@@ -8,7 +8,9 @@ A 10 ms QTimer ticks on the GUI thread while the widget runs; a gap between two 
 loop could not run (a frozen GUI). Reported per run: the longest gap while blocks are computed (the worker
 runs, the GUI only shows progress) and the longest gap of the end of the run (from the worker's result to
 the last layer: adding or, on a re-run, updating the five layers and the colorbar), with the step that
-caused it. The first run also pays for JAX's import and compilation in the worker (not on the GUI thread)
+caused it. Each gap is also given as the GUI thread's own CPU time in it (``time.thread_time``): on a
+shared, loaded machine the wall-clock gap is that work stretched by the other processes, and the CPU time
+is what the plugin and napari did. The first run also pays for JAX's import and compilation in the worker (not on the GUI thread)
 and for napari's first Shapes and colorbar visuals. Exit status 1 when any gap exceeds ``--limit-ms``.
 """
 
@@ -27,11 +29,17 @@ def measure_run(qt_app, viewer, widget, timeout_s: float = 600.0) -> dict:
 
     phase = {"now": "start"}
     ticks: list[tuple[float, str]] = []
+    cpu: list[float] = []
     timer = QTimer()
     timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), phase["now"])))
+
+    def tick() -> None:
+        ticks.append((time.perf_counter(), phase["now"]))
+        cpu.append(time.thread_time())
+
+    timer.timeout.connect(tick)
     timer.start()
-    t_run = time.perf_counter()
+    t_run, cpu_run = time.perf_counter(), time.thread_time()
     widget.run()
     worker = widget.worker
 
@@ -46,7 +54,7 @@ def measure_run(qt_app, viewer, widget, timeout_s: float = 600.0) -> dict:
             raise TimeoutError("the run did not finish")
         qt_app.processEvents()
         time.sleep(0.002)
-    t_last_layer = time.perf_counter()
+    t_last_layer, cpu_last_layer = time.perf_counter(), time.thread_time()
     for _ in range(30):  # the draws that follow the last layer
         qt_app.processEvents()
         time.sleep(0.01)
@@ -54,18 +62,28 @@ def measure_run(qt_app, viewer, widget, timeout_s: float = 600.0) -> dict:
     times = np.array([t for t, _ in ticks] + [t_last_layer])
     phases = [p for _, p in ticks] + ["end"]
     gaps = np.diff(np.concatenate([[t_run], times]))
+    cpu_gaps = np.diff(np.concatenate([[cpu_run], cpu, [cpu_last_layer]]))
     labels = ["start"] + phases[:-1]  # a gap belongs to the phase its starting tick was in
     by_phase: dict[str, float] = {}
     for gap, label in zip(gaps, labels):
         by_phase[label] = max(by_phase.get(label, 0.0), float(gap) * 1000)
+    longest = int(np.argmax(gaps))
     return {
         "total_s": t_last_layer - t_run,
         "max_ms": float(gaps.max()) * 1000,
+        "max_cpu_ms": float(cpu_gaps.max()) * 1000,
+        "cpu_of_longest_ms": float(cpu_gaps[longest]) * 1000,
         "blocks_ms": by_phase.get("blocks", 0.0),
         "end_ms": by_phase.get("end", 0.0),
         "start_ms": by_phase.get("start", 0.0),
         "ticks": len(ticks),
     }
+
+
+def _load() -> float:
+    import os
+
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,21 +110,24 @@ def main(argv: list[str] | None = None) -> int:
         qt_app.processEvents()
         time.sleep(0.01)
     print(f"{args.size}x{args.size} RGB, {args.samples} samples, limit {args.limit_ms:.0f} ms per gap")
-    print(f"{'run':<10} {'total s':>8} {'longest gap ms':>15} {'computing blocks':>17} {'end of run':>11}")
-    worst = 0.0
+    print(f"{'run':<10} {'total s':>8} {'longest gap ms':>15} {'its CPU ms':>11} {'most CPU in a gap':>18} "
+          f"{'computing blocks':>17} {'end of run':>11}")
+    worst = worst_cpu = 0.0
     for run in range(args.runs):
         widget.seed.value = run
         widget.image_layer.value = layer
         result = measure_run(qt_app, viewer, widget)
         name = "first" if run == 0 else f"re-run {run}"
         print(
-            f"{name:<10} {result['total_s']:>8.1f} {result['max_ms']:>15.0f} {result['blocks_ms']:>17.0f} "
-            f"{result['end_ms']:>11.0f}"
+            f"{name:<10} {result['total_s']:>8.1f} {result['max_ms']:>15.0f} {result['cpu_of_longest_ms']:>11.0f} "
+            f"{result['max_cpu_ms']:>18.0f} {result['blocks_ms']:>17.0f} {result['end_ms']:>11.0f}"
         )
         worst = max(worst, result["max_ms"])
+        worst_cpu = max(worst_cpu, result["max_cpu_ms"])
     viewer.close()
     ok = worst < args.limit_ms
-    print(f"longest gap {worst:.0f} ms: {'within' if ok else 'OVER'} the {args.limit_ms:.0f} ms limit")
+    print(f"longest gap {worst:.0f} ms: {'within' if ok else 'OVER'} the {args.limit_ms:.0f} ms limit "
+          f"(most GUI-thread CPU in one gap: {worst_cpu:.0f} ms; load average {_load():.1f})")
     return 0 if ok else 1
 
 

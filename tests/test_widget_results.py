@@ -55,7 +55,7 @@ def test_marks_are_rectangles_over_their_patches_with_labels_in_the_layer_units(
             hr = uncertainty.data[row["hr_row0"] : row["hr_row1"], row["hr_col0"] : row["hr_col1"]]
             assert hr.min() <= row["uncertainty"] <= hr.max()
             label = marks.text.values[i]
-            assert label.startswith(f"#{row['rank']} · ") and label.endswith(" grey levels")
+            assert label.startswith(f"#{row['rank']} · ") and label.endswith("\ngrey levels")
         assert list(marks.features["rank"]) == list(range(1, len(marks.data) + 1))
     assert "score" not in viewer.layers["cell LR least certain"].features
 

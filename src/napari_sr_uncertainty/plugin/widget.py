@@ -15,9 +15,11 @@ removing a layer makes napari run a full garbage collection (~0.3 s with JAX loa
 rebuilds its controls and visuals, and the colorbar is kept rather than re-created. While the worker
 computes, the GUI thread renders, a few per event-loop turn, the font glyphs the labels, the colorbar and
 its title will need (napari shares one glyph atlas between all text; a glyph costs ~10-20 ms to render the
-first time). From the result to the last layer, the objects that existed before are frozen out of Python's
-garbage collector (``gc.freeze``, undone at the end): a full collection over JAX's and napari's objects
-takes ~0.3 s, and one falling into that window was the longest freeze left.
+first time). From Run to the last layer, the objects that existed before are frozen out of Python's garbage
+collector (``gc.freeze`` at Run and again once the worker has loaded JAX, ``gc.unfreeze`` when the run
+ends, however it ends): an automatic full collection over JAX's and napari's objects takes ~0.1 s of CPU
+(~0.3 s on a loaded machine) and, landing on the GUI thread, was the longest freeze left. Garbage made
+during the run is still collected; garbage among the frozen objects waits for the end of the run.
 """
 
 from __future__ import annotations
@@ -298,6 +300,8 @@ class SuperResolveWidget(Container):
         #: the uncertainty layer whose colorbar (and title) is shown: one at a time
         self._colorbar_layer: Layer | None = None
         self._showing_title = False
+        self._title_deferred = False
+        self._gc_frozen = False
         self._last_geometry: InputGeometry | None = None
         self._last_slices_shape: tuple[int, ...] = ()
 
@@ -608,6 +612,7 @@ class SuperResolveWidget(Container):
         worker.aborted.connect(while_current(self._on_aborted))
         worker.finished.connect(while_current(self._on_finished))
         self.worker = worker
+        self._freeze_gc()
         worker.start()
         self._prewarm_glyphs(job.geometry.name)
 
@@ -634,6 +639,16 @@ class SuperResolveWidget(Container):
         if pending:
             QTimer.singleShot(0, turn)
 
+    def _freeze_gc(self) -> None:
+        """Keep the objects that exist now out of garbage collections until :meth:`_unfreeze_gc`."""
+        gc.freeze()
+        self._gc_frozen = True
+
+    def _unfreeze_gc(self) -> None:
+        if getattr(self, "_gc_frozen", False):
+            self._gc_frozen = False
+            gc.unfreeze()
+
     def cancel(self) -> None:
         """Ask the worker to stop at the next block boundary; nothing is added to the viewer."""
         if self.worker is not None:
@@ -650,6 +665,8 @@ class SuperResolveWidget(Container):
         worker, self.worker = self.worker, None
         dropped = worker is not None or bool(self._pending_steps)
         self._pending_steps = []
+        if "_gc_frozen" in vars(self):
+            self._unfreeze_gc()
         if worker is not None:
             worker.quit()
         if self._progress is not None:
@@ -666,6 +683,8 @@ class SuperResolveWidget(Container):
 
     def _on_progress(self, step: tuple[int, Any], n_images: int) -> None:
         index, prog = step
+        if index == 0 and prog.done == 0 and self._gc_frozen:
+            gc.freeze()  # the worker has loaded JAX and built the engine by now: their objects too
         # a local reference: updating the bar lets Qt process events, and the run may finish meanwhile
         bar = self._progress
         if bar is None:
@@ -702,13 +721,14 @@ class SuperResolveWidget(Container):
             # the next turn: what builds further new visuals (the colorbar, the labels)
             if output == "SR uncertainty":
                 steps.append(lambda placed=placed: self._show_colorbar_of(placed["SR uncertainty"]))
+                steps.append(self._show_title)
             elif "text" in kwargs:
                 steps.append(partial(_set_text, placed, output, kwargs["text"]))
         for stale in existing.values():  # e.g. the marks of a previous run with marked patches > 0
             steps.append(partial(self._remove_layer, stale))
         steps.append(partial(self._show_status, status))  # its own turn: a longer text re-lays the dock out
         self._pending_steps = steps
-        gc.freeze()  # until the last layer: see the module docstring
+        self._freeze_gc()  # the results themselves too, until the last layer (see the module docstring)
         self._next_step()
 
     def _show_status(self, text: str) -> None:
@@ -727,14 +747,14 @@ class SuperResolveWidget(Container):
     def _next_step(self) -> None:
         """Run one pending step, then yield to the event loop: each step is one layer's worth of GUI work."""
         if not self._pending_steps:  # the run was dropped between two turns
-            gc.unfreeze()
+            self._unfreeze_gc()
             return
         step = self._pending_steps.pop(0)
         try:
             step()
         finally:
             if not self._pending_steps:
-                gc.unfreeze()
+                self._unfreeze_gc()
         if self._pending_steps:
             QTimer.singleShot(0, self._next_step)
         else:
@@ -750,14 +770,21 @@ class SuperResolveWidget(Container):
         if old is not None and old in self._viewer.layers and _same_kind(old, new):
             _update_layer(old, new, kwargs)
             layer = old
+            output = kwargs["metadata"][PLUGIN_KEY]["output"]
+            if output == "SR uncertainty":
+                layer.visible = bool(self.heatmap_view.value)
         else:
             if old is not None:
                 self._remove_layer(old)
+            output = kwargs["metadata"][PLUGIN_KEY]["output"]
+            visible = bool(self.heatmap_view.value) if output == "SR uncertainty" else new.visible
+            # added hidden, shown the next turn: adding builds the layer's controls and visual, its first
+            # draw builds the visual's shader programs; one event-loop turn each
+            new.visible = False
             layer = self._viewer.add_layer(new)
-        output = kwargs["metadata"][PLUGIN_KEY]["output"]
+            if visible:
+                self._pending_steps.insert(0, partial(setattr, layer, "visible", True))
         placed[output] = layer
-        if output == "SR uncertainty":
-            layer.visible = bool(self.heatmap_view.value)
 
     # the colorbar and its title
 
@@ -770,6 +797,11 @@ class SuperResolveWidget(Container):
             self._colorbar_layer.events.visible.disconnect(self._sync_colorbar)
         self._colorbar_layer = layer
         layer.events.visible.connect(self._sync_colorbar)
+        self._title_deferred = True  # the title's text visual follows in the next event-loop turn
+        self._sync_colorbar()
+
+    def _show_title(self) -> None:
+        self._title_deferred = False
         self._sync_colorbar()
 
     def _sync_colorbar(self, _event: Any = None) -> None:
@@ -785,7 +817,7 @@ class SuperResolveWidget(Container):
             layer.colorbar.position = COLORBAR_POSITION
             layer.colorbar.visible = show
         text = _text_overlay(self._viewer)
-        if show:
+        if show and not self._title_deferred:
             text.text = f"{layer.name}\n{layer.metadata[PLUGIN_KEY]['title']}"
             text.position = COLORBAR_POSITION
             text.visible = True
@@ -816,6 +848,8 @@ class SuperResolveWidget(Container):
             self._progress.close()
             self._progress = None
         self.worker = None
+        if not self._pending_steps:  # failed, cancelled or nothing to add: the run ends here
+            self._unfreeze_gc()
         self._set_running(self.is_running)
 
     # export
