@@ -267,3 +267,42 @@ def test_stack_export_uses_the_cli_stack_layout(qtbot, make_widget, tmp_path):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["layout"] == "stack" and len(summary["planes"]) == 3 and summary["output_axes"] == "ZYX"
     assert not list(folder.glob("slice_*"))
+
+
+def test_an_exported_report_reopens_in_place_through_napari_open(qtbot, make_widget, tmp_path):
+    """File > Open on the report's summary.json (our reader): the images at the output pixel size, over the
+    input as the live layers were, and the marks as labelled rectangles in the same world coordinates."""
+    viewer, widget = make_widget()
+    (cell,) = viewer.open_sample("napari-sr-uncertainty", "cell")
+    cell.data = cell.data[:70, :90]
+    cell.translate = (5.0, -3.0)
+    widget.patch_size.value = 16
+    run_and_wait(qtbot, widget)
+    (folder,) = widget.export_report(tmp_path)
+    live = {name: viewer.layers[name] for name in outputs_of(viewer)}
+    opened = viewer.open(str(folder / "summary.json"), plugin="napari-sr-uncertainty")
+    by_output = {layer.metadata[PLUGIN_KEY]["output"]: layer for layer in opened}
+    assert set(by_output) == {"SR mean", "SR uncertainty", "most certain", "least certain"}
+    for output in ("SR mean", "SR uncertainty"):
+        reopened, original = by_output[output], live[f"cell LR {output}"]
+        np.testing.assert_allclose(reopened.scale, original.scale)
+        np.testing.assert_allclose(reopened.translate, original.translate)
+        np.testing.assert_allclose(reopened.data, original.data, rtol=1e-6)
+    assert by_output["SR uncertainty"].colormap.name == "magma_fade"
+    for output in ("most certain", "least certain"):
+        reopened, original = by_output[output], live[f"cell LR {output}"]
+        assert len(reopened.data) == len(original.data)
+        for i in range(len(original.data)):
+            np.testing.assert_allclose(corners_in_world(reopened, i), corners_in_world(original, i), atol=1e-9)
+        np.testing.assert_allclose(reopened.features["uncertainty"], original.features["uncertainty"], rtol=1e-5)
+        assert list(reopened.text.values) == list(original.text.values)
+    # the reopened outputs are not offered as inputs
+    assert [name for name, _ in widget._image_layer_choices()] == ["cell LR"]
+
+
+def test_the_reader_claims_only_our_summary(tmp_path):
+    from napari_sr_uncertainty.plugin.reader import get_reader
+
+    (tmp_path / "summary.json").write_text(json.dumps({"package": "something else"}))
+    assert get_reader(str(tmp_path / "summary.json")) is None
+    assert get_reader(str(tmp_path / "other.json")) is None

@@ -880,7 +880,13 @@ class SuperResolveWidget(Container):
         pixel = None
         if geometry is not None:
             units = geometry.units[-2:] if geometry.units else ("pixel", "pixel")
-            pixel = PixelSize(y=geometry.scale[-2], x=geometry.scale[-1], unit=str(units[-1]))
+            pixel = PixelSize(
+                y=geometry.scale[-2],
+                x=geometry.scale[-1],
+                unit=str(units[-1]),
+                origin_y=geometry.translate[-2],
+                origin_x=geometry.translate[-1],
+            )
         display = None
         layer = self._colorbar_layer
         if layer is not None and layer in self._viewer.layers:
