@@ -268,6 +268,40 @@ def _has_data_on_current_slice(layer: Layer, world_point: Any) -> bool:
     return all(-0.5 <= point[i] < shape[i] - 0.5 for i in range(n_lead))
 
 
+_units_filter = {"depth": 0, "original": None}
+
+
+def _quiet_units_warning(on: bool) -> None:
+    """While our layers are being added, drop napari's "Inconsistent units across layers" toast.
+
+    napari repeats it at the draw after every layer added to a viewer that mixes layers with and without
+    physical units (e.g. a photo and the Cell sample): five times a run. It said so when the user opened the
+    layers; the draw after our last layer, outside this filter, says it once more. Nested and reversible
+    (a counter); without napari's private canvas module this does nothing.
+    """
+    try:
+        import napari._vispy.canvas as vispy_canvas
+    except ImportError:
+        return
+    if on:
+        _units_filter["depth"] += 1
+        if _units_filter["depth"] == 1 and hasattr(vispy_canvas, "show_warning"):
+            original = vispy_canvas.show_warning
+            _units_filter["original"] = original
+
+            def filtered(message: Any, *args: Any, **kwargs: Any) -> Any:
+                if "nconsistent units" in str(message):
+                    return None
+                return original(message, *args, **kwargs)
+
+            vispy_canvas.show_warning = filtered
+    elif _units_filter["depth"] > 0:
+        _units_filter["depth"] -= 1
+        if _units_filter["depth"] == 0 and _units_filter["original"] is not None:
+            vispy_canvas.show_warning = _units_filter["original"]
+            _units_filter["original"] = None
+
+
 def _text_overlay(viewer: Any) -> Any:
     """The viewer's canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9)."""
     canvas = getattr(viewer, "canvas", None)
@@ -302,6 +336,7 @@ class SuperResolveWidget(Container):
         self._showing_title = False
         self._title_deferred = False
         self._gc_frozen = False
+        self._quiet_units = False
         self._last_geometry: InputGeometry | None = None
         self._last_slices_shape: tuple[int, ...] = ()
 
@@ -648,6 +683,9 @@ class SuperResolveWidget(Container):
         if getattr(self, "_gc_frozen", False):
             self._gc_frozen = False
             gc.unfreeze()
+        if getattr(self, "_quiet_units", False):
+            self._quiet_units = False
+            _quiet_units_warning(False)
 
     def cancel(self) -> None:
         """Ask the worker to stop at the next block boundary; nothing is added to the viewer."""
@@ -729,6 +767,9 @@ class SuperResolveWidget(Container):
         steps.append(partial(self._show_status, status))  # its own turn: a longer text re-lays the dock out
         self._pending_steps = steps
         self._freeze_gc()  # the results themselves too, until the last layer (see the module docstring)
+        if not self._quiet_units:
+            self._quiet_units = True
+            _quiet_units_warning(True)
         self._next_step()
 
     def _show_status(self, text: str) -> None:
