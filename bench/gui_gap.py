@@ -110,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         qt_app.processEvents()
         time.sleep(0.01)
     print(f"{args.size}x{args.size} RGB, {args.samples} samples, limit {args.limit_ms:.0f} ms per gap")
-    print(f"{'run':<10} {'total s':>8} {'longest gap ms':>15} {'its CPU ms':>11} {'most CPU in a gap':>18} "
-          f"{'computing blocks':>17} {'end of run':>11}")
+    print(
+        f"{'run':<10} {'total s':>8} {'longest gap ms':>15} {'its CPU ms':>11} {'most CPU in a gap':>18} "
+        f"{'computing blocks':>17} {'end of run':>11}"
+    )
     worst = worst_cpu = 0.0
     for run in range(args.runs):
         widget.seed.value = run
@@ -126,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         worst_cpu = max(worst_cpu, result["max_cpu_ms"])
     viewer.close()
     ok = worst < args.limit_ms
-    print(f"longest gap {worst:.0f} ms: {'within' if ok else 'OVER'} the {args.limit_ms:.0f} ms limit "
-          f"(most GUI-thread CPU in one gap: {worst_cpu:.0f} ms; load average {_load():.1f})")
+    print(
+        f"longest gap {worst:.0f} ms: {'within' if ok else 'OVER'} the {args.limit_ms:.0f} ms limit "
+        f"(most GUI-thread CPU in one gap: {worst_cpu:.0f} ms; load average {_load():.1f})"
+    )
     return 0 if ok else 1
 
 

@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. a 16-bit fluorescence-like image at 0.2 µm pixels
     for layer in list(viewer.layers):
         layer.visible = False
-    fluo = viewer.add_image(fluorescence_image(), name="fluorescence", scale=(0.2, 0.2), units="um",
-                            colormap="gray")
+    fluo = viewer.add_image(fluorescence_image(), name="fluorescence", scale=(0.2, 0.2), units="um", colormap="gray")
     widget.image_layer.value = fluo
     run_widget(app, widget)
     viewer.reset_view()

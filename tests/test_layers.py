@@ -128,7 +128,9 @@ def test_partial_patches_are_drawn_as_the_strips_they_are():
     from dataclasses import replace
 
     result = fake_result("esrcnn-x2", lr_shape=(10, 13), patch=4)
-    result.least_certain = [replace(result.least_certain[0], lr_box=(8, 12, 10, 13), hr_box=(16, 24, 20, 26), partial=True)]
+    result.least_certain = [
+        replace(result.least_certain[0], lr_box=(8, 12, 10, 13), hr_box=(16, 24, 20, 26), partial=True)
+    ]
     source, layers = make_layers(np.zeros((10, 13), np.uint8), result, scale=(0.5, 0.5))
     least = layers["input least certain"]
     corners = corners_in_world(least, 0)

@@ -42,10 +42,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -63,6 +63,8 @@ SHOWN_NAME = "uncertainty_as_shown.png"
 SHOWN_COLORBAR_NAME = "uncertainty_as_shown_colorbar.png"
 SHOWN_COLORMAP = "magma"
 SHOWN_PERCENTILE = 99.5  # the napari layer's default upper contrast limit
+
+
 @dataclass(frozen=True)
 class DisplayedHeatmap:
     """How the uncertainty was shown (napari's uncertainty layer), for ``uncertainty_as_shown.png``.
@@ -173,9 +175,7 @@ def check_output_dir(outdir: str | Path, overwrite: bool = True) -> Path:
         if any(outdir.iterdir()):
             summary = outdir / SUMMARY_NAME
             if not summary.is_file() or '"napari-sr-uncertainty"' not in summary.read_text(errors="replace"):
-                raise OutputError(
-                    f"{outdir} already holds other files; choose an empty or new output folder"
-                )
+                raise OutputError(f"{outdir} already holds other files; choose an empty or new output folder")
             if not overwrite:
                 raise OutputError(f"{outdir} holds a previous result; choose another folder or remove it first")
     parent = outdir.parent
@@ -473,8 +473,11 @@ class StackReport:
                 )
         self._marks.append((tuple(index), _marks_only(result)))
         norm = result.normalization
-        outputs = [("mean", result.mean, norm.to_input_units), ("single", result.single, norm.to_input_units),
-                   ("std", result.std, norm.std_to_input_units)]
+        outputs = [
+            ("mean", result.mean, norm.to_input_units),
+            ("single", result.single, norm.to_input_units),
+            ("std", result.std, norm.std_to_input_units),
+        ]
         if "sigma" in self.tiffs:
             outputs.append(("sigma", result.std, _sigma_in_input_units(result)))
         for name, array, convert in outputs:
@@ -556,7 +559,7 @@ def write_stack_report(
     Each slice was scaled with its own value range (as the napari widget runs them); the summary says so.
     """
     first = results[0]
-    axes = "TZ"[-len(slices_shape):] if len(slices_shape) <= 2 else "".join(f"Q{i}" for i in range(len(slices_shape)))
+    axes = "TZ"[-len(slices_shape) :] if len(slices_shape) <= 2 else "".join(f"Q{i}" for i in range(len(slices_shape)))
     plane_axes = axes + "YX" + ("S" if first.mean.ndim == 3 else "")
     shape = (*slices_shape, *first.lr.shape)
     layout = ArrayLayout("stack", plane_axes, tuple(int(n) for n in shape))

@@ -13,8 +13,9 @@ this package); JAX is not imported.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +75,14 @@ def read_report(path: Any) -> list[tuple]:
         common["units"] = ("pixel",) * n_lead + (unit, unit) if n_lead else (unit, unit)
 
     def info(output: str) -> dict:
-        return {PLUGIN_KEY: {"output": output, "source_layer": input_name, "source_layer_id": f"report:{folder}",
-                             "report": str(folder)}}
+        return {
+            PLUGIN_KEY: {
+                "output": output,
+                "source_layer": input_name,
+                "source_layer_id": f"report:{folder}",
+                "report": str(folder),
+            }
+        }
 
     import tifffile
 
@@ -84,8 +91,9 @@ def read_report(path: Any) -> list[tuple]:
     if mean_path.is_file():
         mean = tifffile.imread(mean_path)
         rgb = mean.ndim - n_lead == 3
-        layers.append((mean, {**common, "name": f"{input_name} SR mean", "rgb": rgb, "metadata": info("SR mean")},
-                       "image"))
+        layers.append(
+            (mean, {**common, "name": f"{input_name} SR mean", "rgb": rgb, "metadata": info("SR mean")}, "image")
+        )
     heat_path = folder / "std.tif"
     if heat_path.is_file():
         heat = tifffile.imread(heat_path)

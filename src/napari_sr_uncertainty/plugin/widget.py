@@ -72,7 +72,9 @@ HEATMAP_VIEWS = (("over the image", True), ("hidden (marks and mean only)", Fals
 #: the first run in a process loads JAX and compiles the engine: its time says so
 _first_run_done = False
 #: characters the marks' labels, the colorbar's ticks and its title are drawn with (glyphs rendered ahead)
-GLYPHS = "0123456789.,-+e#·×σ ()" + "".join(sorted(set("median grey levels counts intensity units mask MC TTA std calibrated SR uncertainty")))
+GLYPHS = "0123456789.,-+e#·×σ ()" + "".join(
+    sorted(set("median grey levels counts intensity units mask MC TTA std calibrated SR uncertainty"))
+)
 GLYPHS_PER_TURN = 2
 COLORBAR_POSITION = "bottom_right"
 
@@ -209,11 +211,7 @@ def error_message(exc: BaseException, input_name: str, spec: ModelSpec | None = 
 
 def _same_kind(old: Layer, new: Layer) -> bool:
     """Whether ``old`` can take ``new``'s data in place: same layer type, dimensions and colour mode."""
-    return (
-        type(old) is type(new)
-        and old.ndim == new.ndim
-        and getattr(old, "rgb", False) == getattr(new, "rgb", False)
-    )
+    return type(old) is type(new) and old.ndim == new.ndim and getattr(old, "rgb", False) == getattr(new, "rgb", False)
 
 
 def _update_layer(old: Layer, new: Layer, kwargs: dict) -> None:
@@ -245,8 +243,9 @@ def _update_layer(old: Layer, new: Layer, kwargs: dict) -> None:
     old.current_face_color = kwargs["face_color"]
     old.current_edge_width = kwargs["edge_width"]
     old.features = new.features.iloc[:0]
-    old.add_rectangles(new.data, edge_width=kwargs["edge_width"], edge_color=kwargs["edge_color"],
-                       face_color=kwargs["face_color"])
+    old.add_rectangles(
+        new.data, edge_width=kwargs["edge_width"], edge_color=kwargs["edge_color"], face_color=kwargs["face_color"]
+    )
     old.features = new.features
 
 
