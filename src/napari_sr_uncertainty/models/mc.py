@@ -2,8 +2,9 @@
 
 The guarantees are properties of this framework, not of one architecture:
 
-* **Fixed blocks.** The image is computed in ``BLOCK`` x ``BLOCK`` input-pixel blocks on a grid anchored at
-  its top-left corner, each with the spec's halo. The module zeroes everything outside the image before
+* **Fixed blocks.** The image is computed in ``BLOCK`` x ``BLOCK`` input-pixel blocks (a model with a very
+  large halo sets its own constant, :attr:`ModelSpec.block`) on a grid anchored at its top-left corner, each
+  with the spec's halo. The module zeroes everything outside the image before
   every spatial convolution (:meth:`.dropout.Grid.inside`), so a block equals the whole-image model, and
   every output pixel is computed by the same compiled program at the same place in the same block shape:
   results are bit-identical for any image size or split (XLA rounds differently for different shapes).
@@ -29,7 +30,7 @@ from ..core.progress import run_to_end
 from .jax_setup import configure_compilation_cache
 from .spec import ModelSpec
 
-BLOCK = 64  # input pixels per block side: a constant, not a knob (see the module docstring)
+BLOCK = 64  # input pixels per block side: a constant, not a knob (see the module docstring); ModelSpec.block
 DEFAULT_CHUNK = 2
 DEFAULT_SAMPLES = 40
 
@@ -71,14 +72,17 @@ def _compiled_block_fns(model_id: str, chunk: int):
 
     spec = get_spec(model_id)
     module = spec.module()
-    halo, scale = spec.halo, spec.scale
-    inner = slice(halo * scale, (halo + BLOCK) * scale)
+    side = spec.block * spec.scale
 
     def prefix(variables, x, grid):
         return module.apply(variables, x[None], grid, method="prefix")
 
     def head(variables, h, grid, sample):
-        return module.apply(variables, h, grid, sample, method="head")[0, inner, inner]
+        y = module.apply(variables, h, grid, sample, method="head")[0]
+        # The block's interior: ``head`` returns the whole block (its halo too, scale * halo pixels a side)
+        # or only the interior (a model that computes just what the interior needs); both are centred.
+        k = (y.shape[0] - side) // 2
+        return y[k : k + side, k : k + side]
 
     @jax.jit
     def deterministic_block(variables, x, grid):
@@ -157,16 +161,16 @@ def iter_mc_predict(
     # XLA inlines a one-step scan and then rounds the sum of squares differently (measured: 7e-8 in the
     # std), so samples always run at least two at a time; the result then never depends on ``chunk``.
     deterministic_block, mc_block = _compiled_block_fns(spec.id, max(2, int(chunk)))
-    halo, s = spec.halo, spec.scale
-    side = BLOCK + 2 * halo
-    padded = np.zeros((h + BLOCK + 2 * halo, w + BLOCK + 2 * halo, lr.shape[2]), np.float32)
+    halo, s, size = spec.halo, spec.scale, spec.block
+    side = size + 2 * halo
+    padded = np.zeros((h + size + 2 * halo, w + size + 2 * halo, lr.shape[2]), np.float32)
     padded[halo : halo + h, halo : halo + w] = lr
     image_shape = jnp.asarray([h, w], jnp.int32)
-    grid_blocks = block_grid((h, w))
+    grid_blocks = block_grid((h, w), size)
     for i, (r, c) in enumerate(grid_blocks):
         block = padded[r : r + side, c : c + side]
         grid = Grid(jnp.asarray([r - halo, c - halo], jnp.int32), image_shape, jnp.uint32(seed))
-        rows, cols = s * min(BLOCK, h - r), s * min(BLOCK, w - c)
+        rows, cols = s * min(size, h - r), s * min(size, w - c)
         dst = np.s_[s * r : s * r + rows, s * c : s * c + cols]
         if n_samples == 0:
             y = np.asarray(deterministic_block(variables, block, grid))[:rows, :cols]
@@ -205,6 +209,9 @@ class Engine:
 
 def working_bytes(spec: ModelSpec, chunk: int) -> int:
     """JAX working memory of one block: ~4 activation maps of the widest layer per sample in flight,
-    on the output grid (an upper bound for models whose hidden layers are on the input grid)."""
-    side = spec.scale * (BLOCK + 2 * spec.halo)
+    on the output grid (an upper bound for models whose hidden layers are on the input grid); a spec's own
+    :attr:`ModelSpec.block_bytes` where it gives one."""
+    if spec.block_bytes is not None:
+        return spec.block_bytes
+    side = spec.scale * (spec.block + 2 * spec.halo)
     return (chunk + 2) * side * side * 4 * spec.max_channels * 4 + (256 << 20)  # + XLA runtime, compiled code

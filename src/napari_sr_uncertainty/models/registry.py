@@ -11,7 +11,7 @@ from importlib import import_module
 from .spec import ModelSpec
 
 #: the architecture files, in the order the pickers list them
-MODEL_FILES = ("esrcnn", "espcn", "cnn3", "srcnn_gray", "rdn")
+MODEL_FILES = ("esrcnn", "espcn", "cnn3", "srcnn_gray", "rdn", "realesrgan")
 DEFAULT_MODEL = "esrcnn-x2"
 
 _SPECS: dict[str, ModelSpec] = {}

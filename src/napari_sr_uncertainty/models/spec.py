@@ -60,6 +60,21 @@ class ModelSpec:
         Whether the original system trained with these dropout layers. If not, an MC run on the original's
         imported weights would measure dropout the network never saw, so "auto" uncertainty gives them the
         TTA spread instead.
+    block : int
+        The engine's block side in input pixels, a constant of the model (not a knob): 64, or larger for a
+        model whose halo would make 64-pixel blocks mostly halo (Real-ESRGAN).
+    block_bytes : int or None
+        Working memory of one engine block when the generic estimate (:func:`.mc.working_bytes`) does not
+        fit the architecture.
+    find_weights : callable or None
+        ``find_weights()`` returns the path of the model's weights found outside the package (e.g. in an
+        installed package that ships them), or None; used when there are no bundled weights.
+    weights_hint : str
+        Where to get weights, for the error when neither bundled nor found weights exist.
+    estimate_seconds : callable or None
+        ``estimate_seconds(lr_shape, passes)``: seconds a run of ``passes`` deterministic passes (8 for the
+        TTA spread) over an LR image of ``lr_shape`` should take on the reference machine, for a warning
+        before a long run. JAX-free.
     """
 
     id: str
@@ -77,6 +92,11 @@ class ModelSpec:
     fast_engine: Callable[[], Any] | None = None
     max_channels: int = 64
     original_dropout: bool = False
+    block: int = 64
+    block_bytes: int | None = None
+    find_weights: Callable[[], Any] | None = None
+    weights_hint: str = ""
+    estimate_seconds: Callable[..., float] | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in (1, 2, 3, 4):

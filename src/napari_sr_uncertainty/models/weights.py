@@ -223,10 +223,15 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> We
     """
     if path is None:
         spec = get_spec(model)
-        if spec.default_weights is None:
+        found = spec.find_weights() if spec.default_weights is None and spec.find_weights else None
+        if spec.default_weights is not None:
+            path = bundled_weights_dir() / spec.default_weights
+        elif found is not None:
+            path = found  # e.g. an installed package that ships the original's files
+        else:
             importers = ", ".join(spec.importers) or "our .msgpack"
-            raise WeightsError(f"{spec.id} ships no weights: give a weights file ({importers} of the original, or .msgpack)")
-        path = bundled_weights_dir() / spec.default_weights
+            hint = spec.weights_hint or f"give a weights file ({importers} of the original, or .msgpack)"
+            raise WeightsError(f"{spec.id} ships no weights: {hint}")
         model = spec.id
     path = Path(path).expanduser()
     card: dict = {}
@@ -247,6 +252,7 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> We
         raise WeightsError(f"{path}: sha256 {sha[:12]}... does not match its training card; the file is corrupt")
     with open(path, "rb") as fh:
         magic = fh.read(8)
-    ours = path.suffix.lower() == ".msgpack" or not (magic.startswith(b"\x89HDF") or magic.startswith(b"PK"))
+    original = magic.startswith((b"\x89HDF", b"PK", b"7767517"))  # HDF5, zip (.pth, .keras), ncnn .param
+    ours = path.suffix.lower() == ".msgpack" or not original
     model_id, arrays = _load_msgpack(path, model) if ours else _import_original(path, model)
     return Weights(arrays=arrays, source=str(path), sha256=sha, card=card, model=model_id, imported=not ours)
