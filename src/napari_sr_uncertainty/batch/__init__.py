@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..core.imaging import InputError
-from ..core.pipeline import SROptions
+from ..core.pipeline import SROptions, resolve_weights
 from ..core.report import OutputError
 from .cluster import ClusterError, connect, dashboard, missing_distributed
 from .cluster import n_workers as worker_count
@@ -163,19 +163,16 @@ def run_batch(
     KeyboardInterrupt
         Never: an interrupted batch returns with ``interrupted=True`` (its summary written).
     """
-    from ..models.weights import load_weights
     from . import tasks, zarr_out
 
     stream = stream or sys.stderr
     message = missing_distributed()
     if message:
         raise InputError(message)
-    options = options or SROptions()
-    if tile < 64 or tile % 64:
-        raise InputError(f"tile must be a positive multiple of 64 (the engine's block), got {tile}")
-    weights = weights or load_weights(model=options.model)
-    options = replace(options, model=weights.model, scratch_dir=None)
-    options.validate()
+    weights, options = resolve_weights(weights, replace(options or SROptions(), scratch_dir=None))
+    block = options.spec.block
+    if tile < block or tile % block:
+        raise InputError(f"tile must be a positive multiple of {block} ({options.spec.id}'s engine block), got {tile}")
     paths, warnings = expand_inputs([str(p) for p in inputs])
     for warning in warnings:
         if progress:

@@ -37,13 +37,14 @@ import numpy as np
 from ..core.imaging import (
     InputError,
     Normalization,
-    _work_dtype,
     choose_normalization,
     image_layout,
+    model_channels,
+    normalize_block,
     scan_values,
 )
 from ..core.pipeline import SROptions, _LayoutWriter, library_versions
-from ..models.mc import BLOCK, DEFAULT_CHUNK
+from ..models.mc import DEFAULT_CHUNK
 from .inputs import BatchInput, is_zarr
 
 HIST_BINS = 1 << 16
@@ -171,24 +172,13 @@ def is_huge(path: Path, huge_pixels: int) -> bool:
 def scan_band(path: str, r0: int, r1: int) -> tuple[float, float]:
     """Min and max of rows ``r0:r1`` of the channels the model reads (as :func:`imaging.to_model_input`)."""
     src = open_source(path)
-    band = _model_channels(src.read(r0, r1, 0, src.shape[1]))
+    band = model_channels(src.read(r0, r1, 0, src.shape[1]))
     return scan_values(band)
-
-
-def _model_channels(raw: np.ndarray) -> np.ndarray:
-    channels = image_layout(raw.shape)[2]
-    return raw if raw.ndim == 2 else raw[..., 0] if channels == 1 else raw[..., :3]
 
 
 def to_model_units(raw: np.ndarray, norm: Normalization) -> np.ndarray:
     """:func:`imaging.to_model_input` on a region with a given normalisation: the same float32 values."""
-    channels = image_layout(raw.shape)[2]
-    plane = _model_channels(raw)
-    work = _work_dtype(np.dtype(raw.dtype))
-    block = (plane.astype(work) - work(norm.offset)) / work(norm.scale)
-    model = np.empty((*plane.shape[:2], 3), np.float32)
-    model[...] = block[..., None] if channels == 1 else block
-    return model
+    return normalize_block(model_channels(raw), norm)
 
 
 _ENGINES: dict = {}
@@ -205,95 +195,42 @@ def _engine(weights):
     return _ENGINES[key]
 
 
-def block_runner(engine, lr_shape: tuple[int, int], n_samples: int, seed: int, chunk: int | None):
-    """``(halo, run)``: ``run(block, r, c)`` computes the engine block whose top-left LR pixel is the
-    global ``(r, c)`` of an image of ``lr_shape``, from ``block`` (its pixels plus ``halo``, zero outside the
-    image), exactly as the engine's own loop (:func:`.mc.iter_mc_predict` or the spec's fast engine) does;
-    returns ``(mean, single, std)`` (std None for ``n_samples == 0``), on the block's full output grid."""
-    import jax.numpy as jnp
-
-    from ..models import mc
-    from ..models.jax_setup import configure_compilation_cache
-
-    configure_compilation_cache()
-    h, w = lr_shape
-    chunk = chunk or DEFAULT_CHUNK
-    fast = engine.fast
-    if fast is not None and not fast.__name__.endswith(".esrcnn_fast"):
-        raise InputError(f"block tasks do not know the fast engine of {engine.spec.id} yet ({fast.__name__})")
-    if fast is not None:
-        det, mc_block = fast._compiled_block_fns(int(chunk))
-        params = {k: jnp.asarray(v) for k, v in engine.params.items()}
-        scale = fast.SCALE
-        hr_shape = jnp.asarray([scale * h, scale * w], jnp.int32)
-
-        def run(block, r, c):
-            origin = jnp.asarray([scale * r - 2, scale * c - 2], jnp.int32)
-            if n_samples == 0:
-                y = np.asarray(det(params, block, origin, hr_shape))
-                return y, y, None
-            mean, single, std = mc_block(params, block, origin, hr_shape, jnp.uint32(seed), jnp.int32(n_samples))
-            return np.asarray(mean), np.asarray(single), np.asarray(std)
-
-        return fast.HALO, run
-
-    from ..models.dropout import Grid
-
-    spec = engine.spec
-    det, mc_block = mc._compiled_block_fns(spec.id, max(2, int(chunk)))
-    halo = spec.halo
-    image_shape = jnp.asarray([h, w], jnp.int32)
-
-    def run(block, r, c):
-        grid = Grid(jnp.asarray([r - halo, c - halo], jnp.int32), image_shape, jnp.uint32(seed))
-        if n_samples == 0:
-            y = np.asarray(det(engine.params, block, grid))
-            return y, y, None
-        mean, single, std = mc_block(engine.params, block, grid, jnp.int32(n_samples))
-        return np.asarray(mean), np.asarray(single), np.asarray(std)
-
-    return halo, run
-
-
 def predict_region(engine, read, lr_shape, r0, c0, rows, cols, norm: Normalization, options: SROptions):
     """The engine's outputs for LR rows ``r0:r0+rows``, cols ``c0:c0+cols`` (``r0``, ``c0`` multiples of
-    64) of an image of ``lr_shape``, in the layout :func:`pipeline.iter_super_resolve` gives (model units).
+    the model's block) of an image of ``lr_shape``, in the layout :func:`pipeline.iter_super_resolve` gives
+    (model units): the engine's own blocks at their global positions (:func:`.mc.iter_blocks`), so equal to
+    the whole-image run bit for bit.
 
     ``read(y0, y1, x0, x1)`` returns the input's raw pixels of a region. Returns ``(mean, std, heatmap)``.
     """
     from ..core.colour import network_input
+    from ..core.progress import run_to_end
+    from ..models.mc import MCResult
 
-    if r0 % BLOCK or c0 % BLOCK:
-        raise ValueError(f"a region must start on the {BLOCK}-pixel block grid, got ({r0}, {c0})")
     spec = options.spec
-    s = spec.scale
+    s, halo = spec.scale, spec.halo
     h, w = lr_shape
-    n_samples = 0 if options.deterministic else options.n_samples
-    halo, run = block_runner(engine, lr_shape, n_samples, options.seed, options.chunk)
     y0, y1 = max(r0 - halo, 0), min(r0 + rows + halo, h)
     x0, x1 = max(c0 - halo, 0), min(c0 + cols + halo, w)
     net = network_input(to_model_units(read(y0, y1, x0, x1), norm), spec.colour, norm.grayscale)
-    side = BLOCK + 2 * halo
-    local = np.zeros((math.ceil(rows / BLOCK) * BLOCK + 2 * halo, math.ceil(cols / BLOCK) * BLOCK + 2 * halo,
-                      net.shape[2]), np.float32)
-    local[y0 - (r0 - halo) : y1 - (r0 - halo), x0 - (c0 - halo) : x1 - (c0 - halo)] = net
+    context = np.zeros((rows + 2 * halo, cols + 2 * halo, net.shape[2]), np.float32)  # zero outside the image
+    context[y0 - (r0 - halo) : y1 - (r0 - halo), x0 - (c0 - halo) : x1 - (c0 - halo)] = net
     del net
     grayscale = norm.grayscale or spec.colour == "gray"
     out_shape = (s * rows, s * cols) + (() if grayscale else (3,))
     mean, single, std = (np.zeros(out_shape, np.float32) for _ in range(3))
     heatmap = std if grayscale else np.zeros(out_shape[:2], np.float32)
-    w_mean, w_single = _LayoutWriter(mean, grayscale), _LayoutWriter(single, grayscale)
-    w_std = _LayoutWriter(std, grayscale, heatmap=None if grayscale else heatmap, is_std=True)
-    for r in range(r0, r0 + rows, BLOCK):
-        for c in range(c0, c0 + cols, BLOCK):
-            block = local[r - r0 : r - r0 + side, c - c0 : c - c0 + side]
-            m, one, sd = run(block, r, c)
-            hr_r, hr_c = s * min(BLOCK, h - r), s * min(BLOCK, w - c)
-            dst = np.s_[s * (r - r0) : s * (r - r0) + hr_r, s * (c - c0) : s * (c - c0) + hr_c]
-            w_mean[dst] = m[:hr_r, :hr_c]
-            w_single[dst] = one[:hr_r, :hr_c]
-            if sd is not None:
-                w_std[dst] = sd[:hr_r, :hr_c]
+    n_samples = options.effective_samples
+    out = MCResult(
+        mean=_LayoutWriter(mean, grayscale),
+        single=_LayoutWriter(single, grayscale),
+        std=_LayoutWriter(std, grayscale, heatmap=None if grayscale else heatmap, is_std=True),
+        n_samples=n_samples,
+        seed=options.seed,
+    )
+    steps = engine.iter_predict(context, n_samples=n_samples, seed=options.seed, chunk=options.chunk or DEFAULT_CHUNK,
+                                out=out, origin=(r0, c0), image_shape=(h, w))
+    run_to_end(steps)
     return mean, std, heatmap
 
 

@@ -332,15 +332,33 @@ def to_model_input(image, value_range: tuple[float, float] | None = None) -> tup
     notes: tuple[str, ...] = ()
     if channels == 4:
         notes = ("alpha channel dropped",)
-    plane = image if len(image.shape) == 2 else image[..., 0] if channels == 1 else image[..., :3]
+    plane = model_channels(image)
     norm = choose_normalization(dtype, value_range or scan_values(plane), channels == 1, notes)
-    work = _work_dtype(dtype)
     model = np.empty((h, w, 3), np.float32)
-    row_bytes = w * 3 * max(np.dtype(work).itemsize, dtype.itemsize)
+    row_bytes = w * 3 * max(np.dtype(_work_dtype(dtype)).itemsize, dtype.itemsize)
     for rows in row_blocks(h, row_bytes):
-        block = (np.asarray(plane[rows]).astype(work) - work(norm.offset)) / work(norm.scale)
-        model[rows] = block[..., None] if channels == 1 else block
+        model[rows] = normalize_block(plane[rows], norm)
     return model, norm
+
+
+def model_channels(image):
+    """The channels the model reads: the plane of a grayscale image, RGB without alpha (a view, not a copy)."""
+    channels = image_layout(tuple(image.shape))[2]
+    return image if len(image.shape) == 2 else image[..., 0] if channels == 1 else image[..., :3]
+
+
+def normalize_block(plane, norm: Normalization) -> np.ndarray:
+    """Pixels of :func:`model_channels` -> float32 model input ``(..., 3)`` with a given normalisation.
+
+    Every piece of an image gets the same values as :func:`to_model_input` gives the whole image.
+    """
+    plane = np.asarray(plane)
+    work = _work_dtype(np.dtype(plane.dtype))
+    block = (plane.astype(work) - work(norm.offset)) / work(norm.scale)
+    gray = block.ndim == 2
+    out = np.empty((*block.shape[:2], 3), np.float32)
+    out[...] = block[..., None] if gray else block
+    return out
 
 
 def to_output_layout(rgb: np.ndarray, normalization: Normalization) -> np.ndarray:

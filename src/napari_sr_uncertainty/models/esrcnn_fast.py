@@ -42,7 +42,7 @@ from .dropout import drop_threshold, effective_rate, keep_from_bits, lane_ids, l
 from .esrcnn import DROPOUT_RATE, HALO, SCALE
 from .jax_setup import configure_compilation_cache
 from ..core.progress import run_to_end
-from .mc import BLOCK, DEFAULT_CHUNK, MCResult, allocate_result, block_grid
+from .mc import BLOCK, DEFAULT_CHUNK, MCResult, allocate_result, iter_blocks
 
 DROP_THRESHOLD_10 = drop_threshold(DROPOUT_RATE)  # 41
 EFFECTIVE_DROPOUT_RATE = effective_rate(DROPOUT_RATE)  # 0.0400390625, within 4e-5 of DROPOUT_RATE
@@ -200,13 +200,15 @@ def iter_mc_predict(
     seed: int = 0,
     chunk: int = DEFAULT_CHUNK,
     out: MCResult | None = None,
+    origin: tuple[int, int] | None = None,
+    image_shape: tuple[int, int] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Run the engine block by block, yielding ``(blocks_done, blocks_total)`` after each block.
 
     Parameters
     ----------
     lr : ndarray, shape (H, W, 3), float32
-        Low-resolution RGB image, nominally in [0, 1].
+        Low-resolution RGB image, nominally in [0, 1]: the whole image, or a part of one (see ``origin``).
     params : dict
         Output of :func:`prepare_params`.
     n_samples : int
@@ -218,37 +220,33 @@ def iter_mc_predict(
     out : MCResult, optional
         Target filled in place (see :func:`.mc.allocate_result`); a new one when None. It is also the
         generator's return value.
+    origin, image_shape : (int, int), optional
+        A part of a larger image, as for :func:`.mc.iter_mc_predict`.
 
     Closing the generator early (cancel) leaves ``out`` partially filled; callers discard it.
     """
     import jax.numpy as jnp
 
+    size = lr.shape[:2] if origin is None else (lr.shape[0] - 2 * HALO, lr.shape[1] - 2 * HALO)
     if out is None:
-        out = allocate_result(lr.shape, n_samples, seed, scale=SCALE, channels=3)
+        out = allocate_result(size, n_samples, seed, scale=SCALE, channels=3)
     configure_compilation_cache()
-    h, w = lr.shape[:2]
     deterministic_block, mc_block = _compiled_block_fns(int(chunk))
     p = {k: jnp.asarray(v) for k, v in params.items()}
+    h, w = size if image_shape is None else image_shape
     hr_shape = jnp.asarray([SCALE * h, SCALE * w], jnp.int32)
-    grid = block_grid((h, w))
-    padded = np.zeros((h + BLOCK + 2 * HALO, w + BLOCK + 2 * HALO, 3), np.float32)
-    padded[HALO : HALO + h, HALO : HALO + w] = lr
-    for i, (r, c) in enumerate(grid):
-        lr_block = padded[r : r + BLOCK + 2 * HALO, c : c + BLOCK + 2 * HALO]
-        origin = jnp.asarray([SCALE * r - 2, SCALE * c - 2], jnp.int32)
-        hr_r, hr_c = SCALE * min(BLOCK, h - r), SCALE * min(BLOCK, w - c)
-        dst = np.s_[SCALE * r : SCALE * r + hr_r, SCALE * c : SCALE * c + hr_c]
+
+    def run_block(pixels, row, col):
+        hr_origin = jnp.asarray([SCALE * row - 2, SCALE * col - 2], jnp.int32)  # h1 starts 1 LR pixel into the halo
         if n_samples == 0:
-            y = np.asarray(deterministic_block(p, lr_block, origin, hr_shape))[:hr_r, :hr_c]
-            out.mean[dst] = y
-            out.single[dst] = y
-        else:
-            mean, single, std = mc_block(p, lr_block, origin, hr_shape, jnp.uint32(seed), jnp.int32(n_samples))
-            out.mean[dst] = np.asarray(mean)[:hr_r, :hr_c]
-            out.single[dst] = np.asarray(single)[:hr_r, :hr_c]
-            out.std[dst] = np.asarray(std)[:hr_r, :hr_c]
-        yield i + 1, len(grid)
-    return out
+            y = np.asarray(deterministic_block(p, pixels, hr_origin, hr_shape))
+            return y, y, None
+        stats = mc_block(p, pixels, hr_origin, hr_shape, jnp.uint32(seed), jnp.int32(n_samples))
+        return tuple(np.asarray(a) for a in stats)
+
+    return (yield from iter_blocks(
+        lr, out, run_block, halo=HALO, scale=SCALE, block=BLOCK, origin=origin, image_shape=image_shape
+    ))
 
 
 def mc_predict(lr: np.ndarray, params: dict[str, np.ndarray], **kwargs) -> MCResult:

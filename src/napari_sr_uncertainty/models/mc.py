@@ -120,6 +120,42 @@ def prepare_params(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> dict:
     return spec.to_flax(arrays)
 
 
+def iter_blocks(lr, out: MCResult, run_block, *, halo: int, scale: int, block: int, origin=None, image_shape=None):
+    """The block loop every engine shares; yields ``(blocks_done, blocks_total)`` and returns ``out``.
+
+    ``run_block(pixels, row, col)`` computes the block whose first input pixel is the image's global
+    ``(row, col)`` from ``pixels`` (the block and ``halo`` pixels on every side, zero outside the image) and
+    returns ``(mean, single, std or None)`` on the block's whole output grid.
+
+    ``lr`` is the whole image (``origin`` None), or a part of an image of ``image_shape`` (block tasks of a
+    huge image): the part whose first pixel is the global ``origin`` (multiples of ``block``), given with
+    ``halo`` pixels of context on every side (zero outside the image). A part's outputs equal the
+    whole image's, bit for bit: its blocks are the whole image's blocks.
+    """
+    if origin is None:
+        h, w = lr.shape[:2]
+        origin, top = (0, 0), halo
+    else:
+        if origin[0] % block or origin[1] % block:
+            raise ValueError(f"a part must start on the {block}-pixel block grid, got {tuple(origin)}")
+        h, w = lr.shape[0] - 2 * halo, lr.shape[1] - 2 * halo
+        top = 0
+    side = block + 2 * halo
+    padded = np.zeros((-(-h // block) * block + 2 * halo, -(-w // block) * block + 2 * halo, lr.shape[2]), np.float32)
+    padded[top : top + lr.shape[0], top : top + lr.shape[1]] = lr
+    blocks = block_grid((h, w), block)
+    for i, (r, c) in enumerate(blocks):
+        mean, single, std = run_block(padded[r : r + side, c : c + side], origin[0] + r, origin[1] + c)
+        rows, cols = scale * min(block, h - r), scale * min(block, w - c)
+        dst = np.s_[scale * r : scale * r + rows, scale * c : scale * c + cols]
+        out.mean[dst] = mean[:rows, :cols]
+        out.single[dst] = single[:rows, :cols]
+        if std is not None:
+            out.std[dst] = std[:rows, :cols]
+        yield i + 1, len(blocks)
+    return out
+
+
 def iter_mc_predict(
     lr: np.ndarray,
     spec: ModelSpec,
@@ -129,13 +165,15 @@ def iter_mc_predict(
     seed: int = 0,
     chunk: int = DEFAULT_CHUNK,
     out: MCResult | None = None,
+    origin: tuple[int, int] | None = None,
+    image_shape: tuple[int, int] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Run ``spec``'s model block by block, yielding ``(blocks_done, blocks_total)`` after each block.
 
     Parameters
     ----------
     lr : ndarray, shape (H, W, spec.channels), float32
-        Network input, nominally in [0, 1].
+        Network input, nominally in [0, 1]: the whole image, or a part of one (see ``origin``).
     spec : ModelSpec
     variables : dict
         Output of :func:`prepare_params`.
@@ -146,7 +184,10 @@ def iter_mc_predict(
     chunk : int
         Samples per vmapped step; changes speed and memory, never the result.
     out : MCResult, optional
-        Target filled in place (see :func:`allocate_result`); a new one when None (see :func:`mc_predict`).
+        Target filled in place (see :func:`allocate_result`); a new one when None. Also the return value.
+    origin, image_shape : (int, int), optional
+        ``lr`` is the part of an image of ``image_shape`` that starts at the block-aligned global ``origin``,
+        with ``spec.halo`` pixels of context on every side (see :func:`iter_blocks`).
 
     Closing the generator early (cancel) leaves ``out`` partially filled; callers discard it.
     """
@@ -154,35 +195,26 @@ def iter_mc_predict(
 
     from .dropout import Grid
 
-    h, w = lr.shape[:2]
+    halo = spec.halo
+    size = lr.shape[:2] if origin is None else (lr.shape[0] - 2 * halo, lr.shape[1] - 2 * halo)
     if out is None:
-        out = allocate_result(lr.shape, n_samples, seed, scale=spec.scale, channels=spec.channels)
+        out = allocate_result(size, n_samples, seed, scale=spec.scale, channels=spec.channels)
     configure_compilation_cache()
     # XLA inlines a one-step scan and then rounds the sum of squares differently (measured: 7e-8 in the
     # std), so samples always run at least two at a time; the result then never depends on ``chunk``.
     deterministic_block, mc_block = _compiled_block_fns(spec.id, max(2, int(chunk)))
-    halo, s, size = spec.halo, spec.scale, spec.block
-    side = size + 2 * halo
-    padded = np.zeros((h + size + 2 * halo, w + size + 2 * halo, lr.shape[2]), np.float32)
-    padded[halo : halo + h, halo : halo + w] = lr
-    image_shape = jnp.asarray([h, w], jnp.int32)
-    grid_blocks = block_grid((h, w), size)
-    for i, (r, c) in enumerate(grid_blocks):
-        block = padded[r : r + side, c : c + side]
-        grid = Grid(jnp.asarray([r - halo, c - halo], jnp.int32), image_shape, jnp.uint32(seed))
-        rows, cols = s * min(size, h - r), s * min(size, w - c)
-        dst = np.s_[s * r : s * r + rows, s * c : s * c + cols]
+    shape = jnp.asarray(size if image_shape is None else image_shape, jnp.int32)
+
+    def run_block(pixels, row, col):
+        grid = Grid(jnp.asarray([row - halo, col - halo], jnp.int32), shape, jnp.uint32(seed))
         if n_samples == 0:
-            y = np.asarray(deterministic_block(variables, block, grid))[:rows, :cols]
-            out.mean[dst] = y
-            out.single[dst] = y
-        else:
-            mean, single, std = mc_block(variables, block, grid, jnp.int32(n_samples))
-            out.mean[dst] = np.asarray(mean)[:rows, :cols]
-            out.single[dst] = np.asarray(single)[:rows, :cols]
-            out.std[dst] = np.asarray(std)[:rows, :cols]
-        yield i + 1, len(grid_blocks)
-    return out
+            y = np.asarray(deterministic_block(variables, pixels, grid))
+            return y, y, None
+        return tuple(np.asarray(a) for a in mc_block(variables, pixels, grid, jnp.int32(n_samples)))
+
+    return (yield from iter_blocks(
+        lr, out, run_block, halo=halo, scale=spec.scale, block=spec.block, origin=origin, image_shape=image_shape
+    ))
 
 
 class Engine:
@@ -196,10 +228,13 @@ class Engine:
         self.fast = None if generic or spec.fast_engine is None else spec.fast_engine()
         self.params = self.fast.prepare_params(arrays) if self.fast else prepare_params(spec, arrays)
 
-    def iter_predict(self, lr, *, n_samples: int, seed: int, chunk: int = DEFAULT_CHUNK, out: MCResult | None = None):
+    def iter_predict(self, lr, *, n_samples: int, seed: int, chunk: int = DEFAULT_CHUNK, out: MCResult | None = None,
+                     origin: tuple[int, int] | None = None, image_shape: tuple[int, int] | None = None):
+        """See :func:`iter_mc_predict` (``origin``/``image_shape``: a part of a larger image)."""
+        kwargs = dict(n_samples=n_samples, seed=seed, chunk=chunk, out=out, origin=origin, image_shape=image_shape)
         if self.fast is not None:
-            return self.fast.iter_mc_predict(lr, self.params, n_samples=n_samples, seed=seed, chunk=chunk, out=out)
-        return iter_mc_predict(lr, self.spec, self.params, n_samples=n_samples, seed=seed, chunk=chunk, out=out)
+            return self.fast.iter_mc_predict(lr, self.params, **kwargs)
+        return iter_mc_predict(lr, self.spec, self.params, **kwargs)
 
     def predict(self, lr, *, n_samples: int = DEFAULT_SAMPLES, seed: int = 0, chunk: int = DEFAULT_CHUNK) -> MCResult:
         """Run to the end and return the filled :class:`MCResult`."""
