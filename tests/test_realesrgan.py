@@ -213,8 +213,8 @@ def test_port_reproduces_ncnn_float32_outputs(ncnn_weights):
 @needs_reference
 @pytest.mark.slow
 def test_engine_block_reproduces_ncnn(ncnn_weights):
-    """The full model through the block engine (one valid-mode block of 128 + 2 x 349 LR pixels, about
-    4.4e12 multiply-adds: minutes on two cores)."""
+    """The full model through the block engine (one valid-mode block of 256 + 2 x 349 LR pixels, about
+    6.8e12 multiply-adds: about 3 minutes with the compile on two cores)."""
     from napari_sr_uncertainty.models import mc
 
     spec = registry.get_spec(realesrgan.MODEL_ID)

