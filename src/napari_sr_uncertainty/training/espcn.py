@@ -36,15 +36,13 @@ def _dropout(h, seed, ids, layer: int, first: int, rate: float):
 def samples_valid(params, lr, seed, ids, rate: float):
     """Dropout samples (K, N, 3 (c - 8), 3 (c - 8), 1) of the crops' interiors; ``ids`` (K, N) are the sample ids.
 
-    The K samples share the deterministic first layer (conv1 + tanh); they run as one batch of K x N crops
-    (XLA's CPU convolutions are about 2x slower under ``vmap``).
+    The K samples share the deterministic first layer (conv1 + tanh) and run one after the other: on this CPU
+    XLA's convolutions are about 2x slower under ``vmap`` and 2-4x slower per crop on a batch of K x N crops
+    (the working set leaves the cache), measured with ``bench/train_throughput.py``-style timings.
     """
     import jax.numpy as jnp
 
     h1 = jnp.tanh(_conv_valid(lr, params["conv1"]["kernel"], params["conv1"]["bias"]))  # positions 2..c-3
-    k, n = ids.shape
-    if k > 1:
-        h1 = jnp.concatenate([h1] * k)
 
     def one(sample_ids):
         h = _dropout(h1, seed, sample_ids, 0, 2, rate)
@@ -52,8 +50,7 @@ def samples_valid(params, lr, seed, ids, rate: float):
         h = _dropout(h, seed, sample_ids, 1, 3, rate)
         return pixel_shuffle(_conv_valid(h, params["conv3"]["kernel"], params["conv3"]["bias"]), SCALE)
 
-    out = one(ids.reshape(-1))
-    return out.reshape(k, n, *out.shape[1:])
+    return jnp.stack([one(ids[j]) for j in range(ids.shape[0])])
 
 
 def bicubic_phase_kernels(scale: int = SCALE, radius: int = 2) -> np.ndarray:
