@@ -54,35 +54,55 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
-        prog="napari-sr-uncertainty",
-        description="Super-resolve or restore an image and map where the result can be trusted "
-        "(Monte Carlo dropout). Models: --list-models.",
-    )
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """What to compute, shared by the single command and ``batch``; the defaults are :class:`SROptions`'s."""
     defaults = SROptions()  # the one source of every default the CLI and the widget show
-    parser.add_argument(
-        "image",
-        nargs="?",
-        help="input image, stack or multi-channel image (PNG, JPEG, TIFF, .npy); default: bundled sample",
-    )
-    parser.add_argument("-o", "--output", default="output", help="output folder (default: ./output)")
-    parser.add_argument("--model", default=defaults.model, choices=model_ids(), metavar="ID",
-                        help="registered model, see --list-models (default: %(default)s)")
-    parser.add_argument("--list-models", action="store_true", help="list the models and exit")
+    parser.add_argument("--model", choices=model_ids(), metavar="ID",
+                        help=f"registered model, see --list-models (default: the one the --weights file names "
+                        f"or fits, else {defaults.model})")
+    parser.add_argument("--weights", help="weights file: ours (.msgpack) or the original's for --model (.h5, .keras, .pth, .param)")
     parser.add_argument("--samples", type=int, default=defaults.n_samples, help="dropout samples (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dropout masks (default: %(default)s)")
-    parser.add_argument("--weights", help="weights file: ours (.msgpack) or the original's for --model (.h5, .keras, .pth)")
-    parser.add_argument("--center-crop", action="store_true", help="crop to the largest multiple of the patch size, as the original")
     parser.add_argument("--uncertainty", default=defaults.uncertainty, choices=UNCERTAINTY_METHODS,
                         help="mc-dropout, or the TTA spread over the 8 flips/rotations (baseline; the only one for "
                         "models without dropout); auto picks per model (default: %(default)s)")
+    parser.add_argument("--center-crop", action="store_true", help="crop to the largest multiple of the patch size, as the original")
     parser.add_argument("--deterministic", action="store_true",
                         help="one pass with dropout off: no uncertainty, and less accurate than the MC mean")
     parser.add_argument("--patch-size", type=int, default=defaults.patch_size,
                         help="LR patch size for ranking (default: %(default)s)")
     parser.add_argument("--patches", type=int, default=defaults.n_patches,
                         help="patches marked in each set (default: %(default)s)")
+
+
+def run_options(args: argparse.Namespace, weights) -> SROptions:
+    """The :class:`SROptions` of parsed :func:`add_run_options` arguments, for ``weights``' model."""
+    return SROptions(
+        model=weights.model,
+        n_samples=args.samples,
+        seed=args.seed,
+        patch_size=args.patch_size,
+        n_patches=args.patches,
+        center_crop=args.center_crop,
+        deterministic=args.deterministic,
+        uncertainty=args.uncertainty,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="napari-sr-uncertainty",
+        description="Super-resolve or restore an image and map where the result can be trusted "
+        "(Monte Carlo dropout). Models: --list-models.",
+    )
+    parser.add_argument(
+        "image",
+        nargs="?",
+        help="input image, stack or multi-channel image (PNG, JPEG, TIFF, .npy); default: bundled sample",
+    )
+    parser.add_argument("-o", "--output", default="output", help="output folder (default: ./output)")
+    parser.add_argument("--list-models", action="store_true", help="list the models and exit")
+    add_run_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -119,16 +139,7 @@ def run(args: argparse.Namespace) -> Path:
         image, input_name = load_sample(DEFAULT_SAMPLE), str(sample_image_paths()[DEFAULT_SAMPLE])
         layout = array_layout(image.shape)
     weights = load_weights(args.weights, model=args.model)
-    options = SROptions(
-        model=weights.model,
-        n_samples=args.samples,
-        seed=args.seed,
-        patch_size=args.patch_size,
-        n_patches=args.patches,
-        center_crop=args.center_crop,
-        deterministic=args.deterministic,
-        uncertainty=args.uncertainty,
-    )
+    options = run_options(args, weights)
     progress = None if args.quiet else _ProgressPrinter()
     return write_input(image, layout, input_name, weights, options, outdir, progress)
 
@@ -221,14 +232,9 @@ def build_batch_parser() -> argparse.ArgumentParser:
         "OUTDIR/batch_summary.csv; a rerun skips finished inputs. Exit status: 0 all done, 3 finished with "
         "failed inputs, 2 bad arguments, 4 the scheduler went away (rerun to resume), 130 interrupted.",
     )
-    defaults = SROptions()
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns (quoted)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
-    parser.add_argument("--model", default=defaults.model, choices=model_ids(), metavar="ID",
-                        help="registered model, see --list-models (default: %(default)s)")
-    parser.add_argument("--weights", help="weights file: ours (.msgpack) or the original's for --model")
-    parser.add_argument("--samples", type=int, default=defaults.n_samples, help="dropout samples (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dropout masks (default: %(default)s)")
+    add_run_options(parser)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="join the dask cluster at ADDRESS (tcp://host:8786)")
     where.add_argument("--scheduler-file", metavar="FILE", help="join the dask cluster described by FILE")
@@ -268,7 +274,7 @@ def main_batch(argv: list[str]) -> int:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         weights = load_weights(args.weights, model=args.model)
-        options = SROptions(model=weights.model, n_samples=args.samples, seed=args.seed)
+        options = run_options(args, weights)
         result = run_batch(
             args.inputs, args.output, options, weights=weights, scheduler=args.scheduler,
             scheduler_file=args.scheduler_file, n_workers=args.workers, threads_per_worker=args.threads_per_worker,

@@ -3,7 +3,8 @@
 Columns (:data:`COLUMNS`): the input ``file`` (resolved path, the row's key) and its ``output`` folder
 (relative to OUTDIR); ``kind`` (``image``, ``stack``, ``channels`` or ``zarr`` for a huge image split into
 block tasks); ``shape``; ``model``, ``scale``, ``seed``, ``uncertainty`` (``mc-dropout``, ``tta`` or
-``none``), ``samples`` (the predictions the statistics are over), ``weights_sha256``; the uncertainty
+``none``), ``samples`` (the predictions the statistics are over), ``weights_sha256``, ``marks`` (marked
+patches per set, patch size and region); the uncertainty
 over all output pixels (all planes of a stack) in model units, i.e. as a fraction of the image's value
 range, so files of different types compare: ``uncertainty_mean`` and ``uncertainty_p99`` (the heatmap:
 MC std averaged over colour channels) and ``sigma_mean`` (the calibrated sigma, ``std_scale`` x std; empty
@@ -27,11 +28,11 @@ from ..core.report import OutputError
 SUMMARY_CSV = "batch_summary.csv"
 COLUMNS = (
     "file", "output", "kind", "shape", "model", "scale", "seed", "uncertainty", "samples", "weights_sha256",
-    "uncertainty_mean", "uncertainty_p99", "sigma_mean", "seconds", "worker", "peak_rss_mib",
+    "marks", "uncertainty_mean", "uncertainty_p99", "sigma_mean", "seconds", "worker", "peak_rss_mib",
     "status", "error", "sha256",
 )
 #: the options a finished row must match to be skipped on a rerun
-RESUME_KEYS = ("model", "seed", "uncertainty", "samples", "weights_sha256")
+RESUME_KEYS = ("model", "seed", "uncertainty", "samples", "weights_sha256", "marks")
 
 
 def read_summary(outdir: Path) -> dict[str, dict[str, str]]:

@@ -112,6 +112,7 @@ def base_row(path: Path | str, name: str, options: SROptions, weights) -> dict:
         "uncertainty": options.uncertainty_method or "none",
         "samples": options.effective_samples,
         "weights_sha256": weights.sha256,
+        "marks": f"{options.n_patches} x {options.patch_size} px{', centre crop' if options.center_crop else ''}",
     }
 
 
