@@ -126,3 +126,25 @@ def test_dropout_mask_streams_are_distinct_beyond_two_layers():
 
     keys = {(s, layer): int(layer_key(7, s, layer)) for s in range(6) for layer in range(6)}
     assert len(set(keys.values())) == len(keys)
+
+
+def test_an_ncnn_param_file_is_digested_with_its_bin(tmp_path):
+    from napari_sr_uncertainty.models.weights import weight_files
+
+    param, data = tmp_path / "m.param", tmp_path / "m.bin"
+    param.write_bytes(b"7767517\n")
+    assert weight_files(param) == (param,)
+    data.write_bytes(b"\x00" * 16)
+    assert weight_files(param) == (param, data)
+    before = file_sha256(*weight_files(param))
+    data.write_bytes(b"\x01" + b"\x00" * 15)  # a changed .bin must change the recorded digest
+    assert file_sha256(*weight_files(param)) != before != file_sha256(param)
+
+
+def test_the_patch_scores_leave_out_each_models_padding_frame():
+    from napari_sr_uncertainty.core.pipeline import patch_border
+    from napari_sr_uncertainty.models.registry import get_spec
+
+    assert patch_border(get_spec("esrcnn-x2")) == 3 * 2  # the halo, in output pixels
+    assert patch_border(get_spec("rdn-x4")) == 15 * 4
+    assert patch_border(get_spec("realesrgan-x4plus")) == 10 * 4  # not its 349-pixel receptive field

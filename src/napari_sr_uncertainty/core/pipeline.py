@@ -340,8 +340,9 @@ def _score_in_bands(heatmap: np.ndarray, patch: int, scale: int, border: int = 0
 
 
 def patch_border(spec: ModelSpec) -> int:
-    """Output pixels along each image edge that the patch scores leave out: the padding frame, halo x scale."""
-    return int(spec.halo) * int(spec.scale)
+    """Output pixels along each image edge that the patch scores leave out: the padding frame x scale."""
+    frame = spec.halo if spec.padding_frame is None else spec.padding_frame
+    return int(frame) * int(spec.scale)
 
 
 def center_crop_box(shape: tuple[int, int], multiple: int) -> tuple[int, int, int, int]:

@@ -71,6 +71,10 @@ class ModelSpec:
         installed package that ships them), or None; used when there are no bundled weights.
     weights_hint : str
         Where to get weights, for the error when neither bundled nor found weights exist.
+    padding_frame : int or None
+        Input pixels along each image edge where the zero padding visibly changes the output, left out of
+        the patch scores; None: the whole halo. A very deep network's halo is far wider than the band its
+        padding really disturbs.
     estimate_seconds : callable or None
         ``estimate_seconds(lr_shape, passes)``: seconds a run of ``passes`` deterministic passes (8 for the
         TTA spread) over an LR image of ``lr_shape`` should take on the reference machine, for a warning
@@ -97,6 +101,7 @@ class ModelSpec:
     find_weights: Callable[[], Any] | None = None
     weights_hint: str = ""
     estimate_seconds: Callable[..., float] | None = None
+    padding_frame: int | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in (1, 2, 3, 4):

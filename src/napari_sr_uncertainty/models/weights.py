@@ -40,7 +40,7 @@ class Weights:
     """Parameters of one registered model plus where they came from.
 
     ``arrays`` maps ``"conv1/kernel"``-style names to float32 arrays (HWIO kernels); ``model`` is the
-    registry id; ``sha256`` is the digest of the file they were read from.
+    registry id; ``sha256`` is the digest of the file they were read from (an ncnn ``.param`` and its ``.bin``, one after the other).
     """
 
     arrays: dict[str, np.ndarray]
@@ -67,12 +67,20 @@ def bundled_weights_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "weights"
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(*paths: Path) -> str:
+    """sha256 of the files' bytes, one after the other."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
+
+
+def weight_files(path: Path) -> tuple[Path, ...]:
+    """The files a weights path stands for: itself, and an ncnn ``.param``'s ``.bin`` beside it."""
+    data = path.with_suffix(".bin")
+    return (path, data) if path.suffix.lower() == ".param" and data.is_file() else (path,)
 
 
 def _params_digest(arrays: dict[str, np.ndarray]) -> str:
@@ -247,7 +255,7 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> We
         raise WeightsError(f"{path}: weights file not found")
     if not path.is_file():
         raise WeightsError(f"{path}: is not a file")
-    sha = file_sha256(path)
+    sha = file_sha256(*weight_files(path))
     if card.get("sha256") and card["sha256"] != sha:
         raise WeightsError(f"{path}: sha256 {sha[:12]}... does not match its training card; the file is corrupt")
     with open(path, "rb") as fh:
