@@ -330,6 +330,49 @@ def test_job_carries_sroptions_naming_the_model(viewer_and_widget, random_espcn_
     assert job.weights_path == random_espcn_weights_path
 
 
+def test_uncertainty_method_reaches_the_options(viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="img")
+    assert widget.uncertainty_method.value == "auto"
+    widget.uncertainty_method.value = "tta"
+    job = widget.capture_job()
+    assert job.options.uncertainty == "tta" and job.options.effective_samples == 8
+
+
+def test_a_long_real_esrgan_run_is_announced_with_its_estimate(viewer_and_widget, tmp_path, monkeypatch):
+    from napari_sr_uncertainty.models.registry import get_spec
+    from napari_sr_uncertainty.plugin import widget as widget_module
+
+    infos = []
+    monkeypatch.setattr(widget_module, "show_info", infos.append)
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.zeros((512, 512, 3), np.uint8), name="photo", rgb=True)
+    widget.model.value = "realesrgan-x4plus"
+    widget.weights.value = tmp_path / "realesrgan-x4plus.param"  # only captured here, never read
+    job = widget.capture_job()
+    assert job.options.uncertainty_method == "tta"  # no dropout: the TTA spread
+    note = widget._estimate_note(job)
+    expected = get_spec("realesrgan-x4plus").estimate_seconds((512, 512), 8) / 60
+    assert f"about {expected:.0f} min" in note and "Cancel" in note and len(infos) == 1
+
+
+def test_a_model_with_weights_found_installed_needs_no_file(viewer_and_widget, monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from napari_sr_uncertainty.models import registry
+
+    registry._load()
+    found = tmp_path / "realesrgan-x4plus.param"
+    spec = registry.get_spec("realesrgan-x4plus")
+    monkeypatch.setitem(registry._SPECS, spec.id, replace(spec, find_weights=lambda: found))
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="photo", rgb=True)
+    widget.model.value = spec.id
+    widget.weights.value = None
+    assert widget.capture_job().weights_path is None  # accepted: the run loads the installed files
+    assert "found installed" in widget.model_info.value
+
+
 def test_scale_1_model_restores(fake_specs, viewer_and_widget):
     _, widget = viewer_and_widget
     assert "fake-x1" in widget.model.choices

@@ -67,6 +67,21 @@ def bundled_weights_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "weights"
 
 
+def default_weights_path(spec: ModelSpec) -> Path | None:
+    """The weights a model runs with when none are given: bundled, or found outside the package (e.g. in an
+    installed package that ships the original's files); None when there are none. JAX-free."""
+    if spec.default_weights is not None:
+        return bundled_weights_dir() / spec.default_weights
+    found = spec.find_weights() if spec.find_weights else None
+    return None if found is None else Path(found)
+
+
+def missing_weights_hint(spec: ModelSpec) -> str:
+    """Where to get weights for a model that has none at hand."""
+    importers = ", ".join(spec.importers) or "our .msgpack"
+    return spec.weights_hint or f"give a weights file ({importers} of the original, or .msgpack)"
+
+
 def file_sha256(*paths: Path) -> str:
     """sha256 of the files' bytes, one after the other."""
     digest = hashlib.sha256()
@@ -231,15 +246,9 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> We
     """
     if path is None:
         spec = get_spec(model)
-        found = spec.find_weights() if spec.default_weights is None and spec.find_weights else None
-        if spec.default_weights is not None:
-            path = bundled_weights_dir() / spec.default_weights
-        elif found is not None:
-            path = found  # e.g. an installed package that ships the original's files
-        else:
-            importers = ", ".join(spec.importers) or "our .msgpack"
-            hint = spec.weights_hint or f"give a weights file ({importers} of the original, or .msgpack)"
-            raise WeightsError(f"{spec.id} ships no weights: {hint}")
+        path = default_weights_path(spec)
+        if path is None:
+            raise WeightsError(f"{spec.id} ships no weights: {missing_weights_hint(spec)}")
         model = spec.id
     path = Path(path).expanduser()
     card: dict = {}

@@ -42,9 +42,10 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from ..core.imaging import InputError, channel_like_last_axis
-from ..core.pipeline import MAX_SAMPLES, MIN_SAMPLES, SEED_LIMIT, SROptions
+from ..core.pipeline import MAX_SAMPLES, MIN_SAMPLES, SEED_LIMIT, SROptions, region_shape
 from ..models import registry
 from ..models.spec import ModelSpec
+from ..models.weights import default_weights_path, missing_weights_hint
 from .layers import (
     PLUGIN_KEY,
     UNCERTAINTY_COLORMAP,
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 # Perceptually uniform colormaps: equal steps in std look like equal steps in colour.
 UNCERTAINTY_COLORMAPS = ("magma", "inferno", "viridis", "plasma", "cividis", "gray")
 UNCERTAINTY_UNITS = ("MC std (raw)", "calibrated sigma")
+LONG_RUN_SECONDS = 60  # runs expected to take longer are announced with their estimate
 #: weight files the file picker offers: ours, and the original projects' (each model reads its own)
 WEIGHT_SUFFIXES = (".msgpack", ".h5", ".keras", ".pth", ".param")
 COLOUR_MODES = {"rgb": "RGB", "y": "luma (Y; Cb/Cr bicubic)", "gray": "grayscale"}
@@ -98,7 +100,9 @@ def model_choice(spec: ModelSpec) -> str:
 
 def model_summary(spec: ModelSpec) -> str:
     """One line under the picker: scale, colour mode, weights, and the spec's one-line description."""
-    weights = "bundled weights" if spec.default_weights else f"no bundled weights: give a {accepted_weights(spec)} file"
+    weights = "bundled weights" if spec.default_weights else (
+        "weights found installed" if default_weights_path(spec) else f"no bundled weights: give a {accepted_weights(spec)} file"
+    )
     colour = COLOUR_MODES.get(spec.colour, spec.colour)
     return f"x{spec.scale} {spec.kind}, {colour}, {weights}. {spec.description}"
 
@@ -113,7 +117,8 @@ def model_tooltip(spec: ModelSpec) -> str:
         f"Model from the registry. {spec.id}: {spec.system}.\n"
         f"Scale x{spec.scale} ({spec.kind}), colour mode {spec.colour} "
         f"({COLOUR_MODES.get(spec.colour, spec.colour)}), {spec.n_params:,} parameters.\n"
-        f"Weights: {'bundled' if spec.default_weights else 'none bundled (import only)'}; "
+        f"Weights: {'bundled' if spec.default_weights else 'none bundled (import only)'}"
+        f"{'' if spec.default_weights or default_weights_path(spec) is None else ', found installed'}; "
         f"reads {accepted_weights(spec)}.\n{spec.description}"
     )
 
@@ -202,8 +207,8 @@ def error_message(exc: BaseException, input_name: str, spec: ModelSpec | None = 
     if isinstance(exc, WeightsError):
         fallback = (
             "or clear the weights field to use its bundled weights"
-            if spec.default_weights
-            else "(it ships no weights, so a file is needed)"
+            if default_weights_path(spec)
+            else f"(it ships no weights, so a file is needed: {missing_weights_hint(spec)})"
         )
         return f"Could not load the weights: {exc}. Choose a {spec.id} weights file ({accepted_weights(spec)}), {fallback}."
     return f"{run_noun(spec)} of '{input_name}' failed ({type(exc).__name__}: {exc}); see the console for details."
@@ -393,6 +398,14 @@ class SuperResolveWidget(Container):
             value=False,
             tooltip="For stacks: process every 2D slice (results are stacked) instead of only the one shown.",
         )
+        self.uncertainty_method = ComboBox(
+            label="uncertainty",
+            choices=[("auto", "auto"), ("MC dropout", "mc-dropout"), ("TTA spread (baseline)", "tta")],
+            value=defaults.uncertainty,
+            tooltip="MC dropout: the spread of the dropout samples. TTA spread: the spread of the model's outputs "
+            "on the 8 flips and 90-degree rotations of the image (a baseline; the only one for a model without "
+            "dropout, and what auto gives an original's imported weights that never trained with dropout).",
+        )
         self.colormap = ComboBox(
             label="uncertainty colormap",
             choices=UNCERTAINTY_COLORMAPS,
@@ -448,6 +461,7 @@ class SuperResolveWidget(Container):
                 self.n_patches,
                 self.region,
                 self.all_slices,
+                self.uncertainty_method,
                 self.colormap,
                 self.heatmap_view,
                 self.opacity,
@@ -528,9 +542,9 @@ class SuperResolveWidget(Container):
         self.weights.tooltip = (
             f"Weights file for {spec.id}: {accepted_weights(spec)}. "
             + (
-                "Empty = its bundled weights."
-                if spec.default_weights
-                else "Needed: this model ships no weights (import only)."
+                "Empty = its bundled (or installed) weights."
+                if default_weights_path(spec)
+                else f"Needed: this model ships no weights (import only): {missing_weights_hint(spec)}."
             )
             + " A .msgpack with its training card .json beside it brings its own calibration."
         )
@@ -565,6 +579,7 @@ class SuperResolveWidget(Container):
             patch_size=int(self.patch_size.value),
             n_patches=int(self.n_patches.value),
             center_crop=bool(self.region.value),
+            uncertainty=str(self.uncertainty_method.value),
         )
         options.validate()
         layer = self.image_layer.value
@@ -585,10 +600,10 @@ class SuperResolveWidget(Container):
             )
         spec = options.spec
         weights_path = self._weights_path()
-        if weights_path is None and spec.default_weights is None:
+        if weights_path is None and default_weights_path(spec) is None:
             raise InputError(
-                f"the model {spec.id} ships no weights: choose its weights file in 'weights' "
-                f"({accepted_weights(spec)}), or pick a model with bundled weights"
+                f"the model {spec.id} ships no weights: {missing_weights_hint(spec)}; choose its weights file "
+                f"in 'weights' ({accepted_weights(spec)}), or pick a model with bundled weights"
             )
         data = layer.data[0] if layer.multiscale else layer.data
         n_lead = layer.ndim - 2
@@ -631,7 +646,7 @@ class SuperResolveWidget(Container):
         spec = job.options.spec
         self._run_started = time.perf_counter()
         self._set_running(True)
-        self.status.value = f"running {spec.id} on '{job.geometry.name}'..."
+        self.status.value = f"running {spec.id} on '{job.geometry.name}'..." + self._estimate_note(job)
         verb = "Restoring" if spec.kind == "restore" else "Super-resolving"
         self._progress = progress(total=0, desc=f"{verb} {job.geometry.name} ({spec.id}, x{spec.scale})")
         worker = thread_worker(run_job, start_thread=False, ignore_errors=True)(job)
@@ -649,6 +664,21 @@ class SuperResolveWidget(Container):
         self._freeze_gc()
         worker.start()
         self._prewarm_glyphs(job.geometry.name)
+
+    def _estimate_note(self, job: RunJob) -> str:
+        """For a model that states its cost, the expected duration of a long run (also as a notification)."""
+        spec = job.options.spec
+        if spec.estimate_seconds is None:
+            return ""
+        shape = region_shape(tuple(np.shape(job.images[0])), job.options)[:2]
+        passes = max(1, job.options.effective_samples)  # whole passes: an upper bound for MC dropout samples
+        seconds = len(job.images) * spec.estimate_seconds(shape, passes)
+        if seconds < LONG_RUN_SECONDS:
+            return ""
+        note = (f" Expected to take about {seconds / 60:.0f} min on a 2-core CPU like the one it was measured on "
+                f"({passes} pass{'es' if passes > 1 else ''}); Cancel stops between blocks.")
+        show_info(f"{spec.id}: {note.strip()}")
+        return note
 
     def _prewarm_glyphs(self, name: str) -> None:
         """Render the glyphs of our texts into napari's shared font atlas, a few per event-loop turn while the
