@@ -98,7 +98,7 @@ SPEC = ModelSpec(
     dropout_rate=DROPOUT_RATE,
     param_shapes=PARAM_SHAPES,
     module=lambda: module_class()(),
-    default_weights=None,
+    default_weights="espcn_x3.msgpack",
     importers={".pth": import_pth},
     max_channels=64,
 )
