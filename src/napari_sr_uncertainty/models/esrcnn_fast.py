@@ -42,7 +42,7 @@ from .dropout import drop_threshold, effective_rate, keep_from_bits, lane_ids, l
 from .esrcnn import DROPOUT_RATE, HALO, SCALE
 from .jax_setup import configure_compilation_cache
 from ..core.progress import run_to_end
-from .mc import BLOCK, DEFAULT_CHUNK, MCResult, allocate_result, iter_blocks
+from .mc import BLOCK, DEFAULT_CHUNK, DEFAULT_SAMPLES, MCResult, allocate_result, iter_blocks
 
 DROP_THRESHOLD_10 = drop_threshold(DROPOUT_RATE)  # 41
 EFFECTIVE_DROPOUT_RATE = effective_rate(DROPOUT_RATE)  # 0.0400390625, within 4e-5 of DROPOUT_RATE
@@ -196,7 +196,7 @@ def iter_mc_predict(
     lr: np.ndarray,
     params: dict[str, np.ndarray],
     *,
-    n_samples: int = 40,
+    n_samples: int = DEFAULT_SAMPLES,
     seed: int = 0,
     chunk: int = DEFAULT_CHUNK,
     out: MCResult | None = None,

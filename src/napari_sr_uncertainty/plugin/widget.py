@@ -164,6 +164,7 @@ def run_job(
     engine import JAX (on the first run).
     """
     from ..core.pipeline import iter_super_resolve  # looked up at run time (tests replace it)
+    from ..core.progress import map_progress
     from ..models.weights import load_weights
 
     weights = load_weights(job.weights_path, model=job.options.model)
@@ -173,13 +174,7 @@ def run_job(
     try:
         for index, image in enumerate(job.images):
             steps = iter_super_resolve(image, weights, job.options)
-            while True:
-                try:
-                    step = next(steps)
-                except StopIteration as stop:
-                    results.append(stop.value)
-                    break
-                yield index, step
+            results.append((yield from map_progress(steps, lambda step, index=index: (index, step))))
         tuples = build_layer_data(
             results, job.geometry, job.slices_shape, job.colormap, job.calibrated, opacity=job.opacity
         )
