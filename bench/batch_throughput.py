@@ -79,8 +79,13 @@ def single_seconds(paths: list[Path], samples: int, scratch: Path) -> float:
     from napari_sr_uncertainty.batch.cluster import worker_env
 
     env = {**os.environ, **worker_env(1)}
-    out = subprocess.run([sys.executable, "-c", SINGLE, json.dumps([str(p) for p in paths]), str(scratch), str(samples)],
-                         env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SINGLE, json.dumps([str(p) for p in paths]), str(scratch), str(samples)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_image"]
 
 
@@ -96,8 +101,14 @@ def _warm(samples: int) -> float:
     start = time.perf_counter()
     image = np.zeros((70, 70, 3), np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
-        cli.write_input(image, array_layout(image.shape), "warm-up", load_weights(), SROptions(n_samples=samples),
-                        Path(tmp) / "warm")
+        cli.write_input(
+            image,
+            array_layout(image.shape),
+            "warm-up",
+            load_weights(),
+            SROptions(n_samples=samples),
+            Path(tmp) / "warm",
+        )
     return time.perf_counter() - start
 
 
@@ -109,16 +120,26 @@ def batch_run(paths: list[Path], workers: int, samples: int, scratch: Path) -> d
     from napari_sr_uncertainty.core.pipeline import SROptions
 
     t0 = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1", env=worker_env(1)) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+            env=worker_env(1),
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         client.wait_for_workers(workers)
         t_start = time.perf_counter() - t0
         t1 = time.perf_counter()
         client.run(_warm, samples)
         t_warm = time.perf_counter() - t1
         t2 = time.perf_counter()
-        result = run_batch(paths, scratch / f"batch{workers}", SROptions(n_samples=samples), client=client,
-                           progress=False)
+        result = run_batch(
+            paths, scratch / f"batch{workers}", SROptions(n_samples=samples), client=client, progress=False
+        )
         wall = time.perf_counter() - t2
     assert result.exit_code == 0, result.rows
     per_task = [float(row["seconds"]) for row in result.rows]
@@ -138,10 +159,15 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--size", type=int, default=512, help="LR side of the RGB images")
     parser.add_argument("--samples", type=int, default=40)
-    parser.add_argument("--machines", type=int, nargs="+", default=[1, 4, 16, 64],
-                        help="machine counts of the projection")
-    parser.add_argument("--cores-per-machine", type=int, default=os.cpu_count(),
-                        help="one-thread workers per machine in the projection (default: this machine's cores)")
+    parser.add_argument(
+        "--machines", type=int, nargs="+", default=[1, 4, 16, 64], help="machine counts of the projection"
+    )
+    parser.add_argument(
+        "--cores-per-machine",
+        type=int,
+        default=os.cpu_count(),
+        help="one-thread workers per machine in the projection (default: this machine's cores)",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
@@ -149,8 +175,11 @@ def main() -> int:
         tmp = Path(tmp)
         (tmp / "in").mkdir()
         paths = make_images(tmp / "in", args.images, args.size)
-        print(f"{args.images} RGB images of {args.size}x{args.size}, {args.samples} samples, esrcnn-x2, "
-              f"bundled weights; {os.cpu_count()} cores", flush=True)
+        print(
+            f"{args.images} RGB images of {args.size}x{args.size}, {args.samples} samples, esrcnn-x2, "
+            f"bundled weights; {os.cpu_count()} cores",
+            flush=True,
+        )
         single = single_seconds(paths, args.samples, tmp)
         print(f"single-image engine (cli.write_input, 1 thread, warm): {single:.3f} s/image", flush=True)
         runs = [batch_run(paths, w, args.samples, tmp) for w in (1, 2)]
@@ -158,21 +187,26 @@ def main() -> int:
         overhead = run["wall_s"] * run["workers"] / args.images - single
         run["overhead_per_task_s"] = overhead
         run["outside_task_s"] = run["wall_s"] * run["workers"] / args.images - run["task_seconds_mean"]
-        print(f"batch on {run['workers']} worker(s): {run['images_per_s']:.3f} images/s "
-              f"(wall {run['wall_s']:.1f} s; task mean {run['task_seconds_mean']:.3f} s; overhead per task "
-              f"{overhead:+.3f} s = {100 * overhead / single:+.1f} % of the single-image time, of which "
-              f"{run['outside_task_s']:+.3f} s outside the task; cluster start "
-              f"{run['cluster_start_s']:.1f} s, warm-up {run['warm_up_s']:.1f} s; peak worker RSS "
-              f"{run['peak_worker_rss_mib']:.0f} MiB)", flush=True)
+        print(
+            f"batch on {run['workers']} worker(s): {run['images_per_s']:.3f} images/s "
+            f"(wall {run['wall_s']:.1f} s; task mean {run['task_seconds_mean']:.3f} s; overhead per task "
+            f"{overhead:+.3f} s = {100 * overhead / single:+.1f} % of the single-image time, of which "
+            f"{run['outside_task_s']:+.3f} s outside the task; cluster start "
+            f"{run['cluster_start_s']:.1f} s, warm-up {run['warm_up_s']:.1f} s; peak worker RSS "
+            f"{run['peak_worker_rss_mib']:.0f} MiB)",
+            flush=True,
+        )
     scaling = runs[1]["images_per_s"] / runs[0]["images_per_s"]
     efficiency = scaling / 2
     print(f"scaling 1 -> 2 workers: x{scaling:.2f} (efficiency {100 * efficiency:.0f} %)")
     per_worker_s = 1 / runs[0]["images_per_s"]
     start_s = runs[1]["cluster_start_s"] + runs[1]["warm_up_s"]
-    print(f"\nPROJECTION (arithmetic on the numbers above, not measured): 10,000 images of {args.size}x{args.size}, "
-          f"{args.samples} samples, {args.cores_per_machine} one-thread workers per machine, "
-          f"{per_worker_s:.2f} s per image per worker, {100 * efficiency:.0f} % efficiency, "
-          f"+{start_s:.0f} s start-up:")
+    print(
+        f"\nPROJECTION (arithmetic on the numbers above, not measured): 10,000 images of {args.size}x{args.size}, "
+        f"{args.samples} samples, {args.cores_per_machine} one-thread workers per machine, "
+        f"{per_worker_s:.2f} s per image per worker, {100 * efficiency:.0f} % efficiency, "
+        f"+{start_s:.0f} s start-up:"
+    )
     projection = {}
     for machines in args.machines:
         workers = machines * args.cores_per_machine
@@ -180,8 +214,18 @@ def main() -> int:
         projection[machines] = seconds
         print(f"  {machines:>4} machine(s), {workers:>5} workers: {seconds / 3600:7.2f} h ({seconds:,.0f} s)")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "single_s": single,
-                                         "runs": runs, "scaling": scaling, "projection_s": projection}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "single_s": single,
+                    "runs": runs,
+                    "scaling": scaling,
+                    "projection_s": projection,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

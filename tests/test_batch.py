@@ -37,8 +37,17 @@ TIFFS = ("mean.tif", "single.tif", "std.tif", "sigma.tif")
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      host="127.0.0.1", env=worker_env(1)) as cluster, Client(cluster, timeout=60) as c:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            host="127.0.0.1",
+            env=worker_env(1),
+        ) as cluster,
+        Client(cluster, timeout=60) as c,
+    ):
         yield c
 
 
@@ -68,8 +77,14 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def batch(client, inputs, weights, tmp_path_factory):
     outdir = tmp_path_factory.mktemp("batch") / "out"
-    result = run_batch([inputs["gray"].parent], outdir, SROptions(n_samples=SAMPLES, seed=SEED), weights=weights,
-                       client=client, progress=False)
+    result = run_batch(
+        [inputs["gray"].parent],
+        outdir,
+        SROptions(n_samples=SAMPLES, seed=SEED),
+        weights=weights,
+        client=client,
+        progress=False,
+    )
     return result, outdir
 
 
@@ -80,8 +95,18 @@ def singles(inputs, weights_path, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for key in ("gray", "rgb", "stack"):
         out[key] = root / key
-        argv = [str(inputs[key]), "-o", str(out[key]), "--samples", str(SAMPLES), "--seed", str(SEED),
-                "--weights", str(weights_path), "--quiet"]
+        argv = [
+            str(inputs[key]),
+            "-o",
+            str(out[key]),
+            "--samples",
+            str(SAMPLES),
+            "--seed",
+            str(SEED),
+            "--weights",
+            str(weights_path),
+            "--quiet",
+        ]
         assert cli.main(argv) == 0
     return out
 
@@ -158,7 +183,8 @@ def test_rerun_resumes_a_damaged_output_is_recomputed_and_force_recomputes_all(b
     assert again.skipped == 3 and again.exit_code == 3  # the broken file is retried, and fails again
     after = read_summary(outdir)
     assert {k: v for k, v in after.items() if v["status"] == "done"} == {
-        k: v for k, v in before.items() if v["status"] == "done"}
+        k: v for k, v in before.items() if v["status"] == "done"
+    }
 
     damaged = outdir / "c_rgb" / "std.tif"
     pixels = tifffile.imread(damaged)
@@ -168,8 +194,14 @@ def test_rerun_resumes_a_damaged_output_is_recomputed_and_force_recomputes_all(b
     np.testing.assert_array_equal(tifffile.imread(damaged), pixels)
     assert read_summary(outdir)[str(inputs["rgb"])]["sha256"] != before[str(inputs["rgb"])]["sha256"]
 
-    other_seed = run_batch([inputs["gray"]], outdir, SROptions(n_samples=SAMPLES, seed=SEED + 1), weights=weights,
-                           client=client, progress=False)
+    other_seed = run_batch(
+        [inputs["gray"]],
+        outdir,
+        SROptions(n_samples=SAMPLES, seed=SEED + 1),
+        weights=weights,
+        client=client,
+        progress=False,
+    )
     assert other_seed.skipped == 0 and other_seed.exit_code == 0  # other options: not the same result
     forced = run_batch([inputs["gray"]], outdir, options, weights=weights, client=client, progress=False, force=True)
     assert forced.skipped == 0 and forced.exit_code == 0
@@ -190,18 +222,45 @@ def test_huge_image_block_tasks_write_ome_zarr_identical_to_the_single_run(clien
     tifffile.imwrite(src / "gray_tiff.tif", gray, tile=(64, 64))
     group = zarr.open_group(str(src / "gray_ome.ome.zarr"), mode="w", zarr_format=2)
     group.create_array("0", shape=gray.shape, chunks=(50, 50), dtype=gray.dtype)[:] = gray
-    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "y", "type": "space"},
-                                                              {"name": "x", "type": "space"}],
-                                   "datasets": [{"path": "0"}]}]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": "0"}],
+        }
+    ]
     outdir = tmp_path / "out"
-    result = run_batch([src], outdir, SROptions(n_samples=SAMPLES, seed=SEED), weights=weights, client=client,
-                       huge_pixels=0, tile=64, progress=False)
+    result = run_batch(
+        [src],
+        outdir,
+        SROptions(n_samples=SAMPLES, seed=SEED),
+        weights=weights,
+        client=client,
+        huge_pixels=0,
+        tile=64,
+        progress=False,
+    )
     assert result.exit_code == 0, result.rows
     assert all(row["kind"] == "zarr" for row in result.rows)
     for name, image in (("gray", gray), ("rgb", rgb)):
         single = tmp_path / f"single_{name}"
-        assert cli.main([str(src / f"{name}.npy"), "-o", str(single), "--samples", str(SAMPLES), "--seed", str(SEED),
-                         "--weights", str(weights_path), "--quiet"]) == 0
+        assert (
+            cli.main(
+                [
+                    str(src / f"{name}.npy"),
+                    "-o",
+                    str(single),
+                    "--samples",
+                    str(SAMPLES),
+                    "--seed",
+                    str(SEED),
+                    "--weights",
+                    str(weights_path),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         for output in ("mean", "std", "sigma"):
             level0 = zarr.open_array(str(outdir / name / f"{output}.ome.zarr" / "0"), mode="r")[:]
             if image.ndim == 3:
@@ -210,8 +269,9 @@ def test_huge_image_block_tasks_write_ome_zarr_identical_to_the_single_run(clien
     for copy in ("gray_tiff", "gray_ome"):
         for output in ("mean", "std", "sigma"):
             a = zarr.open_array(str(outdir / copy / f"{output}.ome.zarr" / "0"), mode="r")[:]
-            np.testing.assert_array_equal(a, zarr.open_array(str(outdir / "gray" / f"{output}.ome.zarr" / "0"),
-                                                             mode="r")[:])
+            np.testing.assert_array_equal(
+                a, zarr.open_array(str(outdir / "gray" / f"{output}.ome.zarr" / "0"), mode="r")[:]
+            )
     image = zarr.open_group(str(outdir / "gray" / "mean.ome.zarr"), mode="r")
     multiscales = image.attrs["multiscales"][0]
     assert multiscales["version"] == "0.4" and [a["name"] for a in multiscales["axes"]] == ["y", "x"]
@@ -242,8 +302,9 @@ def test_block_regions_equal_the_whole_image_for_both_engines(weights, random_es
         whole.heatmap = whole.std
         s = w.spec.scale
         for r0, c0, rows, cols in ((0, 0, 64, 128), (64, 64, 26, 76), (0, 128, 90, 12)):
-            mean, std, heatmap = predict_region(engine, lambda y0, y1, x0, x1: image[y0:y1, x0:x1], image.shape,
-                                                r0, c0, rows, cols, norm, options)
+            mean, std, heatmap = predict_region(
+                engine, lambda y0, y1, x0, x1: image[y0:y1, x0:x1], image.shape, r0, c0, rows, cols, norm, options
+            )
             window = np.s_[s * r0 : s * (r0 + rows), s * c0 : s * (c0 + cols)]
             np.testing.assert_array_equal(mean, whole.mean[window])
             np.testing.assert_array_equal(std, whole.std[window])
@@ -303,9 +364,11 @@ def test_cli_batch_arguments(capsys, tmp_path):
 
 
 def test_the_package_starts_without_dask_distributed_or_zarr():
-    code = ("import sys; import napari_sr_uncertainty.batch, napari_sr_uncertainty.cli; "
-            "bad = [m for m in ('distributed', 'zarr', 'jax', 'napari', 'qtpy') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys; import napari_sr_uncertainty.batch, napari_sr_uncertainty.cli; "
+        "bad = [m for m in ('distributed', 'zarr', 'jax', 'napari', 'qtpy') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -53,21 +53,39 @@ class LocalDask:
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
         with open(self.folder / log, "wb") as out:
-            process = subprocess.Popen([DASK, *args], env=ENV, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                [DASK, *args], env=ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.processes.append(process)
         return process
 
     def start_scheduler(self) -> None:
         self.file.unlink(missing_ok=True)
-        self.scheduler = self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                      "--scheduler-file", str(self.file)], "scheduler.log")
+        self.scheduler = self._spawn(
+            ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(self.file)],
+            "scheduler.log",
+        )
         _wait_for(self.file.is_file, 60, "the scheduler file")
 
     def start_worker(self, name: str) -> None:
         self.workers[name] = self._spawn(
-            ["worker", "--scheduler-file", str(self.file), "--name", name, "--nthreads", "1", "--no-nanny",
-             "--no-dashboard", "--host", "127.0.0.1", "--death-timeout", "60"], f"{name}.log")
+            [
+                "worker",
+                "--scheduler-file",
+                str(self.file),
+                "--name",
+                name,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+                "--death-timeout",
+                "60",
+            ],
+            f"{name}.log",
+        )
 
     def close(self) -> None:
         for process in self.processes:
@@ -110,8 +128,14 @@ def test_real_scheduler_and_workers_survive_a_worker_killed_mid_task(dask_proces
 
     def batch():
         try:
-            outcome["result"] = run_batch([images], outdir, SROptions(n_samples=2), weights=weights,
-                                          scheduler_file=str(dask_processes.file), progress=False)
+            outcome["result"] = run_batch(
+                [images],
+                outdir,
+                SROptions(n_samples=2),
+                weights=weights,
+                scheduler_file=str(dask_processes.file),
+                progress=False,
+            )
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             outcome["error"] = exc
 
@@ -127,8 +151,9 @@ def test_real_scheduler_and_workers_survive_a_worker_killed_mid_task(dask_proces
         def image_task_still_running():
             """(worker name, key) of an image task that runs now and still runs 0.3 s later."""
             for name, address in names.items():
-                keys = [k for k in observer.run(executing, workers=[address]).get(address, [])
-                        if k.startswith("sr-img")]
+                keys = [
+                    k for k in observer.run(executing, workers=[address]).get(address, []) if k.startswith("sr-img")
+                ]
                 if keys:
                     time.sleep(0.3)  # inside the task (a fresh worker imports JAX and compiles: seconds)
                     if keys[0] in observer.run(executing, workers=[address]).get(address, []):
@@ -161,8 +186,14 @@ def test_scheduler_gone_is_a_clear_error_and_a_rerun_resumes(dask_processes, ima
     killer = threading.Thread(target=kill_after_first_row, daemon=True)
     killer.start()
     with pytest.raises(ClusterError, match="lost the connection to tcp://127.0.0.1:.*run the same command again"):
-        run_batch([images], outdir, SROptions(n_samples=2), weights=weights, scheduler_file=str(dask_processes.file),
-                  progress=False)
+        run_batch(
+            [images],
+            outdir,
+            SROptions(n_samples=2),
+            weights=weights,
+            scheduler_file=str(dask_processes.file),
+            progress=False,
+        )
     killer.join(timeout=10)
     finished = {k for k, row in read_summary(outdir).items() if row["status"] == "done"}
     assert 1 <= len(finished) < 4
@@ -171,8 +202,14 @@ def test_scheduler_gone_is_a_clear_error_and_a_rerun_resumes(dask_processes, ima
     _stop(dask_processes.workers["only"])
     dask_processes.start_scheduler()
     dask_processes.start_worker("again")
-    result = run_batch([images], outdir, SROptions(n_samples=2), weights=weights,
-                       scheduler_file=str(dask_processes.file), progress=False)
+    result = run_batch(
+        [images],
+        outdir,
+        SROptions(n_samples=2),
+        weights=weights,
+        scheduler_file=str(dask_processes.file),
+        progress=False,
+    )
     assert result.exit_code == 0 and result.skipped == len(finished)
     assert len(read_summary(outdir)) == 4
 
@@ -181,8 +218,22 @@ def test_ctrl_c_cancels_keeps_finished_outputs_and_a_rerun_resumes(images, weigh
     """SIGINT to ``napari-sr-uncertainty batch`` (its own LocalCluster of one worker) after the first input:
     exit status 130, finished folders and their rows kept, no partial folder; the rerun skips the recorded ones."""
     outdir = tmp_path / "out"
-    argv = [sys.executable, "-m", "napari_sr_uncertainty", "batch", str(images), "-o", str(outdir), "--samples", "2",
-            "--weights", str(weights_path), "--workers", "1", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "napari_sr_uncertainty",
+        "batch",
+        str(images),
+        "-o",
+        str(outdir),
+        "--samples",
+        "2",
+        "--weights",
+        str(weights_path),
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     process = subprocess.Popen(argv, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for(lambda: (outdir / SUMMARY_CSV).is_file() or process.poll() is not None, 120, "the first input")

@@ -16,13 +16,26 @@ from PIL import Image
 
 from napari_sr_uncertainty import cli
 from napari_sr_uncertainty.core import report as export
-from napari_sr_uncertainty.models.esrcnn import PARAM_SHAPES
 from napari_sr_uncertainty.core.samples import load_sample
+from napari_sr_uncertainty.models.esrcnn import PARAM_SHAPES
 
 ERROR_PREFIX = "napari-sr-uncertainty: error: "
-TOP_LEVEL = ["cropped_LR_img.png", "one_prediction.png", "mean_prediction.png", "uncertainty_map.png",
-             "colorbar.png", "mean.tif", "single.tif", "std.tif", "sigma.tif", "summary.json",
-             "uncertainty_as_shown.png", "uncertainty_as_shown_colorbar.png", "most_certain.csv", "least_certain.csv"]
+TOP_LEVEL = [
+    "cropped_LR_img.png",
+    "one_prediction.png",
+    "mean_prediction.png",
+    "uncertainty_map.png",
+    "colorbar.png",
+    "mean.tif",
+    "single.tif",
+    "std.tif",
+    "sigma.tif",
+    "summary.json",
+    "uncertainty_as_shown.png",
+    "uncertainty_as_shown_colorbar.png",
+    "most_certain.csv",
+    "least_certain.csv",
+]
 DETAIL_STEMS = ["original_lr_patch", "mean_pred", "heatmap"]
 
 
@@ -140,8 +153,21 @@ def test_sample_run_summary_records_provenance_and_disjoint_patches(sample_run, 
 
 def test_two_processes_give_identical_results(tmp_path, small_image, weights_path):
     def run(name: str) -> np.ndarray:
-        command = [sys.executable, "-m", "napari_sr_uncertainty", str(small_image), "--samples", "3", "--seed", "7",
-                   "--weights", str(weights_path), "-o", str(tmp_path / name), "--quiet"]
+        command = [
+            sys.executable,
+            "-m",
+            "napari_sr_uncertainty",
+            str(small_image),
+            "--samples",
+            "3",
+            "--seed",
+            "7",
+            "--weights",
+            str(weights_path),
+            "-o",
+            str(tmp_path / name),
+            "--quiet",
+        ]
         subprocess.run(command, check=True, timeout=120)
         return tifffile.imread(tmp_path / name / "std.tif")
 
@@ -153,8 +179,23 @@ def test_a_previous_result_is_replaced_whole(capsys, tmp_path, small_image, weig
     outdir = tmp_path / "out"
     assert run_main(capsys, small_image, "--samples", "2", "--weights", weights_path, "-o", outdir)[0] == 0
     (outdir / "details" / "most_certain" / "heatmap_9.png").write_bytes(b"stale")
-    assert run_main(capsys, small_image, "--samples", "2", "--seed", "5", "--weights", weights_path,
-                    "-o", outdir, "--patches", "1")[0] == 0
+    assert (
+        run_main(
+            capsys,
+            small_image,
+            "--samples",
+            "2",
+            "--seed",
+            "5",
+            "--weights",
+            weights_path,
+            "-o",
+            outdir,
+            "--patches",
+            "1",
+        )[0]
+        == 0
+    )
     assert json.loads((outdir / "summary.json").read_text())["seed"] == 5
     assert {p.name for p in (outdir / "details" / "most_certain").iterdir()} == {
         f"{stem}_0.png" for stem in DETAIL_STEMS
@@ -174,7 +215,9 @@ def test_interrupt_while_writing_keeps_the_previous_result(capsys, tmp_path, sma
         save_tiff(path, *args)
 
     monkeypatch.setattr(export, "_save_tiff", interrupted)
-    status, err = run_main(capsys, small_image, "--samples", "2", "--seed", "3", "--weights", weights_path, "-o", outdir)
+    status, err = run_main(
+        capsys, small_image, "--samples", "2", "--seed", "3", "--weights", weights_path, "-o", outdir
+    )
     assert status == 130 and "interrupted" in err
     assert (outdir / "summary.json").read_text() == before
     assert leftovers(tmp_path) == []
@@ -209,7 +252,9 @@ def _weights_file(tmp_path: Path, weights_path: Path, kind: str) -> Path:
         path.write_bytes(bytes(data))
     elif kind == "wrong_shapes":
         params = {f"{n}/{k}": np.zeros((2, 2), np.float32) for n in PARAM_SHAPES for k in ("kernel", "bias")}
-        path.write_bytes(serialization.msgpack_serialize({"format": FORMAT_V2, "model": "esrcnn-x2", "params": params, "sha256": ""}))
+        path.write_bytes(
+            serialization.msgpack_serialize({"format": FORMAT_V2, "model": "esrcnn-x2", "params": params, "sha256": ""})
+        )
     elif kind == "wrong_shapes_h5":
         h5py = pytest.importorskip("h5py")
         path = path.with_suffix(".h5")

@@ -12,17 +12,25 @@ import tifffile
 from PIL import Image
 
 from napari_sr_uncertainty import cli
-from napari_sr_uncertainty.core import report as export
 from napari_sr_uncertainty.core import pipeline
-from napari_sr_uncertainty.core.report import report_bytes, to_uint8_view
-from napari_sr_uncertainty.models.registry import get_spec
+from napari_sr_uncertainty.core import report as export
 from napari_sr_uncertainty.core.imaging import InputError, array_layout, read_image
 from napari_sr_uncertainty.core.pipeline import SROptions, output_bytes, super_resolve
+from napari_sr_uncertainty.core.report import report_bytes, to_uint8_view
+from napari_sr_uncertainty.models.registry import get_spec
 from napari_sr_uncertainty.models.weights import load_weights
 
 ERROR_PREFIX = "napari-sr-uncertainty: error: "
-VIEWS = {"cropped_LR_img.png", "one_prediction.png", "mean_prediction.png", "uncertainty_map.png", "colorbar.png",
-         "uncertainty_as_shown.png", "uncertainty_as_shown_colorbar.png", "details"}
+VIEWS = {
+    "cropped_LR_img.png",
+    "one_prediction.png",
+    "mean_prediction.png",
+    "uncertainty_map.png",
+    "colorbar.png",
+    "uncertainty_as_shown.png",
+    "uncertainty_as_shown_colorbar.png",
+    "details",
+}
 DETAIL_NAMES = {f"{stem}_0.png" for stem in ("original_lr_patch", "mean_pred", "heatmap")}
 RNG = np.random.default_rng(7)
 
@@ -37,8 +45,14 @@ CASES = {
     "zyx_rgb_npy": (RNG.integers(0, 256, (3, 20, 24, 3)).astype(np.uint8), "npy", "Z", "planes", (3, 40, 48, 3), True),
     "tzyx_npy": (RNG.uniform(-50, 900, (2, 2, 20, 24)).astype(np.float32), "npy", "TZ", "planes", (2, 2, 40, 48), True),
     "multipage_tiff": (_uint16((3, 20, 24)), "tiff", "Z", "planes", (3, 40, 48), True),
-    "multipage_tiff_pillow": (RNG.integers(0, 256, (3, 20, 24)).astype(np.uint8), "pillow", "Z", "planes",
-                              (3, 40, 48), True),
+    "multipage_tiff_pillow": (
+        RNG.integers(0, 256, (3, 20, 24)).astype(np.uint8),
+        "pillow",
+        "Z",
+        "planes",
+        (3, 40, 48),
+        True,
+    ),
     "channels_2": (_uint16((20, 24, 2)), "npy", "C", "channels", (2, 40, 48), False),
     "channels_5": (_uint16((20, 24, 5)), "npy", "C", "channels", (5, 40, 48), False),
 }
@@ -88,8 +102,16 @@ def test_stack_or_channels_give_per_plane_results_equal_to_single_runs(capfd, tm
     planes = planes_of(data, plane_axes)
     assert f"plane {len(planes)}/{len(planes)}, block 1/1" in err
 
-    assert {p.name for p in outdir.iterdir()} == {"summary.json", "mean.tif", "single.tif", "std.tif", "sigma.tif",
-                                                 "most_certain.csv", "least_certain.csv", parent}
+    assert {p.name for p in outdir.iterdir()} == {
+        "summary.json",
+        "mean.tif",
+        "single.tif",
+        "std.tif",
+        "sigma.tif",
+        "most_certain.csv",
+        "least_certain.csv",
+        parent,
+    }
     assert leftovers(tmp_path) == []
     tiffs = {name: tifffile.imread(outdir / f"{name}.tif") for name in ("mean", "single", "std", "sigma")}
     for array in tiffs.values():
@@ -195,8 +217,9 @@ def test_a_write_error_on_the_second_plane_exits_2_and_keeps_the_previous_result
     assert_untouched(tmp_path, previous_result)
 
 
-def test_an_unexpected_error_on_the_second_plane_leaves_nothing(tmp_path, stack_file, weights_path,
-                                                               previous_result, monkeypatch):
+def test_an_unexpected_error_on_the_second_plane_leaves_nothing(
+    tmp_path, stack_file, weights_path, previous_result, monkeypatch
+):
     run_one, calls = pipeline.iter_super_resolve, []
 
     def failing(*args, **kwargs):
@@ -211,8 +234,9 @@ def test_an_unexpected_error_on_the_second_plane_leaves_nothing(tmp_path, stack_
     assert_untouched(tmp_path, previous_result)
 
 
-def test_ctrl_c_on_the_second_plane_exits_130_and_leaves_nothing(capsys, tmp_path, stack_file, weights_path,
-                                                                 previous_result, monkeypatch):
+def test_ctrl_c_on_the_second_plane_exits_130_and_leaves_nothing(
+    capsys, tmp_path, stack_file, weights_path, previous_result, monkeypatch
+):
     def interrupted(self, step):
         if step.message.startswith("plane 2/3, block"):
             raise KeyboardInterrupt

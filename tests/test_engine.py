@@ -9,14 +9,13 @@ import sys
 from functools import partial
 from pathlib import Path
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from napari_sr_uncertainty.models import esrcnn_fast as engine
 from napari_sr_uncertainty.models import dropout
+from napari_sr_uncertainty.models import esrcnn_fast as engine
 from napari_sr_uncertainty.models.esrcnn import DROPOUT_RATE, SPEC, upsample_nearest
 
 # One compiled program per mask shape instead of dozens of op-by-op dispatches.
@@ -195,7 +194,9 @@ def _run_in_fresh_process(cache_dir: str, weights_file: Path) -> dict:
         "print(json.dumps({'cache': jax.config.jax_compilation_cache_dir, 'std': float(r.std.sum())}))\n"
     )
     env = dict(os.environ, NAPARI_SR_UNCERTAINTY_JAX_CACHE=cache_dir)
-    done = subprocess.run([sys.executable, "-c", code, str(weights_file)], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(weights_file)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from napari_sr_uncertainty.core.imaging import InputError, to_model_input
-from napari_sr_uncertainty.models.esrcnn import SPEC
 from napari_sr_uncertainty.core.pipeline import SROptions, center_crop_box, super_resolve
+from napari_sr_uncertainty.models.esrcnn import SPEC
 
 
 def flax_forward(weights, rgb01):
@@ -109,12 +109,26 @@ def gray_restoration_model(monkeypatch, tmp_path):
             return self.head(self.prefix(x, grid), grid, sample)
 
     shapes = {"conv1": ((3, 3, 1, 8), (8,)), "conv2": ((3, 3, 8, 1), (1,))}
-    spec = ModelSpec(id="test-gray-x1", system="test", description="test", scale=1, colour="gray", halo=2,
-                     dropout_layers=1, dropout_rate=0.1, param_shapes=shapes, module=TinyRestorer)
+    spec = ModelSpec(
+        id="test-gray-x1",
+        system="test",
+        description="test",
+        scale=1,
+        colour="gray",
+        halo=2,
+        dropout_layers=1,
+        dropout_rate=0.1,
+        param_shapes=shapes,
+        module=TinyRestorer,
+    )
     registry._load()
     monkeypatch.setitem(registry._SPECS, spec.id, spec)
     rng = np.random.default_rng(0)
-    arrays = {f"{n}/{k}": rng.normal(0, 0.3, s).astype(np.float32) for n, ks in shapes.items() for k, s in zip(("kernel", "bias"), ks)}
+    arrays = {
+        f"{n}/{k}": rng.normal(0, 0.3, s).astype(np.float32)
+        for n, ks in shapes.items()
+        for k, s in zip(("kernel", "bias"), ks)
+    }
     save_weights(arrays, tmp_path / "gray.msgpack", model=spec.id)
     return spec, load_weights(tmp_path / "gray.msgpack")
 

@@ -139,8 +139,10 @@ def test_nested_params_ema(tmp_path):
     bias = _FakeStorage("8", np.ones(2, np.float32), "FloatStorage")
     checkpoint = {
         "params_ema": OrderedDict(
-            [("conv_first.weight", _FakeTensor(weight, 0, (2, 1, 3, 3), (9, 9, 3, 1))),
-             ("conv_first.bias", _FakeTensor(bias, 0, (2,), (1,)))]
+            [
+                ("conv_first.weight", _FakeTensor(weight, 0, (2, 1, 3, 3), (9, 9, 3, 1))),
+                ("conv_first.bias", _FakeTensor(bias, 0, (2,), (1,))),
+            ]
         ),
         "iter": 400000,  # non-tensor leaves are dropped
         "names": ["a", "b"],
@@ -153,8 +155,16 @@ def test_nested_params_ema(tmp_path):
 
 @pytest.mark.parametrize(
     ("type_name", "dtype"),
-    [("HalfStorage", "<f2"), ("DoubleStorage", "<f8"), ("LongStorage", "<i8"), ("IntStorage", "<i4"),
-     ("ShortStorage", "<i2"), ("CharStorage", "i1"), ("ByteStorage", "u1"), ("ComplexFloatStorage", "<c8")],
+    [
+        ("HalfStorage", "<f2"),
+        ("DoubleStorage", "<f8"),
+        ("LongStorage", "<i8"),
+        ("IntStorage", "<i4"),
+        ("ShortStorage", "<i2"),
+        ("CharStorage", "i1"),
+        ("ByteStorage", "u1"),
+        ("ComplexFloatStorage", "<c8"),
+    ],
 )
 def test_dtypes_kept(tmp_path, type_name, dtype):
     values = (np.arange(12) - 5).astype(dtype)
@@ -178,8 +188,9 @@ def test_bool_and_bfloat16(tmp_path):
 def test_big_endian_archive(tmp_path):
     values = np.arange(6, dtype=">f4")
     storage = _FakeStorage("0", values, "FloatStorage")
-    out = read_pth(_save(tmp_path / "be.pth", {"w": _FakeTensor(storage, 0, (2, 3), (3, 1))}, [storage],
-                         byteorder="big"))
+    out = read_pth(
+        _save(tmp_path / "be.pth", {"w": _FakeTensor(storage, 0, (2, 3), (3, 1))}, [storage], byteorder="big")
+    )
     assert out["w"].dtype == np.dtype("<f4")
     np.testing.assert_array_equal(out["w"], np.arange(6).reshape(2, 3))
 
@@ -215,8 +226,7 @@ def test_malicious_stack_global_protocol_4(tmp_path):
 
 def test_build_cannot_alter_the_whitelist(tmp_path):
     # GLOBAL torch.FloatStorage, then BUILD {"name": "DoubleStorage"} on it: would poison later reads
-    data = (b"\x80\x02ctorch\nFloatStorage\n}X\x04\x00\x00\x00name"
-            b"X\x0d\x00\x00\x00DoubleStorages" b"b.")
+    data = b"\x80\x02ctorch\nFloatStorage\n}X\x04\x00\x00\x00nameX\x0d\x00\x00\x00DoubleStoragesb."
     with pytest.raises(PthError, match="set the state"):
         read_pth(_write_pth(tmp_path / "build.pth", data))
     storage = _FakeStorage("0", np.arange(3, dtype=np.float32), "FloatStorage")

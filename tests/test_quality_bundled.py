@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_sr_uncertainty.models import esrcnn_fast as engine
 from napari_sr_uncertainty.core import metrics
+from napari_sr_uncertainty.models import esrcnn_fast as engine
 from napari_sr_uncertainty.models.esrcnn import SPEC
 from napari_sr_uncertainty.models.weights import bundled_weights_dir, file_sha256, load_weights
 
@@ -95,6 +95,8 @@ def test_set5_numbers_in_the_card_are_reproduced(bundled):
     card = bundled.card
     if "set5" not in card:
         pytest.skip("training card has no Set5 numbers")
-    psnrs = [_psnr_pair(bundled, np.asarray(Image.open(p).convert("RGB")))[0] for p in sorted(SHARED_SET5.glob("*.png"))]
+    psnrs = [
+        _psnr_pair(bundled, np.asarray(Image.open(p).convert("RGB")))[0] for p in sorted(SHARED_SET5.glob("*.png"))
+    ]
     assert np.mean(psnrs) == pytest.approx(card["set5"]["deterministic"]["psnr_y"], abs=1e-3)
     assert np.mean(psnrs) > card["set5"]["deterministic"]["bicubic_psnr_y"]

@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from napari_sr_uncertainty.core.imaging import InputError, to_model_input
-from napari_sr_uncertainty.models.esrcnn import PARAM_SHAPES
 from napari_sr_uncertainty.core.pipeline import (
     SROptions,
     estimate_memory,
@@ -17,6 +16,7 @@ from napari_sr_uncertainty.core.pipeline import (
     iter_super_resolve_stack,
     super_resolve,
 )
+from napari_sr_uncertainty.models.esrcnn import PARAM_SHAPES
 from napari_sr_uncertainty.models.weights import Weights, load_weights
 
 MC2 = SROptions(n_samples=2, patch_size=4, n_patches=2)
@@ -32,8 +32,11 @@ def weights(weights_path) -> Weights:
 @pytest.fixture(scope="module")
 def identity_weights() -> Weights:
     """ESRCNN weights that pass the input through: deterministic output = nearest x2 upsampling."""
-    arrays = {f"{name}/{kind}": np.zeros(shape, np.float32) for name, shapes in PARAM_SHAPES.items()
-              for kind, shape in zip(("kernel", "bias"), shapes)}
+    arrays = {
+        f"{name}/{kind}": np.zeros(shape, np.float32)
+        for name, shapes in PARAM_SHAPES.items()
+        for kind, shape in zip(("kernel", "bias"), shapes)
+    }
     for c in range(3):
         arrays["conv1/kernel"][4, 4, c, c] = 1.0
         arrays["conv2/kernel"][0, 0, c, c] = 1.0
@@ -134,8 +137,9 @@ def test_very_thin_image(weights):
 def test_disk_backed_outputs_and_chunk_sizes_are_bit_identical(weights, tmp_path):
     image = make_image("float32", (70, 90, 3), "narrow")
     in_ram = super_resolve(image, weights, MC2)
-    on_disk = super_resolve(image, weights, SROptions(n_samples=2, patch_size=4, n_patches=2,
-                                                      scratch_dir=str(tmp_path)))
+    on_disk = super_resolve(
+        image, weights, SROptions(n_samples=2, patch_size=4, n_patches=2, scratch_dir=str(tmp_path))
+    )
     other_chunk = super_resolve(image, weights, SROptions(n_samples=2, patch_size=4, n_patches=2, chunk=1))
     assert isinstance(on_disk.std, np.memmap)
     for name in ("mean", "single", "std", "heatmap", "scores"):
@@ -205,7 +209,9 @@ def test_stack_shares_one_value_range_and_reports_overall_progress(weights):
     plane = super_resolve(stack[1, 1], weights, MC2)
     np.testing.assert_allclose(
         result.results[3].normalization.to_input_units(result.results[3].mean),
-        plane.normalization.to_input_units(plane.mean), rtol=0.2, atol=400,
+        plane.normalization.to_input_units(plane.mean),
+        rtol=0.2,
+        atol=400,
     )
 
 

@@ -31,9 +31,13 @@ def run_tta(lr, arrays):
 
 def test_an_equivariant_model_has_zero_spread():
     """Pass-through weights make ESRCNN nearest x2 upsampling, which commutes with flips and rotations."""
-    arrays = {f"{n}/{k}": np.zeros(s, np.float32) for n, ss in PARAM_SHAPES.items() for k, s in zip(("kernel", "bias"), ss)}
+    arrays = {
+        f"{n}/{k}": np.zeros(s, np.float32) for n, ss in PARAM_SHAPES.items() for k, s in zip(("kernel", "bias"), ss)
+    }
     for c in range(3):
-        arrays["conv1/kernel"][4, 4, c, c] = arrays["conv2/kernel"][0, 0, c, c] = arrays["conv3/kernel"][2, 2, c, c] = 1.0
+        arrays["conv1/kernel"][4, 4, c, c] = arrays["conv2/kernel"][0, 0, c, c] = arrays["conv3/kernel"][2, 2, c, c] = (
+            1.0
+        )
     lr = np.random.default_rng(0).random((20, 33, 3), dtype=np.float32)
     result = run_tta(lr, arrays)
     nearest = lr.repeat(2, 0).repeat(2, 1)
@@ -45,8 +49,12 @@ def test_an_equivariant_model_has_zero_spread():
 def test_mean_and_std_equal_the_eight_module_outputs(random_arrays):
     lr = np.random.default_rng(1).random((21, 30, 3), dtype=np.float32)
     module, variables = SPEC.module(), SPEC.to_flax(random_arrays)
-    outs = np.stack([dihedral_inverse(np.asarray(module.apply(variables, dihedral(lr, t)[None].copy()))[0], t)
-                     for t in range(N_TRANSFORMS)])
+    outs = np.stack(
+        [
+            dihedral_inverse(np.asarray(module.apply(variables, dihedral(lr, t)[None].copy()))[0], t)
+            for t in range(N_TRANSFORMS)
+        ]
+    )
     result = run_tta(lr, random_arrays)
     np.testing.assert_allclose(result.mean, outs.mean(0), atol=1e-5)
     np.testing.assert_allclose(result.std, outs.std(0), atol=1e-5)
@@ -91,8 +99,11 @@ def test_auto_gives_an_imported_original_without_dropout_the_tta_spread(random_a
 
     spec = get_spec("espcn-x3")
     rng = np.random.default_rng(0)
-    arrays = {f"{n}/{k}": rng.normal(0, 0.1, s).astype(np.float32) for n, ks in spec.param_shapes.items()
-              for k, s in zip(("kernel", "bias"), ks)}
+    arrays = {
+        f"{n}/{k}": rng.normal(0, 0.1, s).astype(np.float32)
+        for n, ks in spec.param_shapes.items()
+        for k, s in zip(("kernel", "bias"), ks)
+    }
     imported = Weights(arrays=arrays, source="best.pth", sha256="0" * 64, model=spec.id, imported=True)
     assert resolve_weights(imported, SROptions())[1].uncertainty_method == "tta"
     assert resolve_weights(imported, SROptions(uncertainty="mc-dropout"))[1].uncertainty_method == "mc-dropout"

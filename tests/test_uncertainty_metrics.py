@@ -49,4 +49,6 @@ def test_image_stats_closed_form():
 def test_least_most_ratio_needs_ten_patches():
     assert np.isnan(um.least_most_ratio(np.arange(9.0), np.arange(1.0, 10.0)))
     scores = np.arange(10.0)
-    assert um.least_most_ratio(scores, scores + 1) == pytest.approx(np.mean([6, 7, 8, 9, 10]) / np.mean([1, 2, 3, 4, 5]))
+    assert um.least_most_ratio(scores, scores + 1) == pytest.approx(
+        np.mean([6, 7, 8, 9, 10]) / np.mean([1, 2, 3, 4, 5])
+    )

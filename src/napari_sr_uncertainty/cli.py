@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .core.report import OutputError, StackReport, check_output_dir, report_bytes, staged_folder, write_report
 from .core.imaging import ArrayLayout, InputError, array_layout, read_image
 from .core.pipeline import (
     UNCERTAINTY_METHODS,
@@ -42,6 +41,7 @@ from .core.pipeline import (
     region_shape,
     run_to_end,
 )
+from .core.report import OutputError, StackReport, check_output_dir, report_bytes, staged_folder, write_report
 from .core.samples import DEFAULT_SAMPLE, load_sample, sample_image_paths
 from .models.registry import all_specs, model_ids
 from .models.weights import WeightsError, load_weights
@@ -57,22 +57,43 @@ class _OneLineParser(argparse.ArgumentParser):
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """What to compute, shared by the single command and ``batch``; the defaults are :class:`SROptions`'s."""
     defaults = SROptions()  # the one source of every default the CLI and the widget show
-    parser.add_argument("--model", choices=model_ids(), metavar="ID",
-                        help=f"registered model, see --list-models (default: the one the --weights file names "
-                        f"or fits, else {defaults.model})")
-    parser.add_argument("--weights", help="weights file: ours (.msgpack) or the original's for --model (.h5, .keras, .pth, .param)")
-    parser.add_argument("--samples", type=int, default=defaults.n_samples, help="dropout samples (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dropout masks (default: %(default)s)")
-    parser.add_argument("--uncertainty", default=defaults.uncertainty, choices=UNCERTAINTY_METHODS,
-                        help="mc-dropout, or the TTA spread over the 8 flips/rotations (baseline; the only one for "
-                        "models without dropout); auto picks per model (default: %(default)s)")
-    parser.add_argument("--center-crop", action="store_true", help="crop to the largest multiple of the patch size, as the original")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="one pass with dropout off: no uncertainty, and less accurate than the MC mean")
-    parser.add_argument("--patch-size", type=int, default=defaults.patch_size,
-                        help="LR patch size for ranking (default: %(default)s)")
-    parser.add_argument("--patches", type=int, default=defaults.n_patches,
-                        help="patches marked in each set (default: %(default)s)")
+    parser.add_argument(
+        "--model",
+        choices=model_ids(),
+        metavar="ID",
+        help=f"registered model, see --list-models (default: the one the --weights file names "
+        f"or fits, else {defaults.model})",
+    )
+    parser.add_argument(
+        "--weights", help="weights file: ours (.msgpack) or the original's for --model (.h5, .keras, .pth, .param)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=defaults.n_samples, help="dropout samples (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of the dropout masks (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--uncertainty",
+        default=defaults.uncertainty,
+        choices=UNCERTAINTY_METHODS,
+        help="mc-dropout, or the TTA spread over the 8 flips/rotations (baseline; the only one for "
+        "models without dropout); auto picks per model (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--center-crop", action="store_true", help="crop to the largest multiple of the patch size, as the original"
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="one pass with dropout off: no uncertainty, and less accurate than the MC mean",
+    )
+    parser.add_argument(
+        "--patch-size", type=int, default=defaults.patch_size, help="LR patch size for ranking (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--patches", type=int, default=defaults.n_patches, help="patches marked in each set (default: %(default)s)"
+    )
 
 
 def run_options(args: argparse.Namespace, weights) -> SROptions:
@@ -239,14 +260,24 @@ def build_batch_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", metavar="ADDRESS", help="join the dask cluster at ADDRESS (tcp://host:8786)")
     where.add_argument("--scheduler-file", metavar="FILE", help="join the dask cluster described by FILE")
     parser.add_argument("--workers", type=int, help="local cluster: worker processes (default: one per core)")
-    parser.add_argument("--threads-per-worker", type=int, default=1,
-                        help="local cluster: threads per worker; JAX and BLAS are pinned to them (default: 1)")
+    parser.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=1,
+        help="local cluster: threads per worker; JAX and BLAS are pinned to them (default: 1)",
+    )
     parser.add_argument("--force", action="store_true", help="recompute inputs a previous run finished")
-    parser.add_argument("--huge-pixels", type=int, default=None, metavar="N",
-                        help="2D TIFF/.npy images with more LR pixels than N (and Zarr inputs) are split into "
-                        "block tasks writing OME-Zarr (default: 8192x8192)")
-    parser.add_argument("--tile", type=int, default=None, metavar="T",
-                        help="LR side of a block task, a multiple of 64 (default: 1024)")
+    parser.add_argument(
+        "--huge-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="2D TIFF/.npy images with more LR pixels than N (and Zarr inputs) are split into "
+        "block tasks writing OME-Zarr (default: 8192x8192)",
+    )
+    parser.add_argument(
+        "--tile", type=int, default=None, metavar="T", help="LR side of a block task, a multiple of 64 (default: 1024)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
@@ -268,6 +299,7 @@ def main_batch(argv: list[str]) -> int:
     restore_logs = silence_distributed_logs()
     previous = None
     if threading.current_thread() is threading.main_thread():
+
         def on_sigterm(signum, frame):  # SIGTERM (a job scheduler's cancel) is handled as Ctrl-C
             raise KeyboardInterrupt
 
@@ -276,10 +308,18 @@ def main_batch(argv: list[str]) -> int:
         weights = load_weights(args.weights, model=args.model)
         options = run_options(args, weights)
         result = run_batch(
-            args.inputs, args.output, options, weights=weights, scheduler=args.scheduler,
-            scheduler_file=args.scheduler_file, n_workers=args.workers, threads_per_worker=args.threads_per_worker,
-            force=args.force, huge_pixels=DEFAULT_HUGE_PIXELS if args.huge_pixels is None else args.huge_pixels,
-            tile=args.tile or DEFAULT_TILE, progress=not args.quiet,
+            args.inputs,
+            args.output,
+            options,
+            weights=weights,
+            scheduler=args.scheduler,
+            scheduler_file=args.scheduler_file,
+            n_workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            force=args.force,
+            huge_pixels=DEFAULT_HUGE_PIXELS if args.huge_pixels is None else args.huge_pixels,
+            tile=args.tile or DEFAULT_TILE,
+            progress=not args.quiet,
         )
     except (InputError, WeightsError, OutputError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
@@ -299,12 +339,18 @@ def main_batch(argv: list[str]) -> int:
             error = row["error"] if row["error"].startswith(row["file"]) else f"{row['file']}: {row['error']}"
             print(f"{prog}: failed: {error}", file=sys.stderr)
     if result.interrupted:
-        print(f"{prog}: interrupted; {result.done} inputs finished are kept and recorded in {result.summary_path}; "
-              "run the same command again to resume", file=sys.stderr)
+        print(
+            f"{prog}: interrupted; {result.done} inputs finished are kept and recorded in {result.summary_path}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
     elif not args.quiet:
-        print(f"{result.done - result.skipped} computed, {result.skipped} skipped (finished before), "
-              f"{result.failed} failed; "
-              f"summary: {result.summary_path}", file=sys.stderr)
+        print(
+            f"{result.done - result.skipped} computed, {result.skipped} skipped (finished before), "
+            f"{result.failed} failed; "
+            f"summary: {result.summary_path}",
+            file=sys.stderr,
+        )
     return result.exit_code
 
 

@@ -209,8 +209,13 @@ def run_batch(
         result.rows = [rows[item.key] for item in items if item.key in rows]
         return result
     try:
-        with connect(client, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers,
-                     threads_per_worker=threads_per_worker) as dask_client:
+        with connect(
+            client,
+            scheduler=scheduler,
+            scheduler_file=scheduler_file,
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+        ) as dask_client:
             from distributed import as_completed
 
             result.dashboard = dashboard(dask_client)
@@ -222,8 +227,14 @@ def run_batch(
             weights_ref = dask_client.submit(_identity, weights, key=f"sr-weights-{run_id}", pure=False)
             for i, item in enumerate(regular):
                 future = dask_client.submit(
-                    tasks.process_input, str(item.path), str(outdir), item.name, options, weights_ref,
-                    key=f"sr-{item.name}-{run_id}-{i}", pure=False,
+                    tasks.process_input,
+                    str(item.path),
+                    str(outdir),
+                    item.name,
+                    options,
+                    weights_ref,
+                    key=f"sr-{item.name}-{run_id}-{i}",
+                    pure=False,
                 )
                 futures[future] = item
             for future in as_completed(list(futures)):
@@ -231,15 +242,30 @@ def run_batch(
                 row = _row_of(future, item, options, weights, dask_client)
                 finished[item.key] = row
                 record(row)
-                bar.update(done=result.skipped + len(finished),
-                           failed=sum(r["status"] == "failed" for r in finished.values()), label=item.name)
+                bar.update(
+                    done=result.skipped + len(finished),
+                    failed=sum(r["status"] == "failed" for r in finished.values()),
+                    label=item.name,
+                )
             for item in huge:
-                row = zarr_out.process_huge(dask_client, item, outdir, options, weights, tile=tile,
-                                            progress=progress, stream=stream, weights_ref=weights_ref)
+                row = zarr_out.process_huge(
+                    dask_client,
+                    item,
+                    outdir,
+                    options,
+                    weights,
+                    tile=tile,
+                    progress=progress,
+                    stream=stream,
+                    weights_ref=weights_ref,
+                )
                 finished[item.key] = row
                 record(row)
-                bar.update(done=result.skipped + len(finished),
-                           failed=sum(r["status"] == "failed" for r in finished.values()), label=item.name)
+                bar.update(
+                    done=result.skipped + len(finished),
+                    failed=sum(r["status"] == "failed" for r in finished.values()),
+                    label=item.name,
+                )
     except KeyboardInterrupt:
         result.interrupted = True
         for future in futures:

@@ -32,8 +32,10 @@ class Bar:
         if 0 < self.done < self.total:
             eta = f", ~{elapsed / self.done * (self.total - self.done):.0f} s left"
         failed = f", {self.failed} failed" if self.failed else ""
-        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {self.unit}{failed}"
-                f"  {elapsed:.1f} s{eta}  {label}")
+        line = (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {self.unit}{failed}"
+            f"  {elapsed:.1f} s{eta}  {label}"
+        )
         if self.tty:
             self.stream.write("\r" + line[:160].ljust(100) + ("\n" if self.done >= self.total else ""))
         else:

@@ -27,9 +27,26 @@ from ..core.report import OutputError
 
 SUMMARY_CSV = "batch_summary.csv"
 COLUMNS = (
-    "file", "output", "kind", "shape", "model", "scale", "seed", "uncertainty", "samples", "weights_sha256",
-    "marks", "uncertainty_mean", "uncertainty_p99", "sigma_mean", "seconds", "worker", "peak_rss_mib",
-    "status", "error", "sha256",
+    "file",
+    "output",
+    "kind",
+    "shape",
+    "model",
+    "scale",
+    "seed",
+    "uncertainty",
+    "samples",
+    "weights_sha256",
+    "marks",
+    "uncertainty_mean",
+    "uncertainty_p99",
+    "sigma_mean",
+    "seconds",
+    "worker",
+    "peak_rss_mib",
+    "status",
+    "error",
+    "sha256",
 )
 #: the options a finished row must match to be skipped on a rerun
 RESUME_KEYS = ("model", "seed", "uncertainty", "samples", "weights_sha256", "marks")

@@ -228,14 +228,30 @@ def predict_region(engine, read, lr_shape, r0, c0, rows, cols, norm: Normalizati
         n_samples=n_samples,
         seed=options.seed,
     )
-    steps = engine.iter_predict(context, n_samples=n_samples, seed=options.seed, chunk=options.chunk or DEFAULT_CHUNK,
-                                out=out, origin=(r0, c0), image_shape=(h, w))
+    steps = engine.iter_predict(
+        context,
+        n_samples=n_samples,
+        seed=options.seed,
+        chunk=options.chunk or DEFAULT_CHUNK,
+        out=out,
+        origin=(r0, c0),
+        image_shape=(h, w),
+    )
     run_to_end(steps)
     return mean, std, heatmap
 
 
-def predict_tile(path: str, staging: str, r0: int, c0: int, tile: int, norm: dict, options: SROptions,
-                 weights, names: tuple[str, ...]) -> dict:
+def predict_tile(
+    path: str,
+    staging: str,
+    r0: int,
+    c0: int,
+    tile: int,
+    norm: dict,
+    options: SROptions,
+    weights,
+    names: tuple[str, ...],
+) -> dict:
     """One block task: compute a tile and write its chunk of each output's level 0; returns statistics."""
     import zarr
 
@@ -302,15 +318,18 @@ def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
     return shapes
 
 
-def create_image(folder: Path, name: str, shape: tuple[int, int], colour: bool, chunk: int, scale: int,
-                 units_note: str) -> list[tuple[int, int]]:
+def create_image(
+    folder: Path, name: str, shape: tuple[int, int], colour: bool, chunk: int, scale: int, units_note: str
+) -> list[tuple[int, int]]:
     """An empty OME-NGFF 0.4 multiscale image ``folder/name.ome.zarr``; returns the level shapes."""
     import zarr
 
     group = zarr.open_group(str(folder / f"{name}.ome.zarr"), mode="w", zarr_format=2)
     levels = pyramid_shapes(shape, chunk)
     axes = ([{"name": "c", "type": "channel"}] if colour else []) + [
-        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+        {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"},
+    ]
     datasets = []
     for k, level_shape in enumerate(levels):
         full = ((3,) if colour else ()) + tuple(level_shape)
@@ -319,23 +338,40 @@ def create_image(folder: Path, name: str, shape: tuple[int, int], colour: bool, 
         # In input pixels: an output pixel of level k covers 2^k / scale of them; centres as in the layers.
         pixel = 2**k / scale
         offset = -(scale - 1) / (2 * scale) + (2**k - 1) / (2 * scale)
-        datasets.append({"path": str(k), "coordinateTransformations": [
-            {"type": "scale", "scale": ([1.0] if colour else []) + [pixel, pixel]},
-            {"type": "translation", "translation": ([0.0] if colour else []) + [offset, offset]},
-        ]})
-    group.attrs["multiscales"] = [{
-        "version": "0.4",
-        "name": name,
-        "axes": axes,
-        "datasets": datasets,
-        "type": "mean of 2x2 pixels",
-        "metadata": {"description": units_note},
-    }]
+        datasets.append(
+            {
+                "path": str(k),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": ([1.0] if colour else []) + [pixel, pixel]},
+                    {"type": "translation", "translation": ([0.0] if colour else []) + [offset, offset]},
+                ],
+            }
+        )
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": name,
+            "axes": axes,
+            "datasets": datasets,
+            "type": "mean of 2x2 pixels",
+            "metadata": {"description": units_note},
+        }
+    ]
     return levels
 
 
-def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, weights, *, tile: int,
-                 progress: bool = True, stream=None, weights_ref=None) -> dict:
+def process_huge(
+    client,
+    item: BatchInput,
+    outdir: Path,
+    options: SROptions,
+    weights,
+    *,
+    tile: int,
+    progress: bool = True,
+    stream=None,
+    weights_ref=None,
+) -> dict:
     """Run one huge input as block tasks on ``client`` and write ``outdir/<name>/``; returns its summary row.
 
     ``weights_ref``: the weights as a dask future (sent to the workers once), else ``weights`` itself."""
@@ -358,17 +394,22 @@ def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, wei
         row["shape"] = "x".join(map(str, src.shape))
         spec = options.spec
         if options.uncertainty_method not in ("mc-dropout", None):
-            raise InputError(f"{path}: block tasks compute MC dropout only, not {options.uncertainty_method}; "
-                             "use a model with dropout or process smaller images")
+            raise InputError(
+                f"{path}: block tasks compute MC dropout only, not {options.uncertainty_method}; "
+                "use a model with dropout or process smaller images"
+            )
         if spec.colour == "y" and channels != 1:
-            raise InputError(f"{path}: block tasks do not support colour images with the luma model {spec.id} "
-                             "(its chroma is upscaled over the whole image); convert to grayscale or use an rgb model")
+            raise InputError(
+                f"{path}: block tasks do not support colour images with the luma model {spec.id} "
+                "(its chroma is upscaled over the whole image); convert to grayscale or use an rgb model"
+            )
         bands = [(r, min(r + tile, h)) for r in range(0, h, tile)]
         futures = client.map(scan_band, [path] * len(bands), *zip(*bands), pure=False)
         ranges = client.gather(futures)
         notes = ("alpha channel dropped",) if channels == 4 else ()
-        norm = choose_normalization(src.dtype, (min(r[0] for r in ranges), max(r[1] for r in ranges)),
-                                    channels == 1, notes)
+        norm = choose_normalization(
+            src.dtype, (min(r[0] for r in ranges), max(r[1] for r in ranges)), channels == 1, notes
+        )
         n_samples = options.effective_samples
         calibrated = weights.calibration_scale is not None and n_samples > 0
         names = ("mean", "std") + (("sigma",) if calibrated else ())
@@ -376,8 +417,14 @@ def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, wei
         s = spec.scale
         chunk = s * tile
         tiles = [(r, c) for r in range(0, h, tile) for c in range(0, w, tile)]
-        stats = {"sum": 0.0, "count": 0, "max": 0.0, "hist": np.zeros(HIST_BINS, np.int64), "peak_rss_mib": 0.0,
-                 "workers": set()}
+        stats = {
+            "sum": 0.0,
+            "count": 0,
+            "max": 0.0,
+            "hist": np.zeros(HIST_BINS, np.int64),
+            "peak_rss_mib": 0.0,
+            "workers": set(),
+        }
         with staged_folder(outdir / item.name) as staging:
             levels = {}
             for name in names:
@@ -385,8 +432,10 @@ def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, wei
                 levels[name] = create_image(staging, name, (s * h, s * w), colour, chunk, s, note)
             norm_dict = norm.as_dict()
             ref = weights if weights_ref is None else weights_ref
-            futures = [client.submit(predict_tile, path, str(staging), r, c, tile, norm_dict, options, ref, names,
-                                     pure=False) for r, c in tiles]
+            futures = [
+                client.submit(predict_tile, path, str(staging), r, c, tile, norm_dict, options, ref, names, pure=False)
+                for r, c in tiles
+            ]
             bar = Bar(len(tiles), unit=f"blocks of {item.name}", stream=stream, enabled=progress)
             for k, future in enumerate(as_completed(futures)):
                 part = future.result()
@@ -401,9 +450,13 @@ def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, wei
             for name in names:
                 for level in range(1, len(levels[name])):
                     ny, nx = levels[name][level]
-                    futures = [client.submit(downsample_chunk, str(staging / f"{name}.ome.zarr"), level, i, j, chunk,
-                                             pure=False)
-                               for i in range(math.ceil(ny / chunk)) for j in range(math.ceil(nx / chunk))]
+                    futures = [
+                        client.submit(
+                            downsample_chunk, str(staging / f"{name}.ome.zarr"), level, i, j, chunk, pure=False
+                        )
+                        for i in range(math.ceil(ny / chunk))
+                        for j in range(math.ceil(nx / chunk))
+                    ]
                     client.gather(futures)
             mean_u = stats["sum"] / stats["count"]
             p99 = _hist_percentile(stats["hist"], stats["count"], 99.0)
@@ -433,7 +486,7 @@ def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, wei
                     "max": stats["max"],
                     "p99": p99,
                     "p99_note": f"from a {HIST_BINS}-bin histogram over [0, {HIST_MAX}] (resolution "
-                                f"{HIST_MAX / HIST_BINS:.2g}); the bin's upper edge",
+                    f"{HIST_MAX / HIST_BINS:.2g}); the bin's upper edge",
                 },
                 "peak_worker_rss_mib": round(stats["peak_rss_mib"], 1),
                 "workers": sorted(stats["workers"]),
@@ -441,10 +494,16 @@ def process_huge(client, item: BatchInput, outdir: Path, options: SROptions, wei
                 "versions": library_versions(),
             }
             (staging / "summary.json").write_text(json.dumps(summary, indent=2))
-        row.update(uncertainty_mean=mean_u, uncertainty_p99=p99,
-                   sigma_mean=weights.calibration_scale * mean_u if calibrated else None,
-                   worker=" ".join(sorted(stats["workers"])), peak_rss_mib=round(stats["peak_rss_mib"], 1),
-                   sha256=file_checksums(outdir / item.name), status="done", error="")
+        row.update(
+            uncertainty_mean=mean_u,
+            uncertainty_p99=p99,
+            sigma_mean=weights.calibration_scale * mean_u if calibrated else None,
+            worker=" ".join(sorted(stats["workers"])),
+            peak_rss_mib=round(stats["peak_rss_mib"], 1),
+            sha256=file_checksums(outdir / item.name),
+            status="done",
+            error="",
+        )
     except KeyboardInterrupt:
         client.cancel(futures)
         raise

@@ -112,8 +112,20 @@ def image_layout(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 #: centimetres per unit, for the TIFF resolution tags (TIFF knows inches and centimetres)
-_CM_PER_UNIT = {"nm": 1e-7, "nanometer": 1e-7, "um": 1e-4, "µm": 1e-4, "micron": 1e-4, "micrometer": 1e-4,
-                "mm": 0.1, "millimeter": 0.1, "cm": 1.0, "centimeter": 1.0, "m": 100.0, "meter": 100.0}
+_CM_PER_UNIT = {
+    "nm": 1e-7,
+    "nanometer": 1e-7,
+    "um": 1e-4,
+    "µm": 1e-4,
+    "micron": 1e-4,
+    "micrometer": 1e-4,
+    "mm": 0.1,
+    "millimeter": 0.1,
+    "cm": 1.0,
+    "centimeter": 1.0,
+    "m": 100.0,
+    "meter": 100.0,
+}
 
 
 @dataclass(frozen=True)
@@ -413,7 +425,10 @@ def read_tiff_pixel_size(path) -> PixelSize | None:
         with tifffile.TiffFile(path) as tif:
             if tif.is_ome and tif.ome_metadata:
                 xml = tif.ome_metadata
-                found = {k: re.search(rf'{k}="([^"]+)"', xml) for k in ("PhysicalSizeY", "PhysicalSizeX", "PhysicalSizeXUnit")}
+                found = {
+                    k: re.search(rf'{k}="([^"]+)"', xml)
+                    for k in ("PhysicalSizeY", "PhysicalSizeX", "PhysicalSizeXUnit")
+                }
                 if found["PhysicalSizeX"]:
                     x = float(found["PhysicalSizeX"].group(1))
                     y = float(found["PhysicalSizeY"].group(1)) if found["PhysicalSizeY"] else x
@@ -474,8 +489,10 @@ def _read_tiff(path) -> tuple[np.ndarray, bool]:
         series = tif.series[0]
         data, axes = series.asarray(), series.axes
     if "C" in axes and "S" in axes:
-        raise InputError(f"{path}: colour images with several channels (axes {axes}) are not supported; "
-                         "save each channel as its own file")
+        raise InputError(
+            f"{path}: colour images with several channels (axes {axes}) are not supported; "
+            "save each channel as its own file"
+        )
     for axis in "CS":
         if axis in axes:
             data = np.moveaxis(data, axes.index(axis), -1)

@@ -18,13 +18,12 @@ needs and :func:`iter_super_resolve` refuses, before computing anything, a run t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
-from typing import Callable, Generator
 
 import numpy as np
 
 from .. import __version__
-from .imaging import InputError, Normalization, image_layout, scan_values, to_model_input, to_output_layout
 from ..models.mc import DEFAULT_CHUNK, DEFAULT_SAMPLES, Engine, MCResult, working_bytes
 from ..models.registry import DEFAULT_MODEL, get_spec
 from ..models.spec import ModelSpec
@@ -32,6 +31,7 @@ from ..models.tta import LABEL as TTA_LABEL
 from ..models.tta import N_TRANSFORMS, iter_tta_predict
 from ..models.weights import Weights, load_weights
 from .colour import chroma_differences, luma_to_rgb, network_input
+from .imaging import InputError, Normalization, image_layout, scan_values, to_model_input, to_output_layout
 from .patches import PatchMark, score_patches, select_patches
 from .progress import Progress, map_progress, run_to_end
 
@@ -63,7 +63,11 @@ class SROptions:
 
     def validate(self) -> None:
         if not self.deterministic and not MIN_SAMPLES <= self.n_samples <= MAX_SAMPLES:
-            hint = "; an uncertainty needs at least 2 samples (use the deterministic pass for one)" if self.n_samples == 1 else ""
+            hint = (
+                "; an uncertainty needs at least 2 samples (use the deterministic pass for one)"
+                if self.n_samples == 1
+                else ""
+            )
             raise InputError(f"samples must be between {MIN_SAMPLES} and {MAX_SAMPLES}, got {self.n_samples}{hint}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise InputError(f"seed must be in [0, {SEED_LIMIT}), got {self.seed}")
@@ -84,7 +88,7 @@ class SROptions:
 
     @property
     def uncertainty_method(self) -> str | None:
-        """"mc-dropout" or "tta" for this model; None for a deterministic run."""
+        """ "mc-dropout" or "tta" for this model; None for a deterministic run."""
         if self.deterministic:
             return None
         if self.uncertainty == "auto":
@@ -187,7 +191,9 @@ class SRResult:
             "crop_offset": list(self.crop_offset),
             "patch_size": self.options.patch_size,
             "normalization": self.normalization.as_dict(),
-            "calibration": None if self.std_scale is None else {
+            "calibration": None
+            if self.std_scale is None
+            else {
                 "std_scale": self.std_scale,
                 "calibrated_sigma": "std_scale x std (sigma.tif): mean ± 1.96 sigma held 95 % of pixel errors on "
                 "held-out training images (see the weights' training card)",
@@ -247,9 +253,7 @@ def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None,
     return total + working_bytes(options.spec, options.chunk or DEFAULT_CHUNK)
 
 
-def check_resources(
-    lr_shape: tuple[int, ...], options: SROptions, *, n_planes: int = 1, extra_disk: int = 0
-) -> None:
+def check_resources(lr_shape: tuple[int, ...], options: SROptions, *, n_planes: int = 1, extra_disk: int = 0) -> None:
     """Refuse, before computing, a run whose RAM (or scratch disk) need exceeds what is available.
 
     Parameters
@@ -536,11 +540,14 @@ def iter_super_resolve_stack(
         value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
     results = []
     for k, idx in enumerate(indices):
+
         def overall(step: Progress, k: int = k) -> Progress:
             done = k * 1000 + (1000 * step.done) // max(step.total, 1)
             return Progress(done, 1000 * len(indices), f"plane {k + 1}/{len(indices)}, {step.message}")
 
-        result = yield from map_progress(iter_super_resolve(stack[idx], weights, options, value_range=value_range), overall)
+        result = yield from map_progress(
+            iter_super_resolve(stack[idx], weights, options, value_range=value_range), overall
+        )
         if on_plane is None:
             results.append(result)
         else:

@@ -16,7 +16,7 @@ are keyed on LR positions. Importing this file does not import JAX.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -36,7 +36,7 @@ HALO = 2 + 1 + 1  # receptive-field radius in LR pixels: 5x5, 3x3, 3x3
 _PTH_NAMES = {"conv1": "feature_map_layer.0", "conv2": "feature_map_layer.2", "conv3": "sub_pixel_layer.0"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_class():
     """The Flax module class (imports Flax on first call)."""
     import flax.linen as nn

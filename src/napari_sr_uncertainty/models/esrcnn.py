@@ -15,7 +15,7 @@ no transposition. Importing this file does not import JAX: the Flax module is bu
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -32,7 +32,7 @@ PARAM_SHAPES = {
 HALO = 3
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_class():
     """The Flax module class (imports Flax on first call)."""
     import flax.linen as nn

@@ -33,15 +33,15 @@ All blocks share one compiled function; the sample count is a traced value, not 
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
-from typing import Iterator
+from collections.abc import Iterator
+from functools import cache, partial
 
 import numpy as np
 
+from ..core.progress import run_to_end
 from .dropout import drop_threshold, effective_rate, keep_from_bits, lane_ids, layer_key, mask_bits
 from .esrcnn import DROPOUT_RATE, HALO, SCALE
 from .jax_setup import configure_compilation_cache
-from ..core.progress import run_to_end
 from .mc import BLOCK, DEFAULT_CHUNK, DEFAULT_SAMPLES, MCResult, allocate_result, iter_blocks
 
 DROP_THRESHOLD_10 = drop_threshold(DROPOUT_RATE)  # 41
@@ -137,7 +137,7 @@ def _block_geometry(h1_size, origin, hr_shape):
     return rows, cols, valid
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled_block_fns(chunk: int):
     """jit-compiled per-block functions (deterministic and MC); shapes specialise at first call.
 
@@ -244,9 +244,11 @@ def iter_mc_predict(
         stats = mc_block(p, pixels, hr_origin, hr_shape, jnp.uint32(seed), jnp.int32(n_samples))
         return tuple(np.asarray(a) for a in stats)
 
-    return (yield from iter_blocks(
-        lr, out, run_block, halo=HALO, scale=SCALE, block=BLOCK, origin=origin, image_shape=image_shape
-    ))
+    return (
+        yield from iter_blocks(
+            lr, out, run_block, halo=HALO, scale=SCALE, block=BLOCK, origin=origin, image_shape=image_shape
+        )
+    )
 
 
 def mc_predict(lr: np.ndarray, params: dict[str, np.ndarray], **kwargs) -> MCResult:

@@ -20,9 +20,9 @@ Architectures with a faster hand-written engine (:attr:`ModelSpec.fast_engine`) 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Iterator
+from functools import cache
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def block_grid(lr_shape: tuple[int, int], block: int = BLOCK) -> list[tuple[int,
     return [(r, c) for r in range(0, lr_shape[0], block) for c in range(0, lr_shape[1], block)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled_block_fns(model_id: str, chunk: int):
     """jit-compiled per-block functions (deterministic, MC) of a registered model's module."""
     import jax
@@ -212,9 +212,11 @@ def iter_mc_predict(
             return y, y, None
         return tuple(np.asarray(a) for a in mc_block(variables, pixels, grid, jnp.int32(n_samples)))
 
-    return (yield from iter_blocks(
-        lr, out, run_block, halo=halo, scale=spec.scale, block=spec.block, origin=origin, image_shape=image_shape
-    ))
+    return (
+        yield from iter_blocks(
+            lr, out, run_block, halo=halo, scale=spec.scale, block=spec.block, origin=origin, image_shape=image_shape
+        )
+    )
 
 
 class Engine:
@@ -228,8 +230,17 @@ class Engine:
         self.fast = None if generic or spec.fast_engine is None else spec.fast_engine()
         self.params = self.fast.prepare_params(arrays) if self.fast else prepare_params(spec, arrays)
 
-    def iter_predict(self, lr, *, n_samples: int, seed: int, chunk: int = DEFAULT_CHUNK, out: MCResult | None = None,
-                     origin: tuple[int, int] | None = None, image_shape: tuple[int, int] | None = None):
+    def iter_predict(
+        self,
+        lr,
+        *,
+        n_samples: int,
+        seed: int,
+        chunk: int = DEFAULT_CHUNK,
+        out: MCResult | None = None,
+        origin: tuple[int, int] | None = None,
+        image_shape: tuple[int, int] | None = None,
+    ):
         """See :func:`iter_mc_predict` (``origin``/``image_shape``: a part of a larger image)."""
         kwargs = dict(n_samples=n_samples, seed=seed, chunk=chunk, out=out, origin=origin, image_shape=image_shape)
         if self.fast is not None:

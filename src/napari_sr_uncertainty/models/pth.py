@@ -29,10 +29,19 @@ class PthError(ValueError):
 # Element type of each storage class torch writes into the persistent ids (``torch.<Name>``).
 # BFloat16 has no numpy type: its raw 16 bits are read here and widened to float32 below.
 _STORAGE_DTYPES = {
-    "FloatStorage": "f4", "DoubleStorage": "f8", "HalfStorage": "f2", "BFloat16Storage": "u2",
-    "LongStorage": "i8", "IntStorage": "i4", "ShortStorage": "i2", "CharStorage": "i1",
-    "ByteStorage": "u1", "BoolStorage": "u1", "ComplexFloatStorage": "c8",
-    "ComplexDoubleStorage": "c16", "UntypedStorage": "u1",
+    "FloatStorage": "f4",
+    "DoubleStorage": "f8",
+    "HalfStorage": "f2",
+    "BFloat16Storage": "u2",
+    "LongStorage": "i8",
+    "IntStorage": "i4",
+    "ShortStorage": "i2",
+    "CharStorage": "i1",
+    "ByteStorage": "u1",
+    "BoolStorage": "u1",
+    "ComplexFloatStorage": "c8",
+    "ComplexDoubleStorage": "c16",
+    "UntypedStorage": "u1",
 }
 
 
@@ -75,8 +84,9 @@ class _Function(_Frozen):
         return self.value(*args)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None) -> np.ndarray:
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+) -> np.ndarray:
     """Stand-in for ``torch._utils._rebuild_tensor_v2``: a contiguous copy of a strided view."""
     if not isinstance(storage, _Storage):
         raise PthError("a tensor in the checkpoint does not refer to a stored storage")
@@ -94,13 +104,15 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     if 0 in size:
         return np.zeros(size, dtype=flat.dtype)
     if offset + sum((n - 1) * s for n, s in zip(size, stride)) >= flat.size:
-        raise PthError(f"tensor (offset {offset}, size {size}, stride {stride}) runs past its "
-                       f"storage of {flat.size} elements")
+        raise PthError(
+            f"tensor (offset {offset}, size {size}, stride {stride}) runs past its storage of {flat.size} elements"
+        )
     # Zero strides could make a tiny file expand into an enormous copy; real weights never do.
     if math.prod(size) > max(flat.size, _MAX_EXPANDED):
         raise PthError(f"tensor of size {size} expands a storage of {flat.size} elements")
     view = np.lib.stride_tricks.as_strided(
-        flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride], writeable=False)
+        flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride], writeable=False
+    )
     # copy() so that tensors sharing one storage do not alias each other or the zip buffer
     return view.copy()
 
@@ -138,12 +150,19 @@ class _Unpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise PthError(f"refusing to load the checkpoint: it references the forbidden global "
-                           f"'{module}.{name}' (only tensors and dicts are allowed)") from None
+            raise PthError(
+                f"refusing to load the checkpoint: it references the forbidden global "
+                f"'{module}.{name}' (only tensors and dicts are allowed)"
+            ) from None
 
     def persistent_load(self, pid: object) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[2], str)
+        ):
             raise PthError(f"unsupported persistent id in the checkpoint: {pid!r}")
         _, storage_type, key, _location, numel = pid
         if key not in self._storages:
@@ -151,8 +170,7 @@ class _Unpickler(pickle.Unpickler):
         return self._storages[key]
 
     def _load_storage(self, type_name: str, key: str, numel: int) -> _Storage:
-        dtype = np.dtype(_STORAGE_DTYPES[type_name]).newbyteorder(
-            "<" if self._byteorder == "little" else ">")
+        dtype = np.dtype(_STORAGE_DTYPES[type_name]).newbyteorder("<" if self._byteorder == "little" else ">")
         member = f"{self._prefix}/data/{key}"
         try:
             info = self._archive.getinfo(member)
@@ -160,8 +178,7 @@ class _Unpickler(pickle.Unpickler):
             raise PthError(f"the checkpoint has no storage record {member!r}") from None
         # Check the size before reading, so a forged numel cannot make us read past the record.
         if numel < 0 or info.file_size < numel * dtype.itemsize:
-            raise PthError(f"storage {member!r} has {info.file_size} bytes, fewer than {numel} "
-                           f"elements of {type_name}")
+            raise PthError(f"storage {member!r} has {info.file_size} bytes, fewer than {numel} elements of {type_name}")
         raw = self._archive.read(info)
         array = np.frombuffer(raw, dtype=dtype, count=numel).astype(dtype.newbyteorder("<"))
         if type_name == "BFloat16Storage":  # bfloat16 is the upper half of a float32
@@ -211,8 +228,10 @@ def read_pth(path: str | PathLike[str]) -> dict[str, np.ndarray]:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
             if len(pickles) != 1:
-                raise PthError(f"{path}: expected one '<prefix>/data.pkl' in the archive, found "
-                               f"{len(pickles)}; is this a torch.save checkpoint?")
+                raise PthError(
+                    f"{path}: expected one '<prefix>/data.pkl' in the archive, found "
+                    f"{len(pickles)}; is this a torch.save checkpoint?"
+                )
             prefix = pickles[0].split("/")[0]
             byteorder = "little"  # older torch wrote no byteorder record; those files are little-endian
             if f"{prefix}/byteorder" in archive.namelist():
@@ -226,8 +245,10 @@ def read_pth(path: str | PathLike[str]) -> dict[str, np.ndarray]:
         _flatten(root, "", out)  # a self-referencing dict ends in RecursionError, caught below
         return out
     except zipfile.BadZipFile as exc:
-        raise PthError(f"{path}: not a valid zip archive ({exc}). Only the zip format written by "
-                       f"torch >= 1.6 is supported; the file may also be truncated or corrupt") from None
+        raise PthError(
+            f"{path}: not a valid zip archive ({exc}). Only the zip format written by "
+            f"torch >= 1.6 is supported; the file may also be truncated or corrupt"
+        ) from None
     except (PthError, FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as exc:  # noqa: BLE001

@@ -7,9 +7,10 @@ fast engine and the importers are reached through callables that import them whe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import prod
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -12,7 +12,7 @@ This is a spread over symmetric views of one deterministic network, not a poster
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

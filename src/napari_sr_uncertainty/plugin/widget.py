@@ -100,8 +100,14 @@ def model_choice(spec: ModelSpec) -> str:
 
 def model_summary(spec: ModelSpec) -> str:
     """One line under the picker: scale, colour mode, weights, and the spec's one-line description."""
-    weights = "bundled weights" if spec.default_weights else (
-        "weights found installed" if default_weights_path(spec) else f"no bundled weights: give a {accepted_weights(spec)} file"
+    weights = (
+        "bundled weights"
+        if spec.default_weights
+        else (
+            "weights found installed"
+            if default_weights_path(spec)
+            else f"no bundled weights: give a {accepted_weights(spec)} file"
+        )
     )
     colour = COLOUR_MODES.get(spec.colour, spec.colour)
     return f"x{spec.scale} {spec.kind}, {colour}, {weights}. {spec.description}"
@@ -670,8 +676,10 @@ class SuperResolveWidget(Container):
         seconds = len(job.images) * spec.estimate_seconds(shape, passes)
         if seconds < LONG_RUN_SECONDS:
             return ""
-        note = (f" Expected to take about {seconds / 60:.0f} min on a 2-core CPU like the one it was measured on "
-                f"({passes} pass{'es' if passes > 1 else ''}); Cancel stops between blocks.")
+        note = (
+            f" Expected to take about {seconds / 60:.0f} min on a 2-core CPU like the one it was measured on "
+            f"({passes} pass{'es' if passes > 1 else ''}); Cancel stops between blocks."
+        )
         show_info(f"{spec.id}: {note.strip()}")
         return note
 
