@@ -18,16 +18,12 @@ def run_to_end(gen: Generator, progress: Callable[[object], None] | None = None)
 
     Returns the generator's result; the generator is closed if ``progress`` raises (e.g. Ctrl-C).
     """
-    try:
-        while True:
-            try:
-                step = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if progress is not None:
-                progress(step)
-    finally:
-        gen.close()
+    steps = map_progress(gen, progress or (lambda step: None))
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def map_progress(gen: Generator, transform: Callable[[object], object]) -> Generator:

@@ -42,10 +42,10 @@ def module_class():
     """The Flax module class (imports Flax on first call)."""
     import flax.linen as nn
 
-    from .dropout import Grid, KeyedDropout
+    from .dropout import KeyedDropout, SplitModel
     from .esrcnn import upsample_nearest
 
-    class CNN3(nn.Module):
+    class CNN3(SplitModel):
         """Nearest x4 then three 3x3 convs; ``prefix`` is upsampling + conv1 + ReLU (deterministic)."""
 
         dropout_rate: float = DROPOUT_RATE
@@ -65,10 +65,6 @@ def module_class():
             h = self.drop1(h, grid, sample)
             h = self.drop2(nn.relu(self.conv2(grid.inside(h, SCALE))), grid, sample)
             return self.conv3(grid.inside(h, SCALE))
-
-        def __call__(self, x, grid=None, sample=None):
-            grid = Grid.whole(x.shape[-3], x.shape[-2]) if grid is None else grid
-            return self.head(self.prefix(x, grid), grid, sample)
 
     return CNN3
 

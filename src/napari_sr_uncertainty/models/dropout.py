@@ -151,3 +151,16 @@ class KeyedDropout(nn.Module):
         sample = jnp.asarray(sample, jnp.int32)
         keep = jax.vmap(mask)(sample) if sample.ndim else mask(sample)
         return jnp.where(keep, x * keep_scale(self.rate), 0.0)
+
+
+class SplitModel(nn.Module):
+    """Base of the zoo's Flax modules, split at their first dropout for the MC engine.
+
+    A subclass defines ``prefix(x, grid)`` (everything before the first dropout: deterministic, run once per
+    block) and ``head(h, grid, sample)``; calling the module runs both, on the whole image's grid unless a
+    block's ``grid`` is given.
+    """
+
+    def __call__(self, x, grid: Grid | None = None, sample=None):
+        grid = Grid.whole(x.shape[-3], x.shape[-2]) if grid is None else grid
+        return self.head(self.prefix(x, grid), grid, sample)

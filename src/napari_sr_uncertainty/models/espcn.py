@@ -41,9 +41,9 @@ def module_class():
     """The Flax module class (imports Flax on first call)."""
     import flax.linen as nn
 
-    from .dropout import Grid, KeyedDropout
+    from .dropout import KeyedDropout, SplitModel
 
-    class ESPCN(nn.Module):
+    class ESPCN(SplitModel):
         dropout_rate: float = DROPOUT_RATE
 
         def setup(self):
@@ -60,10 +60,6 @@ def module_class():
             h = self.drop1(h, grid, sample)
             h = self.drop2(nn.tanh(self.conv2(grid.inside(h))), grid, sample)
             return pixel_shuffle(self.conv3(grid.inside(h)), SCALE)
-
-        def __call__(self, x, grid=None, sample=None):
-            grid = Grid.whole(x.shape[-3], x.shape[-2]) if grid is None else grid
-            return self.head(self.prefix(x, grid), grid, sample)
 
     return ESPCN
 

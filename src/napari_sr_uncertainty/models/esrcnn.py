@@ -37,9 +37,9 @@ def module_class():
     """The Flax module class (imports Flax on first call)."""
     import flax.linen as nn
 
-    from .dropout import Grid, KeyedDropout
+    from .dropout import KeyedDropout, SplitModel
 
-    class ESRCNN(nn.Module):
+    class ESRCNN(SplitModel):
         """The straightforward Flax ESRCNN, split at its first dropout for the MC engine.
 
         ``prefix`` (upsampling, conv1, ReLU) is deterministic; ``head`` applies the dropout layers and the
@@ -63,10 +63,6 @@ def module_class():
             h = self.drop1(h, grid, sample)
             h = self.drop2(nn.relu(self.conv2(h)), grid, sample)
             return self.conv3(grid.inside(h, SCALE))
-
-        def __call__(self, x, grid=None, sample=None):
-            grid = Grid.whole(x.shape[-3], x.shape[-2]) if grid is None else grid
-            return self.head(self.prefix(x, grid), grid, sample)
 
     return ESRCNN
 

@@ -121,7 +121,7 @@ def module_class():
     import flax.linen as nn
     import jax.numpy as jnp
 
-    from .dropout import Grid, KeyedDropout
+    from .dropout import KeyedDropout, SplitModel
 
     class KerasConvTranspose(nn.Module):
         """Keras's stride-2 "same" transposed conv with its stored kernel layout (kh, kw, out, in)."""
@@ -134,7 +134,7 @@ def module_class():
             bias = self.param("bias", nn.initializers.zeros, (self.features,))
             return conv_transpose_same(x, kernel, bias)
 
-    class RDN(nn.Module):
+    class RDN(SplitModel):
         dropout_rate: float = DROPOUT_RATE
 
         def setup(self):
@@ -170,10 +170,6 @@ def module_class():
             h = nn.relu(self.convs["up1"](grid.inside(h)))
             h = nn.relu(self.convs["up2"](grid.inside(h, 2)))
             return nn.sigmoid(self.convs["output"](grid.inside(h, 4)))
-
-        def __call__(self, x, grid=None, sample=None):
-            grid = Grid.whole(x.shape[-3], x.shape[-2]) if grid is None else grid
-            return self.head(self.prefix(x, grid), grid, sample)
 
     return RDN
 

@@ -89,9 +89,9 @@ def module_class():
     """The Flax module class (imports Flax on first call)."""
     import flax.linen as nn
 
-    from .dropout import Grid, KeyedDropout
+    from .dropout import KeyedDropout, SplitModel
 
-    class SRCNNGray(nn.Module):
+    class SRCNNGray(SplitModel):
         """SRCNN 9-1-5 with the original's replicate padding; ``prefix`` is conv1 + ReLU (deterministic)."""
 
         dropout_rate: float = DROPOUT_RATE
@@ -111,10 +111,6 @@ def module_class():
             lo, hi = conv1_range(grid)
             h = self.drop2(nn.relu(self.conv2(edge_gather(h, grid, 0, lo, hi))), grid, sample)  # B(p)
             return self.conv3(edge_gather(h, grid, 2))
-
-        def __call__(self, x, grid=None, sample=None):
-            grid = Grid.whole(x.shape[-3], x.shape[-2]) if grid is None else grid
-            return self.head(self.prefix(x, grid), grid, sample)
 
     return SRCNNGray
 
