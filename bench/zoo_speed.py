@@ -1,0 +1,71 @@
+"""Seconds per image for every registered model, as the product runs it: prints a table.
+
+Each model runs through the pipeline (``core.pipeline.super_resolve``) on a 256x256 RGB image with its
+default uncertainty (MC dropout with 40 samples for our weights, the TTA spread for an original's imported
+weights that never trained with dropout), after one warm-up run of the same shape (compilation excluded).
+Import-only models use the originals' files from ``../shared/reference``. A model that states its cost
+(``ModelSpec.estimate_seconds``) and would take minutes is reported from that estimate, labelled so.
+
+    python bench/zoo_speed.py [--size 256] [--shared ../shared]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_sr_uncertainty.core.pipeline import SROptions, super_resolve
+from napari_sr_uncertainty.models.registry import all_specs
+from napari_sr_uncertainty.models.tta import N_TRANSFORMS
+from napari_sr_uncertainty.models.weights import WeightsError, default_weights_path, load_weights
+
+ORIGINALS = {
+    "espcn-x3": "seed002/best.pth",
+    "cnn3-x4": "seed003/image_enhancer.h5",
+    "srcnn-gray-x1": "seed004/checkpoint.pth",
+    "rdn-x4": "seed001/RDN_mse.keras",
+    "realesrgan-x4plus": "realesrgan/realesrgan-x4plus.param",
+}
+TOO_LONG_S = 120
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256, help="LR side of the test image")
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
+    args = parser.parse_args()
+    image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+    print(f"{args.size}x{args.size} RGB LR image, the product's default uncertainty, warm (compilation excluded)")
+    print("| model | weights | uncertainty | seconds |")
+    print("|---|---|---|---|")
+    for spec in all_specs():
+        if default_weights_path(spec) is not None:
+            weights, label = load_weights(model=spec.id), "bundled"
+        else:
+            path = Path(args.shared) / "reference" / ORIGINALS.get(spec.id, "")
+            try:
+                weights, label = load_weights(path, model=spec.id), f"original ({path.name})"
+            except WeightsError:
+                print(f"| {spec.id} | not found under {args.shared} | - | - |")
+                continue
+        options = SROptions(model=spec.id)
+        if spec.estimate_seconds is not None:
+            passes = N_TRANSFORMS if spec.dropout_layers == 0 else 1
+            estimate = spec.estimate_seconds((args.size, args.size), passes)
+            if estimate > TOO_LONG_S:
+                print(f"| {spec.id} | {label} | TTA spread ({passes} passes) | {estimate:,.0f} (estimate) |")
+                continue
+        super_resolve(image, weights, options)  # warm-up: compile
+        start = time.perf_counter()
+        result = super_resolve(image, weights, options)
+        seconds = time.perf_counter() - start
+        method = result.options.uncertainty_method
+        what = "TTA spread (8 passes)" if method == "tta" else f"MC dropout ({options.n_samples} samples)"
+        print(f"| {spec.id} | {label} | {what} | {seconds:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
