@@ -14,6 +14,12 @@ from napari_sr_uncertainty.cli import main
 from napari_sr_uncertainty.core.imaging import PixelSize, read_image, read_tiff_pixel_size
 
 
+def run_cli(path, out, weights_path, *, patch_size: int) -> int:
+    """The command-line tool on ``path`` with 2 samples, quietly; its exit status."""
+    argv = [str(path), "-o", str(out), "--samples", "2", "--patch-size", str(patch_size)]
+    return main([*argv, "--weights", str(weights_path), "--quiet"])
+
+
 def _fluorescence(shape, seed=0):
     rng = np.random.default_rng(seed)
     return (100 + rng.poisson(50, shape) + 2000 * (rng.random(shape) > 0.995)).astype(np.uint16)
@@ -49,23 +55,7 @@ def test_cli_report_of_a_16_bit_tiff_at_0_2_um_keeps_its_pixel_size(tmp_path, we
     path = tmp_path / "fluo.tif"
     tifffile.imwrite(path, _fluorescence((40, 56)), imagej=True, resolution=(5.0, 5.0), metadata={"unit": "um"})
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                str(path),
-                "-o",
-                str(out),
-                "--samples",
-                "2",
-                "--patch-size",
-                "16",
-                "--weights",
-                str(weights_path),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert run_cli(path, out, weights_path, patch_size=16) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pixel_size"]["unit"] == "um"
     assert summary["pixel_size"]["input"]["x"] == pytest.approx(0.2)
@@ -95,23 +85,7 @@ def test_cli_report_of_a_png_has_no_pixel_size(tmp_path, weights_path):
     path = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(path)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                str(path),
-                "-o",
-                str(out),
-                "--samples",
-                "2",
-                "--patch-size",
-                "16",
-                "--weights",
-                str(weights_path),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert run_cli(path, out, weights_path, patch_size=16) == 0
     assert json.loads((out / "summary.json").read_text())["pixel_size"] is None
     assert read_tiff_pixel_size(out / "mean.tif") is None
 
@@ -122,23 +96,7 @@ def test_cli_stack_report_keeps_the_pixel_size(tmp_path, weights_path):
         path, _fluorescence((2, 20, 24)), imagej=True, resolution=(5.0, 5.0), metadata={"unit": "um", "axes": "ZYX"}
     )
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                str(path),
-                "-o",
-                str(out),
-                "--samples",
-                "2",
-                "--patch-size",
-                "8",
-                "--weights",
-                str(weights_path),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert run_cli(path, out, weights_path, patch_size=8) == 0
     assert json.loads((out / "summary.json").read_text())["pixel_size"]["output"]["y"] == pytest.approx(0.1)
     assert read_tiff_pixel_size(out / "mean.tif").x == pytest.approx(0.1)
     assert (out / "planes" / "z001" / "uncertainty_as_shown.png").is_file()
