@@ -40,7 +40,12 @@ IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 
 @dataclass
 class ImagePair:
-    """One image: ``hr`` (sH, sW, 3) uint8 and its protocol LR ``lr`` (H, W, 3) uint8 at scale ``scale``."""
+    """One image: ``hr`` (sH, sW, 3) and its LR ``lr`` (H, W, 3) at scale ``scale``.
+
+    Both are uint8 RGB (the benchmark's images, LR by the protocol), or float32 planes in [0, 1] already in
+    the model's channels ((H, W, 3) RGB or (H, W, 1) luma / gray: a user's own data, normalised and degraded
+    by the caller).
+    """
 
     name: str
     hr: np.ndarray
@@ -48,9 +53,15 @@ class ImagePair:
     scale: int = 2
 
 
-def network_planes(image_uint8: np.ndarray, colour: str) -> np.ndarray:
-    """A uint8 RGB image as the network sees it: (H, W, 3) RGB or (H, W, 1) luma, float32 in [0, 1]."""
-    rgb = image_uint8.astype(np.float32) / 255.0
+def network_planes(image: np.ndarray, colour: str) -> np.ndarray:
+    """An image as the network sees it: (H, W, 3) RGB or (H, W, 1) luma, float32 in [0, 1].
+
+    A uint8 RGB image is scaled and, for ``y`` / ``gray`` models, made luma; a float image is taken to be
+    network planes already (see :class:`ImagePair`) and returned as float32.
+    """
+    if np.issubdtype(image.dtype, np.floating):
+        return np.asarray(image, np.float32)
+    rgb = image.astype(np.float32) / 255.0
     return rgb if colour == "rgb" else luma(rgb)[..., None]
 
 
