@@ -109,10 +109,10 @@ def test_train_steps_lower_the_loss(tiny_pairs):
     step_fn = step.make_train_step(config)
     params = SPEC.to_flax(initial.initial_arrays(config))["params"]
     opt_state = step.make_optimizer(config).init(params)
-    lr, hr = CropSampler(train_pairs, config.crop_lr, seed=0).batch(config.batch)
+    batch = CropSampler(train_pairs, config.crop_lr, seed=0, halo=SPEC.halo).batch(config.batch)
     losses = []
     for i in range(config.steps):
-        params, opt_state, loss = step_fn(params, opt_state, jnp.int32(i), lr, hr)
+        params, opt_state, loss = step_fn(params, opt_state, jnp.int32(i), *batch)
         losses.append(float(loss[0]))
     assert losses[-1] < 0.5 * losses[0]
 
@@ -177,7 +177,7 @@ def test_training_loss_samples_use_consecutive_mask_indices(tiny_pairs):
     """Sample j of crop i uses mask index j * N + i: one sample is plain dropout training (old runs resume)."""
     config = _tiny_config()
     params = SPEC.to_flax(initial.initial_arrays(config))["params"]
-    lr, hr = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
+    lr, hr, _ = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
     seed, n, size = jnp.uint32(7), config.batch, 2 * (config.crop_lr - 4)
     masks = esrcnn.dropout_masks(seed, jnp.arange(2 * n), size)
     preds = [esrcnn.forward_valid(params, lr, tuple(m[j * n : (j + 1) * n] for m in masks)) for j in range(2)]
@@ -197,7 +197,7 @@ def test_uncertainty_loss_has_a_useful_gradient(tiny_pairs):
     optax = pytest.importorskip("optax")
     config = _tiny_config(init="bicubic", mc_train_samples=4, uncertainty_weight=1.0, uncertainty_window=4)
     params = SPEC.to_flax(initial.initial_arrays(config))["params"]
-    lr, hr = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
+    lr, hr, _ = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
     value_and_grad = jax.jit(jax.value_and_grad(lambda p: step.training_loss(p, lr, hr, jnp.uint32(3), config)[1][1]))
     optimizer = optax.adam(3e-4)
     opt_state = optimizer.init(params)

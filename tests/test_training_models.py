@@ -15,6 +15,7 @@ from PIL import Image  # noqa: E402
 
 from napari_sr_uncertainty.core.colour import bicubic_upscale, luma  # noqa: E402
 from napari_sr_uncertainty.core.metrics import psnr  # noqa: E402
+from napari_sr_uncertainty.models.dropout import Grid  # noqa: E402
 from napari_sr_uncertainty.models.mc import Engine  # noqa: E402
 from napari_sr_uncertainty.models.registry import all_specs, get_spec  # noqa: E402
 from napari_sr_uncertainty.models.weights import load_weights  # noqa: E402
@@ -44,17 +45,27 @@ def _batch(spec, n: int, crop: int, seed: int = 0):
     )
 
 
+def _border_inside(n: int, crop: int) -> np.ndarray:
+    """Masks of crops that reach past their image: the top-left, the bottom edge, then none."""
+    inside = np.ones((n, crop, crop), np.float32)
+    inside[0, :3] = inside[0, :, :2] = 0.0
+    inside[1, -4:] = 0.0
+    return inside
+
+
 @pytest.mark.parametrize("model", sorted(step.FAST_PATHS))
 @pytest.mark.parametrize("samples", [1, 2])
-def test_fast_path_loss_and_gradients_equal_the_flax_module(model, samples):
+@pytest.mark.parametrize("at_border", [False, True], ids=["interior", "image-border"])
+def test_fast_path_loss_and_gradients_equal_the_flax_module(model, samples, at_border):
     weight = 0.3 if samples > 1 else 0.0
     config = TrainConfig(model=model, batch=3, crop_lr=13, mc_train_samples=samples, uncertainty_weight=weight)
     spec = config.spec
     params = spec.to_flax(initial.random_init(spec, 1))["params"]
     lr, hr = _batch(spec, 3, 13)
+    inside = _border_inside(3, 13) if at_border else None
 
     def value_and_grad(fast):
-        loss = lambda p: step.training_loss(p, lr, hr, jnp.uint32(5), config, None, fast)[0]  # noqa: E731
+        loss = lambda p: step.training_loss(p, lr, hr, jnp.uint32(5), config, None, fast, inside)[0]  # noqa: E731
         return jax.jit(jax.value_and_grad(loss))(params)
 
     (fast_loss, fast_grads), (loss, grads) = value_and_grad(True), value_and_grad(False)
@@ -84,12 +95,49 @@ def test_every_small_model_trains_through_its_module(spec):
     )
 
 
+@pytest.mark.parametrize("model", ["espcn-x3", "esrcnn-x2"])
+def test_training_windows_see_the_image_border_as_inference_does(model):
+    """A window at an image's corner or edge gets the whole-image network output there (same zero padding)."""
+    spec = get_spec(model)
+    pair = make_pair("a", _image(3, (17 * spec.scale, 22 * spec.scale)), spec.scale)
+    crop = 2 * spec.halo + 6
+    sampler = CropSampler([pair], crop, seed=0, colour=spec.colour, halo=spec.halo)
+    params = spec.to_flax(initial.random_init(spec, 4))
+    module = spec.module()
+    whole = np.asarray(module.apply(params, sampler.planes[0][0][None]))[0]
+    height, width = pair.lr.shape[:2]
+    s = spec.scale
+    b = spec.halo * s
+    for top, left in [(0, 0), (height - 6, width - 6), (0, 9), (5, width - 6), (5, 9)]:
+        window = sampler.crop(0, top, left)
+        at_border = (top, left) != (5, 9)
+        assert (window.inside.min() == 0) == at_border
+        grid = Grid(jnp.zeros(2, jnp.int32), jnp.asarray([crop, crop]), jnp.uint32(0), jnp.asarray(window.inside[None]))
+        out = np.asarray(module.apply(params, jnp.asarray(window.lr[None]), grid))[0]
+        expected = whole[s * top : s * (top + 6), s * left : s * (left + 6)]
+        np.testing.assert_allclose(out[b:-b, b:-b], expected, atol=2e-6)
+        np.testing.assert_array_equal(
+            window.hr, sampler.planes[0][1][s * top : s * (top + 6), s * left : s * (left + 6)]
+        )
+
+
+def test_training_windows_include_the_image_border():
+    spec = get_spec("espcn-x3")
+    pair = make_pair("a", _image(1, (45, 60)), 3)
+    sampler = CropSampler([pair], 2 * spec.halo + 5, seed=1, colour="y", halo=spec.halo)
+    batch = sampler.batch(400)
+    assert batch.lr.shape == (400, 13, 13, 1) and batch.hr.shape == (400, 15, 15, 1)
+    at_border = batch.inside.min(axis=(1, 2)) == 0
+    assert 0.3 < at_border.mean() < 0.9  # windows at the border are drawn, and windows away from it too
+    np.testing.assert_array_equal(batch.lr[batch.inside == 0], 0.0)
+
+
 def test_luma_models_train_on_aligned_luma_planes():
     pairs = [make_pair("a", _image(0, (60, 75)), 3), make_pair("b", _image(1, (54, 54)), 3)]
     assert pairs[0].lr.shape == (20, 25, 3) and pairs[0].scale == 3
-    lr, hr = CropSampler(pairs, 9, seed=2, colour="y").batch(5)
+    lr, hr, _ = CropSampler(pairs, 9, seed=2, colour="y").batch(5)
     assert lr.shape == (5, 9, 9, 1) and hr.shape == (5, 27, 27, 1)
-    lr_rgb, hr_rgb = CropSampler(pairs, 9, seed=2, colour="rgb").batch(5)  # same draws
+    lr_rgb, hr_rgb, _ = CropSampler(pairs, 9, seed=2, colour="rgb").batch(5)  # same draws
     np.testing.assert_allclose(lr[..., 0], luma(lr_rgb), atol=1e-6)
     np.testing.assert_allclose(hr[..., 0], luma(hr_rgb), atol=1e-6)
 

@@ -99,11 +99,15 @@ class Grid(NamedTuple):
 
     ``origin`` is the global (row, col) of the block's first input pixel (negative in the halo above/left
     of the image), ``shape`` the whole image's input size and ``seed`` the seed of the dropout masks.
+    ``inside_mask`` (training only) is an optional (N, H, W) 0/1 array on the input grid, 1 where each crop of a
+    batch lies in its own image: training crops near an image's border come from different images and
+    places, so their borders cannot be one ``origin`` and ``shape``.
     """
 
     origin: object
     shape: object
     seed: object
+    inside_mask: object = None
 
     @classmethod
     def whole(cls, height: int, width: int, seed: int = 0) -> Grid:
@@ -125,7 +129,11 @@ class Grid(NamedTuple):
         valid = ((rows >= 0) & (rows < self.shape[0] * factor))[:, None] & (
             (cols >= 0) & (cols < self.shape[1] * factor)
         )[None, :]
-        return jnp.where(valid[:, :, None], x, 0.0)
+        x = jnp.where(valid[:, :, None], x, 0.0)
+        if self.inside_mask is None:
+            return x
+        mask = jnp.repeat(jnp.repeat(self.inside_mask, factor, axis=-2), factor, axis=-1)
+        return x * mask[..., None]
 
 
 class KeyedDropout(nn.Module):

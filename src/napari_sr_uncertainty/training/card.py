@@ -36,8 +36,9 @@ def init_record(init: str) -> str | dict:
 def loss_description(config, spec) -> str:
     channels = "RGB" if spec.colour == "rgb" else "luma (full-range BT.601)"
     text = (
-        f"{config.loss} on {channels} in [0, 1], crop interior only ({spec.halo * spec.scale} HR px of "
-        f"receptive field along each crop edge excluded)"
+        f"{config.loss} on {channels} in [0, 1], on {config.crop_lr - 2 * spec.halo}px LR windows anywhere in "
+        f"the images, their borders included (input: the window and {spec.halo} LR px of context a side, zero "
+        f"outside the image as at inference)"
     )
     if config.uncertainty_weight > 0:
         text += (
@@ -82,7 +83,9 @@ def export(
     else:
         arrays = load_weights(run_dir / BEST_NAME, model=spec.id).arrays
         exported_step = best["step"]
-    _, val_pairs = _data.load_pairs(config.data, tuple(config.holdout), min_lr_size=config.crop_lr, scale=spec.scale)
+    _, val_pairs = _data.load_pairs(
+        config.data, tuple(config.holdout), min_lr_size=config.crop_lr - 2 * spec.halo, scale=spec.scale
+    )
     validation = evaluate_pairs(spec, arrays, val_pairs)
     card = {
         "model": f"{spec.id}: {spec.description} (dropout rate {spec.dropout_rate:g})",
@@ -102,7 +105,7 @@ def export(
         "exported": {"which": "last" if last else "best validation Y-PSNR", "step": exported_step},
         "batch": config.batch,
         "crop_lr": config.crop_lr,
-        "crop_hr": spec.scale * config.crop_lr,
+        "window_hr": spec.scale * (config.crop_lr - 2 * spec.halo),
         "loss": loss_description(config, spec),
         "optimizer": "adam"
         + (

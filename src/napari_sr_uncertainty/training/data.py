@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -140,37 +141,63 @@ def augment(lr: np.ndarray, hr: np.ndarray, code: int) -> tuple[np.ndarray, np.n
     return np.rot90(lr, code & 3), np.rot90(hr, code & 3)
 
 
-class CropSampler:
-    """Random aligned (LR, HR) crops with dihedral augmentation, reproducible from a seed.
+class CropBatch(NamedTuple):
+    """A training batch: network inputs, targets and where the inputs lie in their images.
 
-    Images are drawn with probability proportional to their LR area, so every pixel of the training
-    set is equally likely to be seen. The sampler's state is its NumPy generator, which can be saved
-    (:meth:`state`) and restored (:meth:`set_state`) for exact resume.
+    ``lr`` (N, c, c, C) are LR crops, zero where they reach past their image's border; ``hr`` (N, s o, s o, C)
+    the HR of each crop's central ``o = c - 2 halo`` LR pixels (what the network's output there depends on
+    only within the crop); ``inside`` (N, c, c) is 1 where a crop lies in its image, 0 in the padding.
+    """
+
+    lr: np.ndarray
+    hr: np.ndarray
+    inside: np.ndarray
+
+
+class CropSampler:
+    """Random (LR, HR) training windows with dihedral augmentation, reproducible from a seed.
+
+    A window is ``crop_lr - 2 halo`` LR pixels anywhere in an image, the image's border included; the
+    network's input is the window plus ``halo`` pixels of context a side, zero outside the image, with the
+    mask of where it is inside (:class:`CropBatch`). The model then sees, at every output pixel of the window,
+    what it sees at that pixel in a whole image ("same" zero padding at the image's border, through
+    :meth:`napari_sr_uncertainty.models.dropout.Grid.inside`), so it learns the image's border as it is at
+    inference. (Windows only away from the border left ESPCN's outermost 4 LR pixels untrained: 0.8 dB of
+    its Set5 PSNR at x3.)
+
+    Images are drawn with probability proportional to their LR area. The sampler's state is its NumPy
+    generator, which can be saved (:meth:`state`) and restored (:meth:`set_state`) for exact resume.
 
     Parameters
     ----------
     pairs : list of ImagePair
-        Training images; each LR must be at least ``crop_lr`` pixels in both dimensions.
+        Training images; each LR must be at least ``crop_lr - 2 halo`` pixels in both dimensions.
     crop_lr : int
-        LR crop size; HR crops are ``scale * crop_lr``.
+        LR input crop size (the window plus its context); HR targets are ``scale * (crop_lr - 2 halo)``.
     seed : int
         Seed of the generator.
     colour : {"rgb", "y", "gray"}
         The model's colour mode: RGB crops, or luma planes (one channel).
+    halo : int
+        The model's receptive-field radius in LR pixels (``ModelSpec.halo``).
     """
 
-    def __init__(self, pairs: list[ImagePair], crop_lr: int, seed: int = 0, colour: str = "rgb"):
+    def __init__(self, pairs: list[ImagePair], crop_lr: int, seed: int = 0, colour: str = "rgb", halo: int = 0):
         if not pairs:
             raise ValueError("no training images")
-        too_small = [p.name for p in pairs if min(p.lr.shape[:2]) < crop_lr]
+        window = crop_lr - 2 * halo
+        if window < 1:
+            raise ValueError(f"a {crop_lr}px LR crop leaves no output window inside a {halo}px halo a side")
+        too_small = [p.name for p in pairs if min(p.lr.shape[:2]) < window]
         if too_small:
-            raise ValueError(f"images smaller than the {crop_lr}px LR crop: {too_small}")
+            raise ValueError(f"images smaller than the {window}px LR training window: {too_small}")
         scales = {p.scale for p in pairs}
         if len(scales) != 1:
             raise ValueError(f"training pairs of several scales: {sorted(scales)}")
         self.scale = scales.pop()
         self.pairs = pairs
         self.crop_lr = crop_lr
+        self.halo = halo
         self.colour = colour
         # float32 network planes, made once (luma for y / gray models)
         self.planes = [(network_planes(p.lr, colour), network_planes(p.hr, colour)) for p in pairs]
@@ -179,25 +206,35 @@ class CropSampler:
         self.probabilities = areas / areas.sum()
         self.rng = np.random.default_rng(seed)
 
-    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``size`` crops.
+    def batch(self, size: int) -> CropBatch:
+        """Draw ``size`` windows (:class:`CropBatch`, float32, values in [0, 1])."""
+        window = self.crop_lr - 2 * self.halo
+        crops = []
+        for index in self.rng.choice(len(self.pairs), size=size, p=self.probabilities):
+            height, width = self.planes[index][0].shape[:2]
+            top = int(self.rng.integers(0, height - window + 1))
+            left = int(self.rng.integers(0, width - window + 1))
+            crops.append(self.crop(index, top, left, int(self.rng.integers(0, 8))))
+        return CropBatch(*(np.stack(parts) for parts in zip(*crops)))
 
-        Returns
-        -------
-        lr : ndarray, (size, crop_lr, crop_lr, C) float32 in [0, 1]
-        hr : ndarray, (size, scale * crop_lr, scale * crop_lr, C) float32 in [0, 1]
-        """
-        c, s = self.crop_lr, self.scale
-        lr_batch = np.empty((size, c, c, self.channels), np.float32)
-        hr_batch = np.empty((size, s * c, s * c, self.channels), np.float32)
-        for i, index in enumerate(self.rng.choice(len(self.pairs), size=size, p=self.probabilities)):
-            lr_plane, hr_plane = self.planes[index]
-            top = int(self.rng.integers(0, lr_plane.shape[0] - c + 1))
-            left = int(self.rng.integers(0, lr_plane.shape[1] - c + 1))
-            lr = lr_plane[top : top + c, left : left + c]
-            hr = hr_plane[s * top : s * (top + c), s * left : s * (left + c)]
-            lr_batch[i], hr_batch[i] = augment(lr, hr, int(self.rng.integers(0, 8)))
-        return lr_batch, hr_batch
+    def crop(self, index: int, top: int, left: int, code: int = 0) -> CropBatch:
+        """One window (unbatched arrays): image ``index``'s LR window at (``top``, ``left``), dihedral ``code``."""
+        c, s, halo = self.crop_lr, self.scale, self.halo
+        window = c - 2 * halo
+        lr_plane, hr_plane = self.planes[index]
+        height, width = lr_plane.shape[:2]
+        rows = slice(max(top - halo, 0), min(top - halo + c, height))
+        cols = slice(max(left - halo, 0), min(left - halo + c, width))
+        in_crop = np.s_[
+            rows.start - top + halo : rows.stop - top + halo, cols.start - left + halo : cols.stop - left + halo
+        ]
+        lr = np.zeros((c, c, self.channels), np.float32)
+        lr[in_crop] = lr_plane[rows, cols]
+        inside = np.zeros((c, c), np.float32)
+        inside[in_crop] = 1.0
+        hr = hr_plane[s * top : s * (top + window), s * left : s * (left + window)]
+        lr, hr = augment(lr, hr, code)
+        return CropBatch(lr, hr, augment(inside, inside, code)[0])
 
     def state(self) -> dict:
         """The generator state (a JSON-compatible dict)."""

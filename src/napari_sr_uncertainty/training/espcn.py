@@ -33,8 +33,11 @@ def _dropout(h, seed, ids, layer: int, first: int, rate: float):
     return jnp.where(keep, h * keep_scale(rate), 0.0)
 
 
-def samples_valid(params, lr, seed, ids, rate: float):
+def samples_valid(params, lr, seed, ids, rate: float, inside=None):
     """Dropout samples (K, N, 3 (c - 8), 3 (c - 8), 1) of the crops' interiors; ``ids`` (K, N) are the sample ids.
+
+    ``inside`` (N, c, c) is 1 where a crop lies in its image (None: everywhere): each conv's input is zeroed
+    outside, as the module's :meth:`~napari_sr_uncertainty.models.dropout.Grid.inside` does.
 
     The K samples share the deterministic first layer (conv1 + tanh) and run one after the other: on this CPU
     XLA's convolutions are about 2x slower under ``vmap`` and 2-4x slower per crop on a batch of K x N crops
@@ -42,12 +45,17 @@ def samples_valid(params, lr, seed, ids, rate: float):
     """
     import jax.numpy as jnp
 
-    h1 = jnp.tanh(_conv_valid(lr, params["conv1"]["kernel"], params["conv1"]["bias"]))  # positions 2..c-3
+    def in_image(h, first: int):
+        if inside is None:
+            return h
+        return h * inside[:, first : first + h.shape[1], first : first + h.shape[2], None]
+
+    h1 = jnp.tanh(_conv_valid(in_image(lr, 0), params["conv1"]["kernel"], params["conv1"]["bias"]))  # positions 2..c-3
 
     def one(sample_ids):
-        h = _dropout(h1, seed, sample_ids, 0, 2, rate)
+        h = in_image(_dropout(h1, seed, sample_ids, 0, 2, rate), 2)
         h = jnp.tanh(_conv_valid(h, params["conv2"]["kernel"], params["conv2"]["bias"]))  # positions 3..c-4
-        h = _dropout(h, seed, sample_ids, 1, 3, rate)
+        h = in_image(_dropout(h, seed, sample_ids, 1, 3, rate), 3)
         return pixel_shuffle(_conv_valid(h, params["conv3"]["kernel"], params["conv3"]["bias"]), SCALE)
 
     return jnp.stack([one(ids[j]) for j in range(ids.shape[0])])

@@ -114,10 +114,12 @@ def first_layer_valid(params: dict, lr):
     return jax.nn.relu(y + params["conv1"]["bias"])
 
 
-def last_layers_valid(params: dict, h1, masks=None, rate: float = SPEC.dropout_rate):
+def last_layers_valid(params: dict, h1, masks=None, rate: float = SPEC.dropout_rate, inside_hr=None):
     """Dropout, conv2, ReLU, dropout, "valid" 5x5 conv3: first-layer activations (N, s, s, 64) -> (N, s - 4, s - 4, 3).
 
-    ``masks`` are two keep masks (N, s, s, 64) and (N, s, s, 32), or None for dropout off.
+    ``masks`` are two keep masks (N, s, s, 64) and (N, s, s, 32), or None for dropout off; ``inside_hr``
+    (N, s, s) is 1 where the activations lie in their image (None: everywhere), zeroing conv3's input
+    outside as the module does.
     """
     import jax
     import jax.numpy as jnp
@@ -128,6 +130,8 @@ def last_layers_valid(params: dict, h1, masks=None, rate: float = SPEC.dropout_r
     h2 = jax.nn.relu(h1 @ params["conv2"]["kernel"][0, 0] + params["conv2"]["bias"])
     if masks is not None:
         h2 = jnp.where(masks[1], h2 * factor, 0.0)
+    if inside_hr is not None:
+        h2 = h2 * inside_hr[..., None]
     out = jax.lax.conv_general_dilated(
         h2, params["conv3"]["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
@@ -171,17 +175,25 @@ def dropout_masks(seed, ids, size: int, rate: float = SPEC.dropout_rate):
     return jax.vmap(one)(jnp.asarray(ids, jnp.int32))
 
 
-def samples_valid(params, lr, seed, ids, rate: float):
+def samples_valid(params, lr, seed, ids, rate: float, inside=None):
     """Dropout samples (K, N, 2h - 12, 2w - 12, 3) of the crops' interiors; ``ids`` (K, N) are the sample ids.
 
-    The K samples share the deterministic first layer.
+    The K samples share the deterministic first layer. ``inside`` (N, h, w) is 1 where a crop lies in its
+    image (None: everywhere).
     """
     import jax
+    import jax.numpy as jnp
 
+    inside_hr = None
+    if inside is not None:
+        lr = lr * inside[..., None]
+        size = 2 * lr.shape[1] - 2 * FIRST_POSITION
+        up = jnp.repeat(jnp.repeat(inside, SPEC.scale, axis=1), SPEC.scale, axis=2)
+        inside_hr = up[:, FIRST_POSITION : FIRST_POSITION + size, FIRST_POSITION : FIRST_POSITION + size]
     h1 = first_layer_valid(params, lr)
     k, n = ids.shape
     if k == 1:  # plain dropout training: no vmap over samples (XLA's CPU convs are slower under it)
-        return last_layers_valid(params, h1, dropout_masks(seed, ids[0], h1.shape[1], rate), rate)[None]
+        return last_layers_valid(params, h1, dropout_masks(seed, ids[0], h1.shape[1], rate), rate, inside_hr)[None]
     masks = dropout_masks(seed, ids.reshape(-1), h1.shape[1], rate)
     masks = jax.tree_util.tree_map(lambda m: m.reshape(k, n, *m.shape[1:]), masks)
-    return jax.vmap(lambda m: last_layers_valid(params, h1, m, rate))(masks)
+    return jax.vmap(lambda m: last_layers_valid(params, h1, m, rate, inside_hr))(masks)

@@ -90,14 +90,14 @@ def train(
     spec = config.spec
     if train_pairs is None or val_pairs is None:
         train_pairs, val_pairs = load_pairs(
-            config.data, tuple(config.holdout), min_lr_size=config.crop_lr, scale=spec.scale
+            config.data, tuple(config.holdout), min_lr_size=config.crop_lr - 2 * spec.halo, scale=spec.scale
         )
     if not val_pairs:
         raise ValueError(
             f"no validation images: none of the held-out images ({', '.join(config.holdout)}) is in "
             f"the data folders; include BSD200 in --data"
         )
-    sampler = CropSampler(train_pairs, config.crop_lr, seed=config.seed, colour=spec.colour)
+    sampler = CropSampler(train_pairs, config.crop_lr, seed=config.seed, colour=spec.colour, halo=spec.halo)
     params = spec.to_flax(initial_arrays(config) if not resuming else _zeros(spec))["params"]
     opt_state = make_optimizer(config).init(params)
     step, best = 0, {"val_psnr_y": -math.inf, "step": 0}
@@ -119,8 +119,7 @@ def train(
 
     with open(run_dir / LOG_NAME, "a") as log_file:
         while step < config.steps:
-            lr_batch, hr_batch = sampler.batch(config.batch)
-            params, opt_state, loss_value = train_step(params, opt_state, jnp.int32(step), lr_batch, hr_batch)
+            params, opt_state, loss_value = train_step(params, opt_state, jnp.int32(step), *sampler.batch(config.batch))
             step += 1
             loss_sum, loss_count = loss_sum + np.asarray(loss_value), loss_count + 1
             elapsed = time.monotonic() - start

@@ -2,9 +2,11 @@
 
 Models train through their Flax module (``spec.module()``: ``prefix`` once, ``head`` per dropout sample,
 :class:`~napari_sr_uncertainty.models.dropout.KeyedDropout` keyed on per-crop sample ids), with the loss on
-the crop interior that excludes ``halo * scale`` HR border pixels (there "same" zero padding makes a crop
-unlike the inside of an image). Models listed in :data:`FAST_PATHS` have a hand-written forward pass that
-computes the same samples faster; the tests hold each equal to the module (loss and gradients).
+the crop interior that excludes ``halo * scale`` HR border pixels (there the crop's own "same" zero padding
+would make it unlike the image). Where a crop reaches past its image's border, ``inside`` (from
+:class:`~napari_sr_uncertainty.training.data.CropSampler`) zeroes it there, at every layer, as the image's
+border is at inference. Models listed in :data:`FAST_PATHS` have a hand-written forward pass that computes
+the same samples faster; the tests hold each equal to the module (loss and gradients).
 
 Sample ids: sample ``j`` of crop ``i`` in a batch of ``N`` uses id ``j * N + i``, so with one sample per
 crop the masks are those of plain dropout training.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-#: registry id -> module of this package with ``samples_valid(params, lr, seed, ids, rate)``
+#: registry id -> module of this package with ``samples_valid(params, lr, seed, ids, rate, inside)``
 FAST_PATHS = {"esrcnn-x2": "esrcnn", "espcn-x3": "espcn"}
 
 
@@ -25,15 +27,18 @@ def step_seed(config, step):
     return jnp.uint32(config.seed) * jnp.uint32(0x9E3779B9) + jnp.asarray(step).astype(jnp.uint32)
 
 
-def module_samples(spec, params, lr, seed, ids):
-    """Dropout samples (K, N, s h - 2 b, s w - 2 b, C) of the crops through the Flax module, ``b = halo * scale``."""
+def module_samples(spec, params, lr, seed, ids, inside=None):
+    """Dropout samples (K, N, s h - 2 b, s w - 2 b, C) of the crops through the Flax module, ``b = halo * scale``.
+
+    ``inside`` (N, h, w) is 1 where a crop lies in its image (None: everywhere).
+    """
     import jax
     import jax.numpy as jnp
 
     from ..models.dropout import Grid
 
     module = spec.module()
-    grid = Grid(jnp.zeros(2, jnp.int32), jnp.asarray(lr.shape[1:3], jnp.int32), jnp.asarray(seed, jnp.uint32))
+    grid = Grid(jnp.zeros(2, jnp.int32), jnp.asarray(lr.shape[1:3], jnp.int32), jnp.asarray(seed, jnp.uint32), inside)
     variables = {"params": params}
     h = module.apply(variables, lr, grid, method="prefix")
     out = jax.vmap(lambda i: module.apply(variables, h, grid, i, method="head"))(jnp.asarray(ids, jnp.int32))
@@ -41,14 +46,14 @@ def module_samples(spec, params, lr, seed, ids):
     return out[:, :, b:-b, b:-b] if b else out
 
 
-def dropout_samples(config, params, lr, seed, ids, fast: bool = True):
+def dropout_samples(config, params, lr, seed, ids, fast: bool = True, inside=None):
     """The K x N dropout samples of a batch's crop interiors (fast path where the model has one)."""
     spec = config.spec
     if fast and spec.id in FAST_PATHS:
         return import_module(f"{__package__}.{FAST_PATHS[spec.id]}").samples_valid(
-            params, lr, seed, ids, spec.dropout_rate
+            params, lr, seed, ids, spec.dropout_rate, inside
         )
-    return module_samples(spec, params, lr, seed, ids)
+    return module_samples(spec, params, lr, seed, ids, inside)
 
 
 def sample_ids(k: int, n: int):
@@ -58,12 +63,15 @@ def sample_ids(k: int, n: int):
     return jnp.arange(k * n, dtype=jnp.int32).reshape(k, n)
 
 
-def training_loss(params, lr, hr, seed, config, ids=None, fast: bool = True):
-    """``(pixel + uncertainty_weight * uncertainty, (pixel, uncertainty))`` for a batch (or a piece of one)."""
+def training_loss(params, lr, hr, seed, config, ids=None, fast: bool = True, inside=None):
+    """``(pixel + uncertainty_weight * uncertainty, (pixel, uncertainty))`` for a batch (or a piece of one).
+
+    ``hr`` is the whole crop's HR or just its interior's; ``inside`` as in :func:`module_samples`.
+    """
     from .losses import combined_loss, target_crop
 
     ids = sample_ids(config.mc_train_samples, lr.shape[0]) if ids is None else ids
-    samples = dropout_samples(config, params, lr, seed, ids, fast)
+    samples = dropout_samples(config, params, lr, seed, ids, fast, inside)
     return combined_loss(samples, target_crop(hr, samples.shape[2]), config)
 
 
@@ -98,7 +106,9 @@ def make_optimizer(config):
 
 
 def make_train_step(config, fast: bool = True):
-    """A jitted ``step(params, opt_state, step, lr, hr) -> (params, opt_state, losses)`` (dropout on).
+    """A jitted ``step(params, opt_state, step, lr, hr, inside=None) -> (params, opt_state, losses)`` (dropout on).
+
+    ``lr``, ``hr`` and ``inside`` are a :class:`~napari_sr_uncertainty.training.data.CropBatch`'s.
 
     ``losses`` is ``[pixel loss, uncertainty loss]`` (the second is 0 without ``config.uncertainty_weight``);
     the optimised loss is ``pixel + uncertainty_weight * uncertainty``.
@@ -110,10 +120,10 @@ def make_train_step(config, fast: bool = True):
     optimizer = make_optimizer(config)
 
     @jax.jit
-    def train_step(params, opt_state, step, lr, hr):
+    def train_step(params, opt_state, step, lr, hr, inside=None):
         seed = step_seed(config, step)
         (_, (pixel, spread)), grads = jax.value_and_grad(training_loss, has_aux=True)(
-            params, lr, hr, seed, config, None, fast
+            params, lr, hr, seed, config, None, fast, inside
         )
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, jnp.stack([pixel, spread])
