@@ -5,6 +5,7 @@ Usage::
 
     python bench/batch_throughput.py                          # the issue's run: 32 images of 512x512, 40 samples
     python bench/batch_throughput.py --images 8 --size 256    # a smoke run (about a minute)
+    python bench/batch_throughput.py --compare-dask-env       # also dask's default worker environment
 
 What is measured (each worker is a process with one thread, JAX/XLA and BLAS pinned to it):
 
@@ -22,6 +23,11 @@ What is measured (each worker is a process with one thread, JAX/XLA and BLAS pin
    depend on how fast the CPU was while the single-image run was measured.
 4. **scaling** = images/s on 2 workers / images/s on 1 worker (2.0 is perfect; this machine's other
    processes share the cores).
+5. With ``--compare-dask-env``, each worker count runs twice, right after each other: workers as
+   ``run_batch`` starts them (:func:`.cluster.connect`, which leaves ``MALLOC_TRIM_THRESHOLD_`` unset) and
+   workers with dask's default ``distributed.nanny.pre-spawn-environ`` (``MALLOC_TRIM_THRESHOLD_=65536``).
+   For every run, the workers' minor page faults and system CPU seconds per image (``getrusage`` in the
+   workers before and after the batch) show the mechanism independently of the machine's load.
 
 The projection assumes every machine runs as many one-thread workers as it has cores, at the measured
 per-worker rate times the measured 2-worker efficiency, plus one cluster start-up; it is arithmetic on
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +62,7 @@ def make_images(folder: Path, n: int, size: int) -> list[Path]:
 
 
 SINGLE = r"""
-import json, sys, time
+import json, resource, sys, time
 from pathlib import Path
 from napari_sr_uncertainty import cli
 from napari_sr_uncertainty.core.imaging import read_image
@@ -68,14 +75,21 @@ def one(i, path):
     image, layout = read_image(path)
     cli.write_input(image, layout, path, weights, options, out / f"s{i}")
 one(-1, paths[0])  # warm-up: import and compile
+before = resource.getrusage(resource.RUSAGE_SELF)
 start = time.perf_counter()
 for i, path in enumerate(paths):
     one(i, path)
-print(json.dumps({"seconds_per_image": (time.perf_counter() - start) / len(paths)}))
+seconds = time.perf_counter() - start
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({
+    "seconds_per_image": seconds / len(paths),
+    "minor_faults_per_image": (after.ru_minflt - before.ru_minflt) / len(paths),
+    "system_s_per_image": (after.ru_stime - before.ru_stime) / len(paths),
+}))
 """
 
 
-def single_seconds(paths: list[Path], samples: int, scratch: Path) -> float:
+def single_run(paths: list[Path], samples: int, scratch: Path) -> dict:
     from napari_sr_uncertainty.batch.cluster import worker_env
 
     env = {**os.environ, **worker_env(1)}
@@ -86,7 +100,7 @@ def single_seconds(paths: list[Path], samples: int, scratch: Path) -> float:
         text=True,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_image"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _warm(samples: int) -> float:
@@ -112,44 +126,75 @@ def _warm(samples: int) -> float:
     return time.perf_counter() - start
 
 
-def batch_run(paths: list[Path], workers: int, samples: int, scratch: Path) -> dict:
+def _rusage() -> tuple[int, float]:
+    """This process's minor page faults and system CPU seconds so far (run in each worker)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt, usage.ru_stime
+
+
+@contextmanager
+def dask_default_cluster(workers: int):
+    """A client of ``workers`` one-thread workers with dask's default pre-spawn environment (what ``connect``
+    started before it left ``MALLOC_TRIM_THRESHOLD_`` unset); the threads pinned as ``connect`` pins them."""
     from distributed import Client, LocalCluster
 
-    from napari_sr_uncertainty.batch import run_batch
     from napari_sr_uncertainty.batch.cluster import worker_env
+
+    inherited = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    try:
+        with (
+            LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                host="127.0.0.1",
+                env=worker_env(1),
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+    finally:
+        # The nannies wrote dask's value into this process's environment (before spawning): later clusters
+        # of this run would inherit it.
+        if inherited is None:
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+
+
+def batch_run(paths: list[Path], workers: int, samples: int, scratch: Path, dask_env: bool = False) -> dict:
+    from napari_sr_uncertainty.batch import run_batch
+    from napari_sr_uncertainty.batch.cluster import connect
     from napari_sr_uncertainty.core.pipeline import SROptions
 
     t0 = time.perf_counter()
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            host="127.0.0.1",
-            env=worker_env(1),
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with dask_default_cluster(workers) if dask_env else connect(n_workers=workers) as client:
         client.wait_for_workers(workers)
         t_start = time.perf_counter() - t0
         t1 = time.perf_counter()
         client.run(_warm, samples)
         t_warm = time.perf_counter() - t1
+        trim = set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values())
+        before = client.run(_rusage)
         t2 = time.perf_counter()
-        result = run_batch(
-            paths, scratch / f"batch{workers}", SROptions(n_samples=samples), client=client, progress=False
-        )
+        outdir = scratch / f"batch{workers}{'-dask-env' if dask_env else ''}"
+        result = run_batch(paths, outdir, SROptions(n_samples=samples), client=client, progress=False)
         wall = time.perf_counter() - t2
+        after = client.run(_rusage)
     assert result.exit_code == 0, result.rows
     per_task = [float(row["seconds"]) for row in result.rows]
     return {
         "workers": workers,
+        "environment": "dask default" if dask_env else "run_batch",
+        "malloc_trim_threshold": " ".join(sorted(str(v) for v in trim)),
         "cluster_start_s": t_start,
         "warm_up_s": t_warm,
         "wall_s": wall,
         "images_per_s": len(paths) / wall,
         "task_seconds_mean": sum(per_task) / len(per_task),
+        "minor_faults_per_image": sum(after[w][0] - before[w][0] for w in after) / len(paths),
+        "system_s_per_image": sum(after[w][1] - before[w][1] for w in after) / len(paths),
         "peak_worker_rss_mib": max(float(row["peak_rss_mib"]) for row in result.rows),
     }
 
@@ -168,6 +213,11 @@ def main() -> int:
         default=os.cpu_count(),
         help="one-thread workers per machine in the projection (default: this machine's cores)",
     )
+    parser.add_argument(
+        "--compare-dask-env",
+        action="store_true",
+        help="also run every worker count with dask's default worker environment (MALLOC_TRIM_THRESHOLD_=65536)",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
@@ -180,27 +230,55 @@ def main() -> int:
             f"bundled weights; {os.cpu_count()} cores",
             flush=True,
         )
-        single = single_seconds(paths, args.samples, tmp)
+        single_numbers = single_run(paths, args.samples, tmp)
+        single = single_numbers["seconds_per_image"]
         print(f"single-image engine (cli.write_input, 1 thread, warm): {single:.3f} s/image", flush=True)
-        runs = [batch_run(paths, w, args.samples, tmp) for w in (1, 2)]
+        runs = []
+        for workers in (1, 2):
+            for dask_env in (False, True) if args.compare_dask_env else (False,):
+                runs.append(batch_run(paths, workers, args.samples, tmp, dask_env))
+                print(f"  done: {workers} worker(s), {runs[-1]['environment']} environment", flush=True)
+    print(
+        "\n| run | images/s | wall s | mean task s | inside a task, over the single-image function "
+        "| outside the tasks | minor page faults / image | system CPU s / image | peak worker RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| single-image function (`cli.write_input`, 1 thread, warm) | - | - | {single:.2f} | - | - "
+        f"| {single_numbers['minor_faults_per_image']:,.0f} | {single_numbers['system_s_per_image']:.2f} | - |"
+    )
     for run in runs:
-        overhead = run["wall_s"] * run["workers"] / args.images - single
-        run["overhead_per_task_s"] = overhead
+        run["overhead_per_task_s"] = run["wall_s"] * run["workers"] / args.images - single
         run["outside_task_s"] = run["wall_s"] * run["workers"] / args.images - run["task_seconds_mean"]
+        inside = run["task_seconds_mean"] - single
         print(
-            f"batch on {run['workers']} worker(s): {run['images_per_s']:.3f} images/s "
-            f"(wall {run['wall_s']:.1f} s; task mean {run['task_seconds_mean']:.3f} s; overhead per task "
-            f"{overhead:+.3f} s = {100 * overhead / single:+.1f} % of the single-image time, of which "
-            f"{run['outside_task_s']:+.3f} s outside the task; cluster start "
-            f"{run['cluster_start_s']:.1f} s, warm-up {run['warm_up_s']:.1f} s; peak worker RSS "
-            f"{run['peak_worker_rss_mib']:.0f} MiB)",
-            flush=True,
+            f"| {run['workers']} worker(s), {run['environment']} environment (MALLOC_TRIM_THRESHOLD_="
+            f"{run['malloc_trim_threshold']}) | {run['images_per_s']:.3f} | {run['wall_s']:.1f} "
+            f"| {run['task_seconds_mean']:.2f} | {inside:+.2f} s ({100 * inside / single:+.0f} %) "
+            f"| {run['outside_task_s']:+.3f} s | {run['minor_faults_per_image']:,.0f} "
+            f"| {run['system_s_per_image']:.2f} | {run['peak_worker_rss_mib']:.0f} MiB |"
         )
-    scaling = runs[1]["images_per_s"] / runs[0]["images_per_s"]
+    print(
+        "\n(cluster start and warm-up, not in the wall times: "
+        + "; ".join(
+            f"{r['workers']} {r['environment']}: {r['cluster_start_s']:.1f} + {r['warm_up_s']:.1f} s" for r in runs
+        )
+        + ")"
+    )
+    if args.compare_dask_env:
+        for workers in (1, 2):
+            ours, dasks = (r for r in runs if r["workers"] == workers)
+            print(
+                f"{workers} worker(s): dask's default environment / run_batch's: mean task time "
+                f"x{dasks['task_seconds_mean'] / ours['task_seconds_mean']:.2f}, images/s "
+                f"x{dasks['images_per_s'] / ours['images_per_s']:.2f}"
+            )
+    runs_ours = [r for r in runs if r["environment"] == "run_batch"]
+    scaling = runs_ours[1]["images_per_s"] / runs_ours[0]["images_per_s"]
     efficiency = scaling / 2
     print(f"scaling 1 -> 2 workers: x{scaling:.2f} (efficiency {100 * efficiency:.0f} %)")
-    per_worker_s = 1 / runs[0]["images_per_s"]
-    start_s = runs[1]["cluster_start_s"] + runs[1]["warm_up_s"]
+    per_worker_s = 1 / runs_ours[0]["images_per_s"]
+    start_s = runs_ours[1]["cluster_start_s"] + runs_ours[1]["warm_up_s"]
     print(
         f"\nPROJECTION (arithmetic on the numbers above, not measured): 10,000 images of {args.size}x{args.size}, "
         f"{args.samples} samples, {args.cores_per_machine} one-thread workers per machine, "
@@ -218,7 +296,7 @@ def main() -> int:
             json.dumps(
                 {
                     "args": {k: str(v) for k, v in vars(args).items()},
-                    "single_s": single,
+                    "single": single_numbers,
                     "runs": runs,
                     "scaling": scaling,
                     "projection_s": projection,
