@@ -31,6 +31,7 @@ from . import __version__
 from .core.imaging import ArrayLayout, InputError, array_layout, read_image
 from .core.pipeline import (
     UNCERTAINTY_METHODS,
+    PlaneRunner,
     Progress,
     SROptions,
     SRResult,
@@ -174,6 +175,7 @@ def write_input(
     outdir: str | Path,
     progress=None,
     on_result: Callable[[tuple[int, ...], SRResult], None] | None = None,
+    run_plane: PlaneRunner | None = None,
 ) -> Path:
     """Compute one input (image, stack or channels) and write its output folder atomically; returns the folder.
 
@@ -181,7 +183,8 @@ def write_input(
     (:mod:`napari_sr_uncertainty.batch`) call it, so their folders are the same. ``options.scratch_dir``
     is replaced by a private scratch folder next to ``outdir`` (removed at the end, also on errors).
     ``on_result(index, result)`` sees each plane's :class:`SRResult` (index ``()`` for a single image)
-    before it is written and its scratch arrays dropped.
+    before it is written and its scratch arrays dropped. ``run_plane`` (stacks and channels) is passed to
+    :func:`.pipeline.iter_super_resolve_stack`: batch tasks assemble planes computed on other workers.
 
     Raises
     ------
@@ -202,11 +205,19 @@ def write_input(
                 on_result((), result)
             # a TIFF input's pixel size (read_image puts it on the layout; a stack's report reads it there)
             return write_report(result, outdir, input_name=input_name, pixel_size=layout.pixel_size)
-        return _run_planes(image, layout, weights, options, outdir, input_name, progress, on_result)
+        return _run_planes(image, layout, weights, options, outdir, input_name, progress, on_result, run_plane)
 
 
 def _run_planes(
-    image, layout: ArrayLayout, weights, options: SROptions, outdir: Path, input_name: str, progress, on_result=None
+    image,
+    layout: ArrayLayout,
+    weights,
+    options: SROptions,
+    outdir: Path,
+    input_name: str,
+    progress,
+    on_result=None,
+    run_plane=None,
 ):
     """A stack or multi-channel image: each plane is written to the staged report as soon as it is done."""
     with staged_folder(outdir) as staging:
@@ -219,9 +230,11 @@ def _run_planes(
             _drop_scratch(result)
 
         if layout.kind == "channels":
-            steps = iter_super_resolve_channels(image, weights, options, on_plane=on_plane)
+            steps = iter_super_resolve_channels(image, weights, options, on_plane=on_plane, run_plane=run_plane)
         else:
-            steps = iter_super_resolve_stack(image, weights, options, rgb=layout.rgb, on_plane=on_plane)
+            steps = iter_super_resolve_stack(
+                image, weights, options, rgb=layout.rgb, on_plane=on_plane, run_plane=run_plane
+            )
         stack = run_to_end(steps, progress)
         report.finish(input_name, stack.value_range)
     return outdir

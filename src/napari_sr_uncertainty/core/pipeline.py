@@ -491,6 +491,18 @@ class StackResult:
         )
 
 
+#: ``run_plane(index, plane, value_range)`` of :func:`iter_super_resolve_stack`: a generator returning the plane's result
+PlaneRunner = Callable[[tuple[int, ...], object, "tuple[float, float] | None"], Generator[Progress, None, SRResult]]
+
+
+def stack_value_range(stack, *, rgb: bool = False) -> tuple[float, float]:
+    """The ``(min, max)`` over every plane of ``stack`` (of the RGB channels of ``(..., H, W, 3|4)`` planes with
+    ``rgb=True``): the one range :func:`iter_super_resolve_stack` scales a stack with. Reads a plane at a time."""
+    lead = np.shape(stack)[: -3 if rgb else -2]
+    ranges = [scan_values(np.asarray(stack[idx])[..., :3] if rgb else stack[idx]) for idx in np.ndindex(*lead)]
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
 def iter_super_resolve_stack(
     stack,
     weights: Weights | None = None,
@@ -499,6 +511,7 @@ def iter_super_resolve_stack(
     rgb: bool = False,
     shared_range: bool = True,
     on_plane: Callable[[tuple[int, ...], SRResult], None] | None = None,
+    run_plane: PlaneRunner | None = None,
 ) -> Generator[Progress, None, StackResult]:
     """Super-resolve every plane of a 3D/4D stack, yielding overall progress; returns a :class:`StackResult`.
 
@@ -518,6 +531,10 @@ def iter_super_resolve_stack(
         Called as ``on_plane(index, result)`` with each finished plane (``index`` into the leading axes).
         The results are then not kept, so a long stack needs the outputs of one plane at a time (the
         CLI writes each plane to disk and drops it).
+    run_plane : callable, optional
+        Called as ``run_plane(index, plane, value_range)`` instead of
+        ``iter_super_resolve(plane, weights, options, value_range=value_range)``: a generator that returns
+        the plane's :class:`SRResult` (batch tasks hand over planes computed on other workers).
 
     Raises
     ------
@@ -534,10 +551,7 @@ def iter_super_resolve_stack(
     if not indices:
         raise InputError(f"the stack is empty (shape {shape})")
     check_resources(region_shape(shape[len(lead) :], options), options, n_planes=1 if on_plane else len(indices))
-    value_range = None
-    if shared_range:
-        ranges = [scan_values(np.asarray(stack[idx])[..., :3] if rgb else stack[idx]) for idx in indices]
-        value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+    value_range = stack_value_range(stack, rgb=rgb) if shared_range else None
     results = []
     for k, idx in enumerate(indices):
 
@@ -545,9 +559,11 @@ def iter_super_resolve_stack(
             done = k * 1000 + (1000 * step.done) // max(step.total, 1)
             return Progress(done, 1000 * len(indices), f"plane {k + 1}/{len(indices)}, {step.message}")
 
-        result = yield from map_progress(
-            iter_super_resolve(stack[idx], weights, options, value_range=value_range), overall
-        )
+        if run_plane is None:
+            steps = iter_super_resolve(stack[idx], weights, options, value_range=value_range)
+        else:
+            steps = run_plane(idx, stack[idx], value_range)
+        result = yield from map_progress(steps, overall)
         if on_plane is None:
             results.append(result)
         else:
@@ -563,18 +579,21 @@ def iter_super_resolve_channels(
     *,
     channel_axis: int = -1,
     on_plane: Callable[[tuple[int, ...], SRResult], None] | None = None,
+    run_plane: PlaneRunner | None = None,
 ) -> Generator[Progress, None, StackResult]:
     """Super-resolve each channel of a multi-channel image as a grayscale image, each with its own range.
 
     For ``(H, W, C)`` data that is not RGB(A): 2 channels, 5 or more, or 4 that are not RGBA. The
     result's planes are the channels, in order (``StackResult.stacked("mean")`` is ``(C, 2H, 2W)``);
-    ``on_plane`` is as for :func:`iter_super_resolve_stack`, with index ``(c,)``.
+    ``on_plane`` and ``run_plane`` are as for :func:`iter_super_resolve_stack`, with index ``(c,)``.
     """
     if np.ndim(image) != 3:
         raise InputError(f"expected a multi-channel image (H, W, C), got shape {np.shape(image)}")
     planes = np.moveaxis(image, channel_axis, 0)  # a view (numpy) or lazy (dask): nothing is copied
     return (
-        yield from iter_super_resolve_stack(planes, weights, options, rgb=False, shared_range=False, on_plane=on_plane)
+        yield from iter_super_resolve_stack(
+            planes, weights, options, rgb=False, shared_range=False, on_plane=on_plane, run_plane=run_plane
+        )
     )
 
 
