@@ -58,7 +58,8 @@ def weights(weights_path):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    """A folder: a 16-bit image, an 8-bit RGB PNG, a broken file in the middle, a stack."""
+    """A folder: a 16-bit image, an 8-bit RGB PNG, a broken file in the middle, a Z stack (TIFF), an RGB Z stack
+    and a 2-channel image (each stack is split into plane tasks)."""
     folder = tmp_path_factory.mktemp("batch_in")
     rng = np.random.default_rng(16)
     paths = {
@@ -66,26 +67,34 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         "broken": folder / "b_broken.png",
         "rgb": folder / "c_rgb.png",
         "stack": folder / "d_stack.tif",
+        "rgb_stack": folder / "e_rgb_stack.npy",
+        "channels": folder / "f_channels.npy",
     }
     np.save(paths["gray"], rng.integers(0, 4000, (70, 90)).astype(np.uint16))
     paths["broken"].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     Image.fromarray(rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)).save(paths["rgb"])
     tifffile.imwrite(paths["stack"], rng.integers(0, 255, (2, 30, 40)).astype(np.uint8))
+    np.save(paths["rgb_stack"], rng.integers(0, 255, (2, 20, 24, 3)).astype(np.uint8))
+    np.save(paths["channels"], rng.integers(0, 4000, (20, 24, 2)).astype(np.uint16))
     return paths
 
 
 @pytest.fixture(scope="module")
 def batch(client, inputs, weights, tmp_path_factory):
+    """The batch on the folder, and the keys of the tasks that ran."""
+    from distributed import get_task_stream
+
     outdir = tmp_path_factory.mktemp("batch") / "out"
-    result = run_batch(
-        [inputs["gray"].parent],
-        outdir,
-        SROptions(n_samples=SAMPLES, seed=SEED),
-        weights=weights,
-        client=client,
-        progress=False,
-    )
-    return result, outdir
+    with get_task_stream(client) as stream:
+        result = run_batch(
+            [inputs["gray"].parent],
+            outdir,
+            SROptions(n_samples=SAMPLES, seed=SEED),
+            weights=weights,
+            client=client,
+            progress=False,
+        )
+    return result, outdir, [task["key"] for task in stream.data]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +102,7 @@ def singles(inputs, weights_path, tmp_path_factory) -> dict[str, Path]:
     """The single-image command on each readable input, in this process."""
     root = tmp_path_factory.mktemp("single")
     out = {}
-    for key in ("gray", "rgb", "stack"):
+    for key in ("gray", "rgb", "stack", "rgb_stack", "channels"):
         out[key] = root / key
         argv = [
             str(inputs[key]),
@@ -134,19 +143,49 @@ def assert_same_folder(batch_folder: Path, single_folder: Path) -> None:
 
 
 def test_batch_on_two_workers_matches_single_runs_bit_for_bit(batch, singles, inputs):
-    result, outdir = batch
+    """Images as one task each, stacks as one task per plane: every folder is the single command's."""
+    result, outdir, keys = batch
     assert result.exit_code == 3  # the broken file failed, the rest finished
-    folders = {"gray": "a_gray", "rgb": "c_rgb", "stack": "d_stack"}
+    folders = {
+        "gray": "a_gray",
+        "rgb": "c_rgb",
+        "stack": "d_stack",
+        "rgb_stack": "e_rgb_stack",
+        "channels": "f_channels",
+    }
     for key, folder in folders.items():
         assert_same_folder(outdir / folder, singles[key])
     assert sorted(p.name for p in outdir.iterdir()) == sorted([*folders.values(), SUMMARY_CSV])  # no leftovers
 
 
+def test_stacks_run_as_one_task_per_plane(batch):
+    """An opening task, one task per plane (Z or C) and an assembling task per stack; one task per image."""
+    _, outdir, keys = batch
+    steps = sorted("-".join(str(key).split("-")[1:-1]) for key in keys if str(key).startswith("sr-"))
+    steps.remove("weights")  # the weights, sent once
+    stack_steps = [
+        f"{step}-{name}{suffix}"
+        for name, n in (("d_stack", 2), ("e_rgb_stack", 2), ("f_channels", 2))
+        for step, suffix in [("start", ""), ("assemble", "")] + [("plane", f"-{i}") for i in range(n)]
+    ]
+    assert steps == sorted([f"start-{name}" for name in ("a_gray", "b_broken", "c_rgb")] + stack_steps)
+    rows = {Path(r["file"]).stem: r for r in summary_rows(outdir)}
+    assert [rows[name]["kind"] for name in ("d_stack", "e_rgb_stack", "f_channels")] == ["stack", "stack", "channels"]
+    assert rows["e_rgb_stack"]["shape"] == "2x20x24x3"
+
+
 def test_a_failed_input_in_the_middle_is_recorded_and_the_batch_goes_on(batch, inputs):
-    result, outdir = batch
+    result, outdir, _ = batch
     rows = summary_rows(outdir)
-    assert [Path(r["file"]).name for r in rows] == ["a_gray.npy", "b_broken.png", "c_rgb.png", "d_stack.tif"]
-    assert [r["status"] for r in rows] == ["done", "failed", "done", "done"]
+    assert [Path(r["file"]).name for r in rows] == [
+        "a_gray.npy",
+        "b_broken.png",
+        "c_rgb.png",
+        "d_stack.tif",
+        "e_rgb_stack.npy",
+        "f_channels.npy",
+    ]
+    assert [r["status"] for r in rows] == ["done", "failed", "done", "done", "done", "done"]
     assert "b_broken.png: not a readable image" in rows[1]["error"]
     assert not (outdir / "b_broken").exists()
     workers = {r["worker"] for r in rows}
@@ -155,7 +194,7 @@ def test_a_failed_input_in_the_middle_is_recorded_and_the_batch_goes_on(batch, i
 
 def test_summary_rows_hold_the_trust_numbers(batch, singles, weights):
     """Mean and 99th percentile of the heatmap (model units) and the mean calibrated sigma, per input."""
-    _, outdir = batch
+    _, outdir, _ = batch
     rows = {Path(r["file"]).stem: r for r in summary_rows(outdir)}
     row = rows["a_gray"]
     assert (row["shape"], row["kind"], row["model"], row["scale"]) == ("70x90", "image", "esrcnn-x2", "2")
@@ -176,11 +215,11 @@ def _sha(path: Path) -> str:
 
 
 def test_rerun_resumes_a_damaged_output_is_recomputed_and_force_recomputes_all(batch, client, inputs, weights):
-    _, outdir = batch
+    _, outdir, _ = batch
     options = SROptions(n_samples=SAMPLES, seed=SEED)
     before = read_summary(outdir)
     again = run_batch([inputs["gray"].parent], outdir, options, weights=weights, client=client, progress=False)
-    assert again.skipped == 3 and again.exit_code == 3  # the broken file is retried, and fails again
+    assert again.skipped == 5 and again.exit_code == 3  # the broken file is retried, and fails again
     after = read_summary(outdir)
     assert {k: v for k, v in after.items() if v["status"] == "done"} == {
         k: v for k, v in before.items() if v["status"] == "done"
@@ -190,7 +229,7 @@ def test_rerun_resumes_a_damaged_output_is_recomputed_and_force_recomputes_all(b
     pixels = tifffile.imread(damaged)
     damaged.write_bytes(damaged.read_bytes()[:-8] + b"\0" * 8)
     again = run_batch([inputs["gray"].parent], outdir, options, weights=weights, client=client, progress=False)
-    assert again.skipped == 2  # the damaged one is recomputed
+    assert again.skipped == 4  # the damaged one is recomputed
     np.testing.assert_array_equal(tifffile.imread(damaged), pixels)
     assert read_summary(outdir)[str(inputs["rgb"])]["sha256"] != before[str(inputs["rgb"])]["sha256"]
 
@@ -206,7 +245,7 @@ def test_rerun_resumes_a_damaged_output_is_recomputed_and_force_recomputes_all(b
     forced = run_batch([inputs["gray"]], outdir, options, weights=weights, client=client, progress=False, force=True)
     assert forced.skipped == 0 and forced.exit_code == 0
     rows = read_summary(outdir)
-    assert len(rows) == 4 and rows[str(inputs["gray"])]["seed"] == str(SEED)
+    assert len(rows) == 6 and rows[str(inputs["gray"])]["seed"] == str(SEED)
 
 
 def test_huge_image_block_tasks_write_ome_zarr_identical_to_the_single_run(client, weights, weights_path, tmp_path):
@@ -325,7 +364,7 @@ def test_disk_full_fails_the_input_with_its_name_and_leaves_nothing(tmp_path, we
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(report, "_save_png", no_space)
-    row = tasks.process_input(str(image), str(outdir), "full", SROptions(n_samples=2), weights)
+    row = tasks.start_input(str(image), str(outdir), "full", SROptions(n_samples=2), weights)
     assert row["status"] == "failed"
     assert "No space left on device" in row["error"] and str(outdir / "full") in row["error"]
     assert list(outdir.iterdir()) == []
@@ -388,3 +427,26 @@ def test_sigterm_is_handled_as_ctrl_c(monkeypatch, capsys, tmp_path):
     assert cli.main(["batch", str(tmp_path), "-o", str(tmp_path / "out"), "--quiet"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before  # put back
+
+
+def test_a_failing_plane_fails_its_input_and_leaves_nothing(client, weights, tmp_path):
+    """A 2-channel image whose second channel holds a NaN: that plane's task fails (each channel is scanned
+    on its own), the input is recorded failed naming the plane, and neither a folder nor the other plane's
+    results stay."""
+    image = np.random.default_rng(1).random((20, 24, 2)).astype(np.float32)
+    image[3, 4, 1] = np.nan
+    np.save(tmp_path / "nan_channel.npy", image)
+    outdir = tmp_path / "out"
+    result = run_batch(
+        [tmp_path / "nan_channel.npy"],
+        outdir,
+        SROptions(n_samples=SAMPLES),
+        weights=weights,
+        client=client,
+        progress=False,
+    )
+    assert result.exit_code == 3
+    (row,) = summary_rows(outdir)
+    assert (row["status"], row["kind"], row["shape"]) == ("failed", "channels", "20x24x2")
+    assert row["error"].startswith("plane C=1: ") and "1 NaN" in row["error"]
+    assert sorted(p.name for p in outdir.iterdir()) == [SUMMARY_CSV]

@@ -152,7 +152,7 @@ def test_real_scheduler_and_workers_survive_a_worker_killed_mid_task(dask_proces
             """(worker name, key) of an image task that runs now and still runs 0.3 s later."""
             for name, address in names.items():
                 keys = [
-                    k for k in observer.run(executing, workers=[address]).get(address, []) if k.startswith("sr-img")
+                    k for k in observer.run(executing, workers=[address]).get(address, []) if k.startswith("sr-start-img")
                 ]
                 if keys:
                     time.sleep(0.3)  # inside the task (a fresh worker imports JAX and compiles: seconds)
@@ -169,7 +169,7 @@ def test_real_scheduler_and_workers_survive_a_worker_killed_mid_task(dask_proces
     rows = read_summary(outdir)
     assert len(rows) == 4 and {row["status"] for row in rows.values()} == {"done"}
     survivor = names["worker-b" if victim == "worker-a" else "worker-a"]
-    killed_input = key.split("-")[1]  # sr-<name>-<run>-<i>
+    killed_input = key.split("-")[2]  # sr-start-<name>-<run>
     assert rows[str(images / f"{killed_input}.npy")]["worker"] == survivor  # rerun there
     assert sorted(p.name for p in outdir.iterdir()) == sorted([f"img{i}" for i in range(4)] + [SUMMARY_CSV])
 

@@ -8,15 +8,17 @@ The Python API is one function, :func:`run_batch`, which ``napari-sr-uncertainty
     result = run_batch(["data/*.tif"], "out", SROptions(n_samples=40, seed=0), client=client)
     result.exit_code          # 0 all done, 3 some inputs failed
 
-* **Tasks.** One dask task per input file (a stack or a multi-channel image is one task: its planes are
-  written into one folder with the CLI's stack layout). Each task runs the single-image command's own
-  function (:func:`napari_sr_uncertainty.cli.write_input`), so a folder is the same as
-  ``napari-sr-uncertainty IMAGE``'s with the same seed, model and weights, bit for bit.
+* **Tasks.** One dask task per image. A stack or a multi-channel image is one task per plane (any worker),
+  after a task that opens it, and a last task that writes its folder from the computed planes
+  (:mod:`.tasks`). Both write through the single-image command's own function
+  (:func:`napari_sr_uncertainty.cli.write_input`), so a folder is the same as ``napari-sr-uncertainty
+  IMAGE``'s with the same seed, model and weights, bit for bit. A failed plane fails its input.
 * **Huge 2D images** (more LR pixels than ``huge_pixels``, or any Zarr / OME-Zarr input) are split into
   block tasks of ``tile`` x ``tile`` LR pixels (a multiple of the engine's 64-pixel blocks) that write
   OME-Zarr in parallel (:mod:`.zarr_out`).
 * **Output.** ``OUTDIR/<input stem>/`` per input, written atomically; ``OUTDIR/batch_summary.csv``
   (:mod:`.summary`), rewritten atomically after each finished input.
+* **Progress** counts planes (an image is one; a stack's planes are counted once it is opened).
 * **Resume.** Inputs whose row is ``done`` with the same model, seed, samples and weights, whose folder
   is there and whose checksums match are skipped (``force=True`` recomputes them).
 * **Faults.** A worker lost mid-task: dask reruns its task elsewhere. An input that fails: a ``failed``
@@ -34,6 +36,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.imaging import InputError
 from ..core.pipeline import SROptions, resolve_weights
@@ -43,6 +46,9 @@ from .cluster import n_workers as worker_count
 from .inputs import BatchInput, expand_inputs, output_names
 from .progress import Bar
 from .summary import SUMMARY_CSV, is_complete, read_summary, write_summary
+
+if TYPE_CHECKING:  # tasks imports the engine (JAX): only when a batch runs
+    from .tasks import StackPlan
 
 __all__ = ["BatchResult", "ClusterError", "run_batch", "DEFAULT_HUGE_PIXELS", "DEFAULT_TILE"]
 
@@ -198,12 +204,22 @@ def run_batch(
         rows[row["file"]] = row
         write_summary(outdir, [rows[key] for key in order if key in rows])
 
-    bar = Bar(len(items), stream=stream, enabled=progress)
+    bar = Bar(len(items), unit="planes", stream=stream, enabled=progress)
     bar.update(done=result.skipped, label=f"{result.skipped} done before" if result.skipped else "")
     huge = [item for item in pending if zarr_out.is_huge(item.path, huge_pixels)]
     regular = [item for item in pending if item not in huge]
-    finished = {}
-    futures = {}
+    finished: dict[str, dict] = {}
+    jobs: dict = {}  # future -> _Job, while it runs
+    stacks: dict[str, _StackRun] = {}
+    units_done = result.skipped  # the bar's planes: an image is one, a stack is one until it is opened
+
+    def show(label: str) -> None:
+        bar.update(done=units_done, failed=sum(r["status"] == "failed" for r in finished.values()), label=label)
+
+    def finish(item: BatchInput, row: dict) -> None:
+        finished[item.key] = row
+        record(row)
+
     if not pending:  # everything finished before: no cluster to start
         bar.close()
         result.rows = [rows[item.key] for item in items if item.key in rows]
@@ -225,28 +241,58 @@ def run_batch(
             # The weights go into the graph once, as a task's result, not into every task (10,000 copies of
             # a model's parameters would sit in the scheduler); lost with its worker, it is recomputed.
             weights_ref = dask_client.submit(_identity, weights, key=f"sr-weights-{run_id}", pure=False)
-            for i, item in enumerate(regular):
-                future = dask_client.submit(
-                    tasks.process_input,
-                    str(item.path),
-                    str(outdir),
-                    item.name,
-                    options,
-                    weights_ref,
-                    key=f"sr-{item.name}-{run_id}-{i}",
-                    pure=False,
+            tracker = as_completed()
+
+            def submit(job: _Job, function, *args) -> None:
+                future = dask_client.submit(function, *args, key=f"sr-{job.key}-{run_id}", pure=False)
+                jobs[future] = job
+                tracker.add(future)
+
+            for item in regular:
+                submit(
+                    _Job("start", item), tasks.start_input, str(item.path), str(outdir), item.name, options, weights_ref
                 )
-                futures[future] = item
-            for future in as_completed(list(futures)):
-                item = futures[future]
-                row = _row_of(future, item, options, weights, dask_client)
-                finished[item.key] = row
-                record(row)
-                bar.update(
-                    done=result.skipped + len(finished),
-                    failed=sum(r["status"] == "failed" for r in finished.values()),
-                    label=item.name,
-                )
+            for future in tracker:
+                job = jobs.pop(future)
+                item, stack = job.item, stacks.get(job.item.key)
+                if stack is not None and stack.failed:
+                    continue  # a plane of an input that failed: cancelled, or finished in vain
+                value, error = _outcome(future, dask_client)
+                if isinstance(value, tasks.StackPlan):
+                    stack = stacks[item.key] = _StackRun(value)
+                    bar.total += len(value.indices) - 1
+                    for index in value.indices:
+                        submit(_Job("plane", item, index), tasks.process_plane, value, index, options, weights_ref)
+                    show(f"{item.name}: {len(value.indices)} planes")
+                    continue
+                if job.step == "plane" and error is None:
+                    stack.planes.append(value)
+                    units_done += 1
+                    if len(stack.planes) == len(stack.plan.indices):
+                        submit(
+                            _Job("assemble", item),
+                            tasks.assemble_stack,
+                            str(item.path),
+                            str(outdir),
+                            item.name,
+                            stack.plan,
+                            stack.planes,
+                            options,
+                            weights_ref,
+                        )
+                    show(f"{item.name}: {stack.plan.describe(job.index)}")
+                    continue
+                if error is not None:
+                    value = _failed_row(item, error, options, weights, stack, job.index)
+                if stack is not None:  # assembled, or failed: its planes' results are no longer needed
+                    stack.failed = value["status"] == "failed"
+                    dask_client.cancel([f for f, j in jobs.items() if j.item is item])
+                    shutil.rmtree(stack.plan.scratch, ignore_errors=True)
+                    units_done += len(stack.plan.indices) - len(stack.planes)
+                else:
+                    units_done += 1
+                finish(item, value)
+                show(item.name)
             for item in huge:
                 row = zarr_out.process_huge(
                     dask_client,
@@ -259,16 +305,12 @@ def run_batch(
                     stream=stream,
                     weights_ref=weights_ref,
                 )
-                finished[item.key] = row
-                record(row)
-                bar.update(
-                    done=result.skipped + len(finished),
-                    failed=sum(r["status"] == "failed" for r in finished.values()),
-                    label=item.name,
-                )
+                finish(item, row)
+                units_done += 1
+                show(item.name)
     except KeyboardInterrupt:
         result.interrupted = True
-        for future in futures:
+        for future in jobs:
             try:
                 future.cancel()
             except Exception:  # noqa: BLE001 - the client may already be closing
@@ -287,31 +329,62 @@ def _identity(value):
     return value
 
 
-def _row_of(future, item: BatchInput, options: SROptions, weights, client) -> dict:
-    """The task's row, or a failed row when dask could not run it; ClusterError when the scheduler is gone."""
+@dataclass(frozen=True)
+class _Job:
+    """What a task does for an input: ``start`` (an image, or opening a stack), ``plane`` or ``assemble``."""
+
+    step: str
+    item: BatchInput
+    index: tuple[int, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The dask key's middle part: the step, the input's folder name and the plane."""
+        return "-".join([self.step, self.item.name, *map(str, self.index)])
+
+
+@dataclass
+class _StackRun:
+    """A stack's planes while they are computed."""
+
+    plan: StackPlan
+    planes: list = field(default_factory=list)
+    failed: bool = False
+
+
+def _outcome(future, client) -> tuple[object, BaseException | None]:
+    """A task's ``(result, None)``, or ``(None, error)`` when it raised or dask could not run it;
+    ClusterError when the scheduler is gone."""
+    if future.status == "finished":
+        try:
+            return future.result(), None
+        except Exception as exc:  # noqa: BLE001
+            if _scheduler_gone(client):
+                raise _lost(client) from None
+            return None, exc
+    if future.status == "cancelled" or _scheduler_gone(client):
+        raise _lost(client)
+    try:
+        return None, future.exception()
+    except Exception as exc:  # noqa: BLE001
+        if _scheduler_gone(client):
+            raise _lost(client) from None
+        return None, exc
+
+
+def _failed_row(item: BatchInput, error, options: SROptions, weights, stack: _StackRun | None, index) -> dict:
+    """The row of an input whose task failed (for a stack: which plane, and the stack's shape)."""
     from . import tasks
 
-    status = future.status
-    if status == "finished":
-        try:
-            return future.result()
-        except Exception as exc:  # noqa: BLE001
-            if _scheduler_gone(client):
-                raise _lost(client) from None
-            error = exc
-    elif status == "cancelled" or _scheduler_gone(client):
-        raise _lost(client)
-    else:
-        try:
-            error = future.exception()
-        except Exception as exc:  # noqa: BLE001
-            if _scheduler_gone(client):
-                raise _lost(client) from None
-            error = exc
     row = tasks.base_row(item.path, item.name, options, weights)
     text = tasks.one_line(error)
     if type(error).__name__ == "KilledWorker":
         text = f"the workers running it died repeatedly (out of memory?): {text}"
+    if stack is not None:
+        layout = stack.plan.layout
+        row.update(kind=layout.kind, shape="x".join(map(str, layout.shape)))
+        if index:
+            text = f"{stack.plan.describe(index)}: {text}"
     row.update(status="failed", error=text)
     return row
 
