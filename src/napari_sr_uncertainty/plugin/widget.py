@@ -55,6 +55,7 @@ from .layers import (
     build_layer_data,
     uncertainty_colormap,
 )
+from .train_models import TrainedModel, trained_model_events, trained_models
 
 if TYPE_CHECKING:
     import napari
@@ -344,6 +345,8 @@ class SuperResolveWidget(Container):
         self._quiet_units = False
         self._last_geometry: InputGeometry | None = None
         self._last_slices_shape: tuple[int, ...] = ()
+        #: the weights file of the trained model chosen in the picker (see :meth:`_show_model`)
+        self._trained_weights: Path | None = None
 
         self.image_layer = ComboBox(
             label="image",
@@ -352,11 +355,7 @@ class SuperResolveWidget(Container):
             tooltip="Image layer to super-resolve; follows the layer selection. Only image layers are listed.",
         )
         defaults = SROptions()  # the one source of every default, shared with the CLI
-        self.model = ComboBox(
-            label="model",
-            choices=[(model_choice(spec), spec.id) for spec in registry.all_specs()],
-            value=defaults.model,
-        )
+        self.model = ComboBox(label="model", choices=self._model_choices, value=defaults.model)
         self.model_info = Label(value="")
         self.model_info.native.setWordWrap(True)
         self.samples = SpinBox(
@@ -498,6 +497,9 @@ class SuperResolveWidget(Container):
         self.native.destroyed.connect(lambda *_: self._on_native_destroyed())
         self.native_parent_changed.connect(lambda parent: parent is None and self._drop_run(controls_alive=True))
         self.native_parent_changed.connect(self._fit_dock_title)
+        # a model trained in the training widget joins the picker at once
+        trained_model_events.added.connect(self.refresh_models)
+        self.native.destroyed.connect(lambda *_: trained_model_events.added.disconnect(self.refresh_models))
 
     def _fit_dock_title(self, parent: Any) -> None:
         """Make the dock at least as wide as its title ("Super-resolve with uncertainty (napari-sr-...)")."""
@@ -529,14 +531,31 @@ class SuperResolveWidget(Container):
 
     # model picker
 
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str | TrainedModel]]:
+        """The registry's models, then the models trained on own images (:mod:`.train_models`)."""
+        registered = [(model_choice(spec), spec.id) for spec in registry.all_specs()]
+        return registered + [(trained.choice, trained) for trained in trained_models()]
+
+    def refresh_models(self, _trained: Any = None) -> None:
+        """List the models again (a new trained model appears)."""
+        self.model.reset_choices()
+
     @property
     def spec(self) -> ModelSpec:
-        """The chosen model's spec."""
-        return registry.get_spec(self.model.value)
+        """The chosen model's spec (a trained model's: the registered model it is weights of)."""
+        value = self.model.value
+        return registry.get_spec(value.model if isinstance(value, TrainedModel) else value)
 
     def _show_model(self, _value: Any = None) -> None:
         """Describe the chosen model and name the Run button after what it does."""
         spec = self.spec
+        # a trained model's weights file goes into the weights picker, and leaves it with that model
+        chosen = self.model.value.path if isinstance(self.model.value, TrainedModel) else None
+        if chosen is not None:
+            self.weights.value = chosen
+        elif self._trained_weights is not None and self._weights_path() == self._trained_weights:
+            self.weights.value = None
+        self._trained_weights = chosen
         self.model.tooltip = model_tooltip(spec)
         self.model_info.value = model_summary(spec)
         self.model_info.tooltip = model_tooltip(spec)
@@ -576,7 +595,7 @@ class SuperResolveWidget(Container):
         options = SROptions(
             n_samples=int(self.samples.value),
             seed=int(self.seed.value),
-            model=str(self.model.value),
+            model=self.spec.id,
             patch_size=int(self.patch_size.value),
             n_patches=int(self.n_patches.value),
             center_crop=bool(self.region.value),
