@@ -113,25 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     test_shipped = evaluate_held_out(spec, shipped.arrays, pairs, 40, std_scale=shipped.calibration_scale)
     test_tuned = evaluate_held_out(spec, tuned.arrays, pairs, 40, std_scale=tuned.calibration_scale)
     held = result.report["held_out"]
-    rows = [
-        ("bicubic", test_tuned["bicubic_psnr"], held["after"]["bicubic_psnr"], None, None, None),
-        (
-            "shipped esrcnn-x2 (natural images), MC mean of 40",
-            test_shipped["psnr"],
-            held["before"]["psnr"],
-            test_shipped["patch_spearman"],
-            held["before"]["patch_spearman"],
-            test_shipped["coverage"],
-        ),
-        (
-            "fine-tuned, MC mean of 40",
-            test_tuned["psnr"],
-            held["after"]["psnr"],
-            test_tuned["patch_spearman"],
-            held["after"]["patch_spearman"],
-            test_tuned["coverage"],
-        ),
-    ]
+    rows = [("bicubic", test_tuned["bicubic_psnr"], held["after"]["bicubic_psnr"], None, None, None)]
+    for name, test, held_out in (
+        ("shipped esrcnn-x2 (natural images), MC mean of 40", test_shipped, held["before"]),
+        ("fine-tuned, MC mean of 40", test_tuned, held["after"]),
+    ):
+        values = (test["psnr"], held_out["psnr"], test["patch_spearman"], held_out["patch_spearman"], test["coverage"])
+        rows.append((name, *values))
 
     def cell(value, fmt):
         return "-" if value is None else format(value, fmt)
