@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         outdir = run(args)
-    except (InputError, WeightsError, OutputError) as exc:
+    except (InputError, WeightsError, OSError) as exc:  # OSError: OutputError, or a full disk's scratch folder
         print(f"napari-sr-uncertainty: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

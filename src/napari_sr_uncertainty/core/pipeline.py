@@ -253,6 +253,14 @@ def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None,
     return total + working_bytes(options.spec, options.chunk or DEFAULT_CHUNK)
 
 
+def format_size(n_bytes: int) -> str:
+    """``1.5 GiB``, ``340.0 MiB``, ``12.0 KiB``: a disk's free space in messages, readable when it is nearly full."""
+    for unit, shift in (("GiB", 30), ("MiB", 20)):
+        if n_bytes >= 1 << shift:
+            return f"{n_bytes / (1 << shift):.1f} {unit}"
+    return f"{n_bytes / 1024:.1f} KiB"
+
+
 def check_resources(lr_shape: tuple[int, ...], options: SROptions, *, n_planes: int = 1, extra_disk: int = 0) -> None:
     """Refuse, before computing, a run whose RAM (or scratch disk) need exceeds what is available.
 
@@ -285,8 +293,8 @@ def check_resources(lr_shape: tuple[int, ...], options: SROptions, *, n_planes: 
         free = shutil.disk_usage(options.scratch_dir).free
         if disk > free:
             raise InputError(
-                f"the outputs of {what} need {disk / 2**30:.1f} GiB in {options.scratch_dir} "
-                f"but {free / 2**30:.1f} GiB is free"
+                f"not enough disk space: the outputs of {what} need {format_size(disk)} in "
+                f"{options.scratch_dir} but {format_size(free)} is free"
             )
 
 
@@ -325,9 +333,16 @@ def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.
     import os
     import tempfile
 
+    from .report import OutputError, reserve_disk
+
     fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".npy", dir=scratch_dir)  # private to the user
     os.close(fd)
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    except OSError as exc:  # e.g. no room for the header; numpy's message names no file
+        raise OutputError(f"cannot create {path}: {exc.strerror or exc}") from None
+    reserve_disk(path)  # a full disk: an error now, not SIGBUS at the first write
+    return array
 
 
 def _score_in_bands(heatmap: np.ndarray, patch: int, scale: int, border: int = 0) -> np.ndarray:

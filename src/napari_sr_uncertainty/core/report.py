@@ -38,6 +38,7 @@ memory map, so disk-backed (memmap) results of huge images are written in bounde
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -51,7 +52,7 @@ import numpy as np
 
 from .imaging import ArrayLayout, PixelSize, image_layout, row_blocks
 from .patches import median_score, nearly_uniform, partial_patches
-from .pipeline import SRResult, patch_border
+from .pipeline import SRResult, format_size, patch_border
 
 #: provenance keys that differ between the planes of a stack: kept per plane in a stack's summary
 _PLANE_KEYS = ("normalization", "timings_s")
@@ -144,7 +145,7 @@ def _open_tiff(
     import tifffile
 
     # Channels last: "rgb" for colour data, explicit so tifffile's default change cannot alter files.
-    return tifffile.memmap(
+    mapped = tifffile.memmap(
         path,
         shape=shape,
         dtype=np.float32,
@@ -152,6 +153,38 @@ def _open_tiff(
         metadata=metadata,
         **(resolution or {}),
     )
+    reserve_disk(path)
+    return mapped
+
+
+def reserve_disk(path: str | Path) -> None:
+    """Allocate the disk blocks of the (sparse) file at ``path`` now, for its whole size.
+
+    A memory-mapped file is created sparse: on a full disk, the first write to a page of it kills the
+    process with SIGBUS (no exception, no cleanup, a half-written folder left). Reserved first, a full disk
+    is an :class:`OutputError` here instead. File systems without ``posix_fallocate`` (or not on Linux) are
+    left as they were.
+
+    Raises
+    ------
+    OutputError
+        If the disk (or the user's quota) has no room for the file.
+    """
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(
+                f"no space left on the disk of {Path(path).parent} for {format_size(size)} ({Path(path).name}): "
+                f"{exc.strerror}"
+            ) from None
+        # EOPNOTSUPP, EINVAL...: this file system cannot reserve; writing through the map is all there is
+    finally:
+        os.close(fd)
 
 
 def _save_tiff(path: Path, array: np.ndarray, convert, metadata: dict, resolution: dict | None = None) -> None:
