@@ -152,7 +152,9 @@ def test_real_scheduler_and_workers_survive_a_worker_killed_mid_task(dask_proces
             """(worker name, key) of an image task that runs now and still runs 0.3 s later."""
             for name, address in names.items():
                 keys = [
-                    k for k in observer.run(executing, workers=[address]).get(address, []) if k.startswith("sr-start-img")
+                    k
+                    for k in observer.run(executing, workers=[address]).get(address, [])
+                    if k.startswith("sr-start-img")
                 ]
                 if keys:
                     time.sleep(0.3)  # inside the task (a fresh worker imports JAX and compiles: seconds)

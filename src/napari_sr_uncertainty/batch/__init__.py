@@ -202,7 +202,13 @@ def run_batch(
 
     def record(row: dict) -> None:
         rows[row["file"]] = row
-        write_summary(outdir, [rows[key] for key in order if key in rows])
+        try:
+            write_summary(outdir, [rows[key] for key in order if key in rows])
+        except OutputError as exc:  # e.g. the disk is full: the batch stops, its summary as it was before
+            raise OutputError(
+                f"{exc}; the batch stopped, {row['file']} ({row['status']}) and the inputs still running are not "
+                "recorded; free some space and run the same command again to resume"
+            ) from exc
 
     bar = Bar(len(items), unit="planes", stream=stream, enabled=progress)
     bar.update(done=result.skipped, label=f"{result.skipped} done before" if result.skipped else "")
@@ -265,7 +271,7 @@ def run_batch(
                         submit(_Job("plane", item, index), tasks.process_plane, value, index, options, weights_ref)
                     show(f"{item.name}: {len(value.indices)} planes")
                     continue
-                if job.step == "plane" and error is None:
+                if job.step == "plane" and error is None and not value.error:
                     stack.planes.append(value)
                     units_done += 1
                     if len(stack.planes) == len(stack.plan.indices):
@@ -282,7 +288,9 @@ def run_batch(
                         )
                     show(f"{item.name}: {stack.plan.describe(job.index)}")
                     continue
-                if error is not None:
+                if job.step == "plane" and error is None:  # the plane's task says why it failed
+                    value = _failed_row(item, value.error, options, weights, stack, job.index, value.info)
+                elif error is not None:
                     value = _failed_row(item, error, options, weights, stack, job.index)
                 if stack is not None:  # assembled, or failed: its planes' results are no longer needed
                     stack.failed = value["status"] == "failed"
@@ -310,11 +318,10 @@ def run_batch(
                 show(item.name)
     except KeyboardInterrupt:
         result.interrupted = True
-        for future in jobs:
-            try:
-                future.cancel()
-            except Exception:  # noqa: BLE001 - the client may already be closing
-                pass
+        _cancel(jobs)
+    except OutputError:  # the summary cannot be written: nothing more could be recorded
+        _cancel(jobs)
+        raise
     finally:
         bar.close()
         # After the cluster is closed (a LocalCluster's workers are gone), nothing writes any more. A task
@@ -323,6 +330,14 @@ def run_batch(
             clean_leftovers(outdir, item.name)
     result.rows = [rows[item.key] for item in items if item.key in rows]
     return result
+
+
+def _cancel(futures) -> None:
+    for future in futures:
+        try:
+            future.cancel()
+        except Exception:  # noqa: BLE001 - the client may already be closing
+            pass
 
 
 def _identity(value):
@@ -372,12 +387,17 @@ def _outcome(future, client) -> tuple[object, BaseException | None]:
         return None, exc
 
 
-def _failed_row(item: BatchInput, error, options: SROptions, weights, stack: _StackRun | None, index) -> dict:
-    """The row of an input whose task failed (for a stack: which plane, and the stack's shape)."""
+def _failed_row(
+    item: BatchInput, error, options: SROptions, weights, stack: _StackRun | None, index, info=None
+) -> dict:
+    """The row of an input whose task failed: ``error`` is what the task raised (or, a string, what a plane's
+    task said), for a stack with the plane and the stack's shape, with the task's ``info`` when it has one."""
     from . import tasks
 
     row = tasks.base_row(item.path, item.name, options, weights)
-    text = tasks.one_line(error)
+    if info is not None:
+        row.update(seconds=info.seconds, worker=info.worker, peak_rss_mib=info.peak_rss_mib)
+    text = error if isinstance(error, str) else tasks.one_line(error)
     if type(error).__name__ == "KilledWorker":
         text = f"the workers running it died repeatedly (out of memory?): {text}"
     if stack is not None:

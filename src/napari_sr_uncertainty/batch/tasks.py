@@ -7,10 +7,9 @@ opened there and returned as a :class:`StackPlan`: :func:`process_plane` then co
 task (any worker) into disk-backed arrays in the input's scratch folder, and :func:`assemble_stack` writes the
 folder through ``write_input`` with those planes (its ``run_plane``), so it is again the command's folder.
 
-Errors of the input (unreadable, unsupported, NaN, too big, disk full) are returned as a ``failed`` row, not
-raised: dask retries only what a lost worker was running, and a bad file must not stop the batch. A plane's
-error is raised (the batch records the input as failed). Nothing here imports dask: the functions are plain
-and can be called in-process.
+Errors of the input (unreadable, unsupported, NaN, too big, disk full) are returned as a ``failed`` row (a
+plane's as :attr:`PlaneResult.error`), not raised: dask retries only what a lost worker was running, and a bad
+file must not stop the batch. Nothing here imports dask: the functions are plain and can be called in-process.
 """
 
 from __future__ import annotations
@@ -170,12 +169,14 @@ class StackPlan:
 @dataclass(frozen=True)
 class PlaneResult:
     """A plane computed by :func:`process_plane`: its :class:`SRResult` with the output arrays replaced by the
-    paths of their ``.npy`` files in the input's scratch folder (a few bytes to send, whatever the size)."""
+    paths of their ``.npy`` files in the input's scratch folder (a few bytes to send, whatever the size); or
+    the one-line ``error`` that stopped it (``result`` None)."""
 
     index: tuple[int, ...]
     value_range: tuple[float, float] | None
-    result: SRResult
+    result: SRResult | None
     info: TaskInfo = field(compare=False)
+    error: str = ""
 
     def opened(self) -> SRResult:
         """The result with its arrays memory-mapped from their files again."""
@@ -246,19 +247,22 @@ def _plan(path: str, image, layout: ArrayLayout, outdir: str, name: str, options
 
 
 def process_plane(plan: StackPlan, index: tuple[int, ...], options: SROptions, weights) -> PlaneResult:
-    """Compute one plane of a stack into disk-backed arrays in ``plan.scratch``; errors are raised."""
+    """Compute one plane of a stack into disk-backed arrays in ``plan.scratch``."""
     from ..core.pipeline import iter_super_resolve
     from ..core.progress import run_to_end
 
     start = time.perf_counter()
-    planes = _planes(np.load(plan.source, mmap_mode="r"), plan.layout)
-    # A rerun of this task (its worker was lost) writes new files next to the dead attempt's.
-    folder = Path(plan.scratch) / ("plane-" + "-".join(map(str, index)))
-    folder.mkdir(exist_ok=True)
-    plane_options = replace(options, scratch_dir=str(folder))
-    result = run_to_end(iter_super_resolve(planes[index], weights, plane_options, value_range=plan.value_range))
-    for name in RESULT_ARRAYS:
-        getattr(result, name).flush()  # on disk before another worker (another machine) opens it
+    try:
+        planes = _planes(np.load(plan.source, mmap_mode="r"), plan.layout)
+        # A rerun of this task (its worker was lost) writes new files next to the dead attempt's.
+        folder = Path(plan.scratch) / ("plane-" + "-".join(map(str, index)))
+        folder.mkdir(exist_ok=True)
+        plane_options = replace(options, scratch_dir=str(folder))
+        result = run_to_end(iter_super_resolve(planes[index], weights, plane_options, value_range=plan.value_range))
+        for name in RESULT_ARRAYS:
+            getattr(result, name).flush()  # on disk before another worker (another machine) opens it
+    except Exception as exc:  # noqa: BLE001 - the input fails, the batch goes on
+        return PlaneResult(tuple(index), plan.value_range, None, TaskInfo.since(start), one_line(exc))
     paths = replace(result, **{name: getattr(result, name).filename for name in RESULT_ARRAYS})
     return PlaneResult(tuple(index), plan.value_range, paths, TaskInfo.since(start))
 
