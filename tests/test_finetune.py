@@ -11,6 +11,7 @@ import tifffile
 
 from napari_sr_uncertainty.core.imaging import InputError
 from napari_sr_uncertainty.training import data as data_module
+from napari_sr_uncertainty.training.config import TrainConfig
 from napari_sr_uncertainty.training.degrade import Degradation
 from napari_sr_uncertainty.training.finetune import fine_tune, prepare_training_data
 
@@ -179,3 +180,17 @@ def test_cli_from_images_reports_bad_input_with_exit_status_2(tmp_path, capsys):
     assert "'bad.tif': the image has 4096 NaN" in capsys.readouterr().err
     assert main(["--run-dir", str(tmp_path / "run"), "--from-images", str(tmp_path / "Set5")]) == 2
     assert "evaluation set" in capsys.readouterr().err
+
+
+def test_closing_the_run_early_writes_a_checkpoint_of_that_step(tmp_path):
+    from napari_sr_uncertainty.training.checkpoint import read_checkpoint
+    from napari_sr_uncertainty.training.finetune import iter_fine_tune
+
+    data = prepare_training_data(unique_images(), ["a", "b"], model="esrcnn-x2", crop_lr=16, tile_lr=16)
+    config = TrainConfig(model="esrcnn-x2", steps=100, batch=2, crop_lr=16, val_every=50, checkpoint_every=50)
+    run = iter_fine_tune(data, config, Degradation(), tmp_path / "run")
+    for event in run:
+        if event.done == 3:
+            break
+    run.close()  # what a GUI worker's owner does after the worker quit
+    assert read_checkpoint(tmp_path / "run" / "checkpoint.msgpack")["step"] == 3

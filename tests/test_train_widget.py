@@ -206,3 +206,42 @@ def test_opening_the_training_widget_imports_no_jax():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_a_runtime_error_in_training_is_reported_and_the_widget_recovers(
+    qtbot, viewer_and_widgets, train_errors, monkeypatch
+):
+    import napari_sr_uncertainty.training.finetune as finetune
+
+    def failing(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+    monkeypatch.setattr(finetune, "iter_fine_tune", failing)
+    viewer, _, widget = viewer_and_widgets
+    widget.images.value = [viewer.add_image(image, name=f"cell {i}") for i, image in enumerate(cells())]
+    train_and_wait(qtbot, widget)
+    assert len(train_errors) == 1 and "out of memory" in train_errors[0]
+    assert widget.status.value == "failed" and widget.train_button.enabled and not widget.cancel_button.enabled
+
+
+def test_closing_the_viewer_stops_the_run_with_a_checkpoint(qtbot, make_napari_viewer, models_dir):
+    from napari_sr_uncertainty.plugin.train_widget import TrainWidget
+    from napari_sr_uncertainty.training.checkpoint import read_checkpoint
+
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.images.value = [viewer.add_image(image, name=f"cell {i}") for i, image in enumerate(cells())]
+    widget.name.value = "closed"
+    widget.batch.value = 2
+    widget.steps.value = 100_000
+    widget.train()
+    worker, stop = widget.worker, widget._stop
+    qtbot.waitUntil(lambda: len(widget.history["step"]) >= 2, timeout=RUN_TIMEOUT_MS)
+    viewer.close()  # napari quits the worker; the widget then closes the run, which writes its checkpoint
+    assert stop.is_set()
+    checkpoint = models_dir / "runs" / "closed" / "checkpoint.msgpack"
+    qtbot.waitUntil(checkpoint.is_file, timeout=RUN_TIMEOUT_MS)
+    assert not worker.is_running
+    assert read_checkpoint(checkpoint)["step"] >= 2

@@ -39,6 +39,7 @@ from ..training.degrade import Degradation
 from ..training.finetune import DEFAULT_HOLDOUT_FRACTION, TrainingData
 from .layers import PLUGIN_KEY
 from .train_models import read_trained_model, trained_model_events, trained_models_dir
+from .widget import RunFailed
 
 if TYPE_CHECKING:
     import napari
@@ -82,11 +83,21 @@ def run_training(job: TrainJob, stop: threading.Event):
     """The worker's generator: :func:`iter_fine_tune` on the job, stopped when ``stop`` is set."""
     from ..training.finetune import iter_fine_tune
 
-    return (
-        yield from iter_fine_tune(
-            job.data, job.config, job.degradation, job.run_dir, output=job.output, stop=stop.is_set
+    try:
+        return (
+            yield from iter_fine_tune(
+                job.data, job.config, job.degradation, job.run_dir, output=job.output, stop=stop.is_set
+            )
         )
-    )
+    except RuntimeError as exc:  # XLA's errors: superqt would drop them silently (see widget.RunFailed)
+        raise RunFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def drive(steps):
+    """A generator function for ``thread_worker`` that runs ``steps``, a generator the caller keeps: it can
+    close it after the worker quit (napari quits every worker when its viewer closes), which makes
+    :func:`iter_fine_tune` write a checkpoint of the step it stopped at."""
+    return (yield from steps)
 
 
 def layer_geometry(layer: Image) -> dict:
@@ -219,7 +230,17 @@ class TrainWidget(Container):
         layers = napari_viewer.layers
         for event in (layers.events.inserted, layers.events.removed):
             event.connect(lambda _event=None: self.images.reset_choices())
-        self.native.destroyed.connect(lambda *_: self._stop.set())
+        # closing the viewer or the panel: the run stops at its next step (with a checkpoint), and what it
+        # still sends goes nowhere
+        self.native.destroyed.connect(lambda *_: self._on_native_destroyed())
+
+    def _on_native_destroyed(self) -> None:
+        if "worker" in vars(self):  # a garbage-collected widget has lost its attributes: nothing runs
+            self._stop.set()
+            self.worker = None
+            if self._progress is not None:
+                self._progress.close()
+                self._progress = None
 
     # inputs
 
@@ -418,7 +439,9 @@ class TrainWidget(Container):
         self._set_running(True)
         self.status.value = f"training {job.name}: {self._data_text(job)}"
         self._progress = progress(total=job.config.steps, desc=f"Training {job.name} ({job.config.model})")
-        worker = thread_worker(run_training, start_thread=False, ignore_errors=True)(job, self._stop)
+        steps = run_training(job, self._stop)
+        worker = thread_worker(drive, start_thread=False, ignore_errors=True)(steps)
+        worker.finished.connect(steps.close)  # after a quit: the checkpoint of the last step (see drive)
 
         def while_current(handler):
             return lambda *args: handler(*args) if self.worker is worker else None

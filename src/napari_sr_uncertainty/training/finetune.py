@@ -425,6 +425,7 @@ def iter_fine_tune(
 
     ``stop()`` is asked before every step; when it says True (or ``max_seconds`` have passed) a checkpoint of
     the current step is written and the generator returns a result with ``stopped`` set and no weights.
+    Closing the generator before its end (a GUI worker that quits with its viewer) writes one too.
     Calling it again with the same ``run_dir`` resumes from there. ``config.init`` names the starting weights.
     """
     import jax
@@ -474,29 +475,33 @@ def iter_fine_tune(
         preview = _predict_mean(spec, arrays, preview_pair.lr, config.val_mc_samples)
         return FineTuneProgress(step, config.steps, message, loss, record, preview)
 
-    event = held_out_event(f"step {step}/{config.steps}")
-    yield event
-    with open(run_dir / LOG_NAME, "a") as log:
-        while step < config.steps:
-            timed_out = max_seconds is not None and time.monotonic() - started > max_seconds
-            if (stop is not None and stop()) or timed_out:
-                save_checkpoint(checkpoint_path, params, opt_state, step, sampler.state(), config, best)
-                report = {"stopped_at_step": step, "steps": config.steps, "run_dir": str(run_dir)}
-                return FineTuneResult(None, report, stopped=True)
-            params, opt_state, losses = train_step(params, opt_state, jnp.int32(step), *sampler.batch(config.batch))
-            step += 1
-            loss = float(losses[0])
-            if step % config.val_every == 0 or step == config.steps:
-                event = held_out_event(f"step {step}/{config.steps}", loss)
-                record = {"step": step, "loss": loss, **event.held_out, "seconds": time.monotonic() - started}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                if event.held_out["psnr"] > best["held_out_psnr"]:
-                    best = {"held_out_psnr": event.held_out["psnr"], "step": step}
-                save_checkpoint(checkpoint_path, params, opt_state, step, sampler.state(), config, best)
-                yield event
-            else:
-                yield FineTuneProgress(step, config.steps, f"step {step}/{config.steps}", loss)
+    try:
+        event = held_out_event(f"step {step}/{config.steps}")
+        yield event
+        with open(run_dir / LOG_NAME, "a") as log:
+            while step < config.steps:
+                timed_out = max_seconds is not None and time.monotonic() - started > max_seconds
+                if (stop is not None and stop()) or timed_out:
+                    save_checkpoint(checkpoint_path, params, opt_state, step, sampler.state(), config, best)
+                    report = {"stopped_at_step": step, "steps": config.steps, "run_dir": str(run_dir)}
+                    return FineTuneResult(None, report, stopped=True)
+                params, opt_state, losses = train_step(params, opt_state, jnp.int32(step), *sampler.batch(config.batch))
+                step += 1
+                loss = float(losses[0])
+                if step % config.val_every == 0 or step == config.steps:
+                    event = held_out_event(f"step {step}/{config.steps}", loss)
+                    record = {"step": step, "loss": loss, **event.held_out, "seconds": time.monotonic() - started}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    if event.held_out["psnr"] > best["held_out_psnr"]:
+                        best = {"held_out_psnr": event.held_out["psnr"], "step": step}
+                    save_checkpoint(checkpoint_path, params, opt_state, step, sampler.state(), config, best)
+                    yield event
+                else:
+                    yield FineTuneProgress(step, config.steps, f"step {step}/{config.steps}", loss)
+    except GeneratorExit:  # closed before the end (a GUI worker that quit with its viewer): keep this step
+        save_checkpoint(checkpoint_path, params, opt_state, step, sampler.state(), config, best)
+        raise
     seconds = time.monotonic() - started
     yield FineTuneProgress(step, config.steps, "refitting the calibration on the held-out tiles")
     arrays = arrays_now()
