@@ -268,7 +268,7 @@ class TrainWidget(Container):
             When there is nothing to train on or the images or settings are unsuitable (the message says
             why and what to do).
         """
-        from ..training.finetune import prepare_training_data, read_folder, starting_weights
+        from ..training.finetune import prepare_training_data, read_folder, run_config
 
         layers = list(self.images.value)
         folder = self.folder.value
@@ -283,21 +283,17 @@ class TrainWidget(Container):
             raise InputError("choose one or more image layers (or a folder) to train on")
         spec = registry.get_spec(self.model.value)
         name = safe_name(self.name.value) or safe_name(f"{spec.id}-{names[0]}")
-        defaults = TrainConfig()
-        config = TrainConfig(
-            model=spec.id,
+        config = run_config(
+            spec.id,
             steps=int(self.steps.value),
             batch=int(self.batch.value),
             learning_rate=float(self.learning_rate.value),
-            init=starting_weights(spec, str(self.init.value)),
+            init=str(self.init.value),
             val_every=int(self.val_every.value),
-            checkpoint_every=int(self.val_every.value),
-            crop_lr=defaults.crop_lr,
         )
         data = prepare_training_data(
             images, names, model=spec.id, crop_lr=config.crop_lr, holdout_fraction=float(self.holdout.value)
         )
-        config.holdout = [data.tile_name(tile) for tile in data.held_out]
         folder = trained_models_dir()
         return TrainJob(
             data=data,

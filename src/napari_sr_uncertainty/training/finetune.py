@@ -441,6 +441,8 @@ def iter_fine_tune(
     run_dir = Path(run_dir)
     output = Path(output) if output is not None else run_dir / f"{run_dir.name}.msgpack"
     checkpoint_path = run_dir / CHECKPOINT_NAME
+    # the held-out tiles by name, for the card (TrainConfig's ``holdout``)
+    config = replace(config, data=[], holdout=[data.tile_name(t) for t in data.held_out])
     state = _run_state(data, degradation, config)
     resuming = resume and checkpoint_path.exists()
     if resuming:
@@ -567,6 +569,45 @@ def training_card(
     }
 
 
+def run_config(
+    model_id: str,
+    *,
+    steps: int | None = None,
+    batch: int | None = None,
+    learning_rate: float | None = None,
+    crop_lr: int | None = None,
+    init: str = "pretrained",
+    seed: int = 0,
+    val_every: int | None = None,
+) -> TrainConfig:
+    """The :class:`TrainConfig` of a fine-tuning run: None takes its default; ``init`` is
+    :func:`starting_weights`'s; a checkpoint is written at every held-out evaluation.
+
+    Raises
+    ------
+    InputError
+        For settings TrainConfig refuses, or starting weights that are not there.
+    """
+    from ..models.registry import get_spec
+
+    defaults = TrainConfig()
+    val_every = val_every or defaults.val_every
+    try:
+        return TrainConfig(
+            model=model_id,
+            steps=steps or defaults.steps,
+            batch=batch or defaults.batch,
+            crop_lr=crop_lr or defaults.crop_lr,
+            learning_rate=learning_rate or defaults.learning_rate,
+            seed=seed,
+            init=starting_weights(get_spec(model_id), init),
+            val_every=val_every,
+            checkpoint_every=val_every,
+        )
+    except ValueError as exc:  # InputError (a ValueError) passes through as it is
+        raise exc if isinstance(exc, InputError) else InputError(str(exc)) from None
+
+
 def fine_tune(
     hr_images: Sequence | str | Path,
     model_id: str | None = None,
@@ -638,23 +679,16 @@ def fine_tune(
         hr_images, found_names = read_folder(hr_images)
         names = names or found_names
     names = list(names) if names is not None else [f"image {i}" for i in range(len(hr_images))]
-    defaults = TrainConfig()
-    try:
-        config = TrainConfig(
-            model=spec.id,
-            data=[],
-            holdout=[],
-            steps=steps or defaults.steps,
-            batch=batch or defaults.batch,
-            crop_lr=crop_lr or defaults.crop_lr,
-            learning_rate=learning_rate or defaults.learning_rate,
-            seed=seed,
-            init=starting_weights(spec, init),
-            val_every=val_every or defaults.val_every,
-            checkpoint_every=val_every or defaults.val_every,
-        )
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    config = run_config(
+        spec.id,
+        steps=steps,
+        batch=batch,
+        learning_rate=learning_rate,
+        crop_lr=crop_lr,
+        init=init,
+        seed=seed,
+        val_every=val_every,
+    )
     data = prepare_training_data(
         hr_images,
         names,
@@ -664,7 +698,6 @@ def fine_tune(
         holdout_fraction=holdout_fraction,
         seed=seed,
     )
-    config.holdout = [data.tile_name(t) for t in data.held_out]
     return run_to_end(
         iter_fine_tune(
             data,
