@@ -132,6 +132,15 @@ def test_training_windows_include_the_image_border():
     np.testing.assert_array_equal(batch.lr[batch.inside == 0], 0.0)
 
 
+def test_models_without_zero_padding_train_on_windows_inside_the_image():
+    spec = get_spec("srcnn-gray-x1")
+    assert not spec.zero_padding
+    pair = make_pair("a", _image(2, (30, 40)), 1)
+    crop = 2 * spec.halo + 5
+    batch = CropSampler([pair], crop, seed=0, colour="gray", halo=spec.halo, at_border=False).batch(200)
+    np.testing.assert_array_equal(batch.inside, 1.0)
+
+
 def test_luma_models_train_on_aligned_luma_planes():
     pairs = [make_pair("a", _image(0, (60, 75)), 3), make_pair("b", _image(1, (54, 54)), 3)]
     assert pairs[0].lr.shape == (20, 25, 3) and pairs[0].scale == 3

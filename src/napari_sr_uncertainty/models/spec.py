@@ -72,6 +72,10 @@ class ModelSpec:
         installed package that ships them), or None; used when there are no bundled weights.
     weights_hint : str
         Where to get weights, for the error when neither bundled nor found weights exist.
+    zero_padding : bool
+        True when the network pads with zeros at the image border (every conv input through
+        :meth:`.dropout.Grid.inside`), so training windows can reach the border with an inside mask; False
+        for other padding (SRCNN-gray's edge replication), which trains on windows whose context is in the image.
     padding_frame : int or None
         Input pixels along each image edge where the zero padding visibly changes the output, left out of
         the patch scores; None: the whole halo. A very deep network's halo is far wider than the band its
@@ -103,6 +107,7 @@ class ModelSpec:
     weights_hint: str = ""
     estimate_seconds: Callable[..., float] | None = None
     padding_frame: int | None = None
+    zero_padding: bool = True
 
     def __post_init__(self) -> None:
         if self.scale not in (1, 2, 3, 4):

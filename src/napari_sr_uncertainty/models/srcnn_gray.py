@@ -159,4 +159,5 @@ SPEC = ModelSpec(
     default_weights=None,
     importers={".pth": import_pth},
     max_channels=64,
+    zero_padding=False,
 )

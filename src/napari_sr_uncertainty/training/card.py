@@ -35,11 +35,14 @@ def init_record(init: str) -> str | dict:
 
 def loss_description(config, spec) -> str:
     channels = "RGB" if spec.colour == "rgb" else "luma (full-range BT.601)"
-    text = (
-        f"{config.loss} on {channels} in [0, 1], on {config.crop_lr - 2 * spec.halo}px LR windows anywhere in "
-        f"the images, their borders included (input: the window and {spec.halo} LR px of context a side, zero "
-        f"outside the image as at inference)"
+    window = config.crop_lr - 2 * spec.halo
+    where = (
+        f"anywhere in the images, their borders included (input: the window and {spec.halo} LR px of context a "
+        "side, zero outside the image as at inference)"
+        if spec.zero_padding
+        else f"with their {spec.halo} LR px of context a side inside the images"
     )
+    text = f"{config.loss} on {channels} in [0, 1], on {window}px LR windows {where}"
     if config.uncertainty_weight > 0:
         text += (
             f" + {config.uncertainty_weight:g} x uncertainty loss (variance over {config.uncertainty_window}x"

@@ -163,7 +163,8 @@ class CropSampler:
     what it sees at that pixel in a whole image ("same" zero padding at the image's border, through
     :meth:`napari_sr_uncertainty.models.dropout.Grid.inside`), so it learns the image's border as it is at
     inference. (Windows only away from the border left ESPCN's outermost 4 LR pixels untrained: 0.8 dB of
-    its Set5 PSNR at x3.)
+    its Set5 PSNR at x3.) With ``at_border`` False (models that do not pad with zeros,
+    ``ModelSpec.zero_padding``) windows keep their context inside the image.
 
     Images are drawn with probability proportional to their LR area. The sampler's state is its NumPy
     generator, which can be saved (:meth:`state`) and restored (:meth:`set_state`) for exact resume.
@@ -180,17 +181,28 @@ class CropSampler:
         The model's colour mode: RGB crops, or luma planes (one channel).
     halo : int
         The model's receptive-field radius in LR pixels (``ModelSpec.halo``).
+    at_border : bool
+        Whether windows may reach the image's border (zero context outside it).
     """
 
-    def __init__(self, pairs: list[ImagePair], crop_lr: int, seed: int = 0, colour: str = "rgb", halo: int = 0):
+    def __init__(
+        self,
+        pairs: list[ImagePair],
+        crop_lr: int,
+        seed: int = 0,
+        colour: str = "rgb",
+        halo: int = 0,
+        at_border: bool = True,
+    ):
         if not pairs:
             raise ValueError("no training images")
         window = crop_lr - 2 * halo
         if window < 1:
             raise ValueError(f"a {crop_lr}px LR crop leaves no output window inside a {halo}px halo a side")
-        too_small = [p.name for p in pairs if min(p.lr.shape[:2]) < window]
+        needed = window if at_border else crop_lr
+        too_small = [p.name for p in pairs if min(p.lr.shape[:2]) < needed]
         if too_small:
-            raise ValueError(f"images smaller than the {window}px LR training window: {too_small}")
+            raise ValueError(f"images smaller than the {needed}px LR training crop: {too_small}")
         scales = {p.scale for p in pairs}
         if len(scales) != 1:
             raise ValueError(f"training pairs of several scales: {sorted(scales)}")
@@ -198,6 +210,7 @@ class CropSampler:
         self.pairs = pairs
         self.crop_lr = crop_lr
         self.halo = halo
+        self.margin = 0 if at_border else halo  # LR pixels kept between a window and the image's border
         self.colour = colour
         # float32 network planes, made once (luma for y / gray models)
         self.planes = [(network_planes(p.lr, colour), network_planes(p.hr, colour)) for p in pairs]
@@ -212,8 +225,8 @@ class CropSampler:
         crops = []
         for index in self.rng.choice(len(self.pairs), size=size, p=self.probabilities):
             height, width = self.planes[index][0].shape[:2]
-            top = int(self.rng.integers(0, height - window + 1))
-            left = int(self.rng.integers(0, width - window + 1))
+            top = int(self.rng.integers(self.margin, height - window - self.margin + 1))
+            left = int(self.rng.integers(self.margin, width - window - self.margin + 1))
             crops.append(self.crop(index, top, left, int(self.rng.integers(0, 8))))
         return CropBatch(*(np.stack(parts) for parts in zip(*crops)))
 

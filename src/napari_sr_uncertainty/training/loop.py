@@ -90,14 +90,19 @@ def train(
     spec = config.spec
     if train_pairs is None or val_pairs is None:
         train_pairs, val_pairs = load_pairs(
-            config.data, tuple(config.holdout), min_lr_size=config.crop_lr - 2 * spec.halo, scale=spec.scale
+            config.data,
+            tuple(config.holdout),
+            min_lr_size=config.crop_lr - 2 * spec.halo * spec.zero_padding,
+            scale=spec.scale,
         )
     if not val_pairs:
         raise ValueError(
             f"no validation images: none of the held-out images ({', '.join(config.holdout)}) is in "
             f"the data folders; include BSD200 in --data"
         )
-    sampler = CropSampler(train_pairs, config.crop_lr, seed=config.seed, colour=spec.colour, halo=spec.halo)
+    sampler = CropSampler(
+        train_pairs, config.crop_lr, seed=config.seed, colour=spec.colour, halo=spec.halo, at_border=spec.zero_padding
+    )
     params = spec.to_flax(initial_arrays(config) if not resuming else _zeros(spec))["params"]
     opt_state = make_optimizer(config).init(params)
     step, best = 0, {"val_psnr_y": -math.inf, "step": 0}
