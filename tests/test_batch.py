@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +35,14 @@ SEED = 7
 TIFFS = ("mean.tif", "single.tif", "std.tif", "sigma.tif")
 
 
-@pytest.fixture(scope="module")
-def client():
+@contextmanager
+def local_client(n_workers: int):
+    """A client of a LocalCluster of ``n_workers`` one-thread worker processes, pinned as ``run_batch`` pins them."""
     from distributed import Client, LocalCluster
 
     with (
         LocalCluster(
-            n_workers=2,
+            n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=":0",
@@ -48,6 +51,12 @@ def client():
         ) as cluster,
         Client(cluster, timeout=60) as c,
     ):
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client():
+    with local_client(2) as c:
         yield c
 
 
@@ -432,20 +441,22 @@ def test_sigterm_is_handled_as_ctrl_c(monkeypatch, capsys, tmp_path):
 def test_a_failing_plane_fails_its_input_and_leaves_nothing(client, weights, tmp_path):
     """A 2-channel image whose second channel holds a NaN: that plane's task fails (each channel is scanned
     on its own), the input is recorded failed naming the plane, and neither a folder nor the other plane's
-    results stay."""
+    results stay. The progress counts its planes."""
     image = np.random.default_rng(1).random((20, 24, 2)).astype(np.float32)
     image[3, 4, 1] = np.nan
     np.save(tmp_path / "nan_channel.npy", image)
     outdir = tmp_path / "out"
+    progress = io.StringIO()
     result = run_batch(
         [tmp_path / "nan_channel.npy"],
         outdir,
         SROptions(n_samples=SAMPLES),
         weights=weights,
         client=client,
-        progress=False,
+        stream=progress,
     )
     assert result.exit_code == 3
+    assert "] 2/2 planes, 1 failed input " in progress.getvalue().splitlines()[-1]
     (row,) = summary_rows(outdir)
     assert (row["status"], row["kind"], row["shape"]) == ("failed", "channels", "20x24x2")
     assert row["error"].startswith("plane C=1: ") and "1 NaN" in row["error"]

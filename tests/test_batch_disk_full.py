@@ -21,11 +21,11 @@ pytest.importorskip("distributed")
 
 from napari_sr_uncertainty import cli  # noqa: E402
 from napari_sr_uncertainty.batch import run_batch  # noqa: E402
-from napari_sr_uncertainty.batch.cluster import worker_env  # noqa: E402
 from napari_sr_uncertainty.batch.summary import SUMMARY_CSV, read_summary  # noqa: E402
 from napari_sr_uncertainty.core.pipeline import SROptions  # noqa: E402
 from napari_sr_uncertainty.core.report import OutputError  # noqa: E402
 from napari_sr_uncertainty.models.weights import load_weights  # noqa: E402
+from test_batch import local_client  # noqa: E402 - the batch tests' LocalCluster
 
 SAMPLES = 2
 DISK_SIZE = 8 << 20  # far more than the outputs of the test inputs (about 1 MiB)
@@ -72,19 +72,7 @@ def disk(tmp_path):
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            host="127.0.0.1",
-            env=worker_env(1),
-        ) as cluster,
-        Client(cluster, timeout=60) as c,
-    ):
+    with local_client(1) as c:
         yield c
 
 
@@ -151,8 +139,6 @@ def test_a_disk_that_fills_after_the_space_check_is_an_error_not_a_dead_process(
     """With the space taken after the check, the outputs' memory maps meet the full disk: the single command
     exits 2 with a message naming the disk (it was killed by SIGBUS before the maps were reserved), and a batch
     records the input as failed on a worker that stays alive (not 'workers died repeatedly')."""
-    from distributed import Client, LocalCluster
-
     disk.fill()
     code = SKIP_SPACE_CHECKS + "import sys\nsys.exit(cli.main(sys.argv[1:]))\n"
     argv = [str(inputs[0]), "-o", str(disk.path / "single"), "--samples", str(SAMPLES), "--weights", str(weights_path)]
@@ -162,10 +148,7 @@ def test_a_disk_that_fills_after_the_space_check_is_an_error_not_a_dead_process(
     assert disk.names() == []
 
     outdir = disk.path / "out"
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1") as lc,
-        Client(lc, timeout=60) as client,
-    ):
+    with local_client(1) as client:  # its own: the space checks stay off in its worker
         client.run(exec, SKIP_SPACE_CHECKS)
         worker = next(iter(client.scheduler_info()["workers"]))
         disk.fill(leave=16 << 10)  # room for the summary (and its replacement), not for any output array

@@ -8,6 +8,9 @@ import time
 
 
 class Bar:
+    """``done``/``total`` units (``total`` may grow: a batch learns a stack's planes when it opens it) and the
+    number of failed inputs."""
+
     def __init__(self, total: int, unit: str = "inputs", stream=None, enabled: bool = True, width: int = 28):
         self.total, self.unit, self.width, self.enabled = max(int(total), 0), unit, width, enabled
         self.stream = stream or sys.stderr
@@ -31,7 +34,7 @@ class Bar:
         eta = ""
         if 0 < self.done < self.total:
             eta = f", ~{elapsed / self.done * (self.total - self.done):.0f} s left"
-        failed = f", {self.failed} failed" if self.failed else ""
+        failed = f", {self.failed} failed input{'s' if self.failed > 1 else ''}" if self.failed else ""
         line = (
             f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {self.unit}{failed}"
             f"  {elapsed:.1f} s{eta}  {label}"

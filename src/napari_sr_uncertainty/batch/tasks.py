@@ -32,6 +32,9 @@ from .summary import file_checksums
 
 #: the disk-backed output arrays of an :class:`SRResult` (``heatmap`` may be ``std`` itself)
 RESULT_ARRAYS = ("mean", "single", "std", "heatmap")
+#: the arrays a :class:`PlaneResult` sends as file paths: the outputs, and the LR region (in RAM, as large as
+#: the input plane in float32: 2,000 of them would otherwise all pass through the scheduler)
+ON_DISK = (*RESULT_ARRAYS, "lr")
 
 
 class UncertaintyStats:
@@ -168,9 +171,9 @@ class StackPlan:
 
 @dataclass(frozen=True)
 class PlaneResult:
-    """A plane computed by :func:`process_plane`: its :class:`SRResult` with the output arrays replaced by the
-    paths of their ``.npy`` files in the input's scratch folder (a few bytes to send, whatever the size); or
-    the one-line ``error`` that stopped it (``result`` None)."""
+    """A plane computed by :func:`process_plane`: its :class:`SRResult` with the :data:`ON_DISK` arrays replaced
+    by the paths of their ``.npy`` files in the input's scratch folder (a few bytes to send, whatever the
+    size); or the one-line ``error`` that stopped it (``result`` None)."""
 
     index: tuple[int, ...]
     value_range: tuple[float, float] | None
@@ -180,8 +183,8 @@ class PlaneResult:
 
     def opened(self) -> SRResult:
         """The result with its arrays memory-mapped from their files again."""
-        opened = {path: np.load(path, mmap_mode="r") for path in {getattr(self.result, n) for n in RESULT_ARRAYS}}
-        return replace(self.result, **{name: opened[getattr(self.result, name)] for name in RESULT_ARRAYS})
+        opened = {path: np.load(path, mmap_mode="r") for path in {getattr(self.result, n) for n in ON_DISK}}
+        return replace(self.result, **{name: opened[getattr(self.result, name)] for name in ON_DISK})
 
 
 def _planes(image, layout: ArrayLayout):
@@ -261,10 +264,13 @@ def process_plane(plan: StackPlan, index: tuple[int, ...], options: SROptions, w
         result = run_to_end(iter_super_resolve(planes[index], weights, plane_options, value_range=plan.value_range))
         for name in RESULT_ARRAYS:
             getattr(result, name).flush()  # on disk before another worker (another machine) opens it
+        paths = {name: getattr(result, name).filename for name in RESULT_ARRAYS}
+        fd, paths["lr"] = tempfile.mkstemp(prefix="lr-", suffix=".npy", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, result.lr)
     except Exception as exc:  # noqa: BLE001 - the input fails, the batch goes on
         return PlaneResult(tuple(index), plan.value_range, None, TaskInfo.since(start), one_line(exc))
-    paths = replace(result, **{name: getattr(result, name).filename for name in RESULT_ARRAYS})
-    return PlaneResult(tuple(index), plan.value_range, paths, TaskInfo.since(start))
+    return PlaneResult(tuple(index), plan.value_range, replace(result, **paths), TaskInfo.since(start))
 
 
 def assemble_stack(
