@@ -8,8 +8,9 @@ patches per set, patch size and region); the uncertainty
 over all output pixels (all planes of a stack) in model units, i.e. as a fraction of the image's value
 range, so files of different types compare: ``uncertainty_mean`` and ``uncertainty_p99`` (the heatmap:
 MC std averaged over colour channels) and ``sigma_mean`` (the calibrated sigma, ``std_scale`` x std; empty
-for weights without a calibration); ``seconds`` (the task's wall time), ``worker``, ``peak_rss_mib`` (the
-worker process's peak resident memory when the input finished), ``status`` (``done`` or ``failed``),
+for weights without a calibration); ``seconds`` (the task's wall time; a stack's: the sum over its tasks),
+``worker`` (a stack's: its tasks' workers), ``peak_rss_mib`` (the worker process's peak resident memory when
+the input finished; a stack's: the largest of its tasks'), ``status`` (``done`` or ``failed``),
 ``error`` (one line), and ``sha256`` (``name:hex`` pairs of the written TIFFs and ``summary.json``), which
 resume checks.
 """
