@@ -5,7 +5,8 @@ Usage::
     python bench/holdout.py WEIGHTS [WEIGHTS ...] [--model ID] [--dropout-rate R] [--shared PATH] [--samples 40]
 
 This is where choices between trained models are made (never on Set5, Set14 or BSD100). One row per
-weights file: Y-PSNR of bicubic and of the MC mean (protocol, at the model's scale), and the uncertainty
+weights file: PSNR of the baseline (bicubic; at scale 1 the degraded input) and of the MC mean (protocol, at the
+model's scale: Y-PSNR, or the restoration protocol's gray PSNR at scale 1), and the uncertainty
 metrics of :func:`napari_sr_uncertainty.training.evaluate.mc_image_stats` (128 px HR patches, the network's
 channels), mean over the images. ``--dropout-rate`` evaluates the architecture at another rate than its
 spec's (weights trained at that rate, e.g. while choosing it).
@@ -19,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sr_uncertainty.core import metrics
 from napari_sr_uncertainty.models.registry import DEFAULT_MODEL, model_ids
 from napari_sr_uncertainty.models.weights import load_weights
 from napari_sr_uncertainty.training.config import TrainConfig
 from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_pairs
-from napari_sr_uncertainty.training.evaluate import mc_image_stats
+from napari_sr_uncertainty.training.evaluate import baseline_image, baseline_name, mc_image_stats, protocol_psnr
 
 COLUMNS = ("psnr_y", "pixel_spearman", "patch_spearman", "least_most_ratio", "oracle_least_most_ratio", "ause")
 
@@ -32,9 +32,7 @@ COLUMNS = ("psnr_y", "pixel_spearman", "patch_spearman", "least_most_ratio", "or
 def evaluate(spec, weights_path: str, pairs, n_samples: int) -> dict:
     rows = mc_image_stats(spec, load_weights(weights_path, model=spec.id).arrays, pairs, n_samples)
     means = {key: float(np.nanmean([r[key] for r in rows])) for key in COLUMNS}
-    means["bicubic_psnr_y"] = float(
-        np.mean([metrics.psnr_y(metrics.bicubic_upscale(p.lr, spec.scale), p.hr, spec.scale) for p in pairs])
-    )
+    means["baseline_psnr"] = float(np.mean([protocol_psnr(spec, baseline_image(spec, p.lr), p.hr) for p in pairs]))
     return means
 
 
@@ -55,12 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{spec.id} (dropout {spec.dropout_rate:g}); held-out BSD200 training images: {len(pairs)}; "
         f"MC mean of {args.samples}, seed 0\n"
     )
-    print("| weights | Y-PSNR (bicubic) | pixel Spearman | patch Spearman | least/most (ceiling) | AUSE |")
+    psnr = "PSNR" if spec.scale == 1 else "Y-PSNR"
+    print(
+        f"| weights | {psnr} ({baseline_name(spec)}) | pixel Spearman | patch Spearman | least/most (ceiling) | AUSE |"
+    )
     print("|---|---|---|---|---|---|")
     for path in args.weights:
         r = evaluate(spec, path, pairs, args.samples)
         print(
-            f"| {path} | {r['psnr_y']:.2f} ({r['bicubic_psnr_y']:.2f}) | {r['pixel_spearman']:.3f} | "
+            f"| {path} | {r['psnr_y']:.2f} ({r['baseline_psnr']:.2f}) | {r['pixel_spearman']:.3f} | "
             f"{r['patch_spearman']:.3f} | {r['least_most_ratio']:.2f} ({r['oracle_least_most_ratio']:.2f}) | "
             f"{r['ause']:.4f} |",
             flush=True,

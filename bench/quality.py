@@ -1,5 +1,5 @@
-"""Quality benchmark of a registered model at its scale: Y-PSNR / SSIM on Set5, Set14, BSD100 and uncertainty
-metrics (PROTOCOL.md: the x2 protocol, and its x3 / x4 sections).
+"""Quality benchmark of a registered model at its scale: PSNR / SSIM on Set5, Set14, BSD100 and uncertainty
+metrics (PROTOCOL.md: the x2 protocol, its x3 / x4 sections, and "Restoration (x1, gray)").
 
 Usage::
 
@@ -11,12 +11,15 @@ Usage::
 
 Protocol at scale s: HR cropped to a multiple of s, LR = Pillow bicubic /s of the uint8 RGB image, the model's
 output made into the RGB image the product shows (``y`` models: network luma + bicubic chroma), rounded to
-uint8, BT.601 Y, ``s`` pixels shaved. Rows: bicubic, the original project's weights (imported, deterministic)
+uint8, BT.601 Y, ``s`` pixels shaved. Scale 1 (restoration): HR = the image as Pillow "L" gray cropped to even
+size, input = the x1 benchmark degradation of it (bicubic /2, bicubic x2 back, JPEG quality 20), the output
+rounded to uint8, gray PSNR / SSIM (peak 255), 1 pixel shaved; the baseline is the degraded input itself.
+Rows: the baseline (bicubic, or the degraded input), the original project's weights (imported, deterministic)
 where ``reference/`` has them, ours deterministic (dropout off), ours MC mean of ``--samples`` dropout samples,
 and the published numbers of PROTOCOL.md at that scale (copied, not measured here).
 
 The uncertainty section (Set14, BSD100, ours) uses the heatmap = MC std of the network's channels (averaged
-over RGB for ``rgb`` models, the luma for ``y`` models) against the errors of the MC mean on the same channels
+over RGB for ``rgb`` models, the luma or gray plane for ``y`` / ``gray`` models) against the errors of the MC mean on the same channels
 in [0, 1], ``s`` pixels shaved (:mod:`napari_sr_uncertainty.core.uncertainty_metrics`):
 
 * pixel Spearman: per image, Spearman rank correlation of heatmap and |error|, averaged;
@@ -37,19 +40,29 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from napari_sr_uncertainty.core import metrics
 from napari_sr_uncertainty.core.uncertainty_metrics import image_uncertainty_stats
 from napari_sr_uncertainty.models.registry import DEFAULT_MODEL, get_spec, model_ids
 from napari_sr_uncertainty.models.weights import load_weights
+from napari_sr_uncertainty.training.card import load_eval_pairs
 from napari_sr_uncertainty.training.data import network_planes
-from napari_sr_uncertainty.training.evaluate import patch_lr, predict, to_rgb
+from napari_sr_uncertainty.training.evaluate import (
+    baseline_image,
+    patch_lr,
+    predict,
+    protocol_psnr,
+    protocol_ssim,
+    to_rgb,
+)
 
 SETS = ("Set5", "Set14", "BSD100")
 UNCERTAINTY_SETS = ("Set14", "BSD100")
 #: the original projects' weights in ``<shared>/reference`` (imported through the model's importer)
-ORIGINAL_WEIGHTS = {"esrcnn-x2": "seed000/modelesrcnn8.h5", "espcn-x3": "seed002/best.pth"}
+ORIGINAL_WEIGHTS = {
+    "esrcnn-x2": "seed000/modelesrcnn8.h5",
+    "espcn-x3": "seed002/best.pth",
+    "srcnn-gray-x1": "seed004/checkpoint.pth",
+}
 #: PROTOCOL.md, Y channel: scale -> method -> set -> (PSNR dB, SSIM or None)
 PUBLISHED = {
     2: {
@@ -78,16 +91,6 @@ def default_shared() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared"
 
 
-def load_set(folder: Path, limit: int | None, scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, HR cropped to the scale, protocol LR) for the PNGs of an evaluation set."""
-    items = []
-    for path in sorted(folder.glob("*.png"))[:limit]:
-        with Image.open(path) as img:
-            hr = metrics.crop_to_scale(metrics.to_rgb_uint8(np.asarray(img.convert("RGB"))), scale)
-        items.append((path.stem, hr, metrics.make_lr(hr, scale)))
-    return items
-
-
 def run(
     shared: Path,
     model: str,
@@ -99,8 +102,6 @@ def run(
 ) -> str:
     """Run the benchmark and return the report text."""
     spec = get_spec(model)
-    if spec.scale == 1:
-        raise ValueError(f"{spec.id} is x1 restoration: PROTOCOL.md measures it with its own degradation, not here")
     s = spec.scale
     datasets = shared / "datasets"
     ours = load_weights(weights_path, model=spec.id)
@@ -108,7 +109,7 @@ def run(
     original = shared / "reference" / ORIGINAL_WEIGHTS.get(spec.id, "-")
     if original.is_file():
         models["original"] = load_weights(original, model=spec.id).arrays
-    rows = {name: {} for name in ("bicubic", "original", "ours_det", "ours_mc")}
+    rows = {name: {} for name in ("baseline", "original", "ours_det", "ours_mc")}
     uncertainty = {}
     for set_name in sets:
         folder = datasets / set_name
@@ -118,9 +119,10 @@ def run(
         scores = {name: [] for name in rows}
         per_image = []
         start = time.monotonic()
-        for _name, hr, lr in load_set(folder, quick, s):
+        for pair in load_eval_pairs(folder, s)[:quick]:
+            hr, lr = pair.hr, pair.lr
             outputs = {
-                "bicubic": metrics.bicubic_upscale(lr, s),
+                "baseline": baseline_image(spec, lr),
                 "ours_det": to_rgb(spec, predict(spec, models["ours"], lr, 0).mean, lr),
             }
             if "original" in models:
@@ -128,7 +130,7 @@ def run(
             mc = predict(spec, models["ours"], lr, n_samples, seed=0)
             outputs["ours_mc"] = to_rgb(spec, mc.mean, lr)
             for row, sr in outputs.items():
-                scores[row].append((metrics.psnr_y(sr, hr, s), metrics.ssim_y(sr, hr, s)))
+                scores[row].append((protocol_psnr(spec, sr, hr), protocol_ssim(spec, sr, hr)))
             if set_name in UNCERTAINTY_SETS:
                 truth = network_planes(hr, spec.colour)
                 per_image.append(
@@ -141,7 +143,7 @@ def run(
                 rows[row][set_name] = tuple(np.mean(values, axis=0))
         if per_image:
             uncertainty[set_name] = per_image
-        print(f"{set_name}: {len(scores['bicubic'])} images in {time.monotonic() - start:.0f}s", file=log)
+        print(f"{set_name}: {len(scores['baseline'])} images in {time.monotonic() - start:.0f}s", file=log)
     return format_report(spec, rows, uncertainty, ours, original.name, n_samples, quick)
 
 
@@ -150,15 +152,20 @@ def format_report(
 ) -> str:
     s = spec.scale
     labels = {
-        "bicubic": "bicubic (Pillow), measured",
+        "baseline": f"{'bicubic (Pillow)' if s > 1 else 'degraded input (x1 benchmark degradation)'}, measured",
         "original": f"original project's weights ({original_name}), deterministic",
         "ours_det": "ours, deterministic (dropout off)",
         "ours_mc": f"ours, MC mean of {n_samples}",
     }
     sets = [name for name in SETS if any(name in r for r in rows.values())]
+    measured = (
+        f"x{s} super-resolution, Y channel (BT.601), shave {s} px"
+        if s > 1
+        else "x1 restoration of the benchmark degradation (gray 'L'; bicubic /2, bicubic x2, JPEG quality 20), "
+        "gray, peak 255, shave 1 px"
+    )
     lines = [
-        f"{spec.id}: x{s} super-resolution, Y channel (BT.601), shave {s} px, PSNR dB / SSIM"
-        + (f"  [quick: first {quick} images per set]" if quick else ""),
+        f"{spec.id}: {measured}, PSNR dB / SSIM" + (f"  [quick: first {quick} images per set]" if quick else ""),
         f"weights: {ours.source} (sha256 {ours.sha256[:12]})",
         "",
     ]
@@ -178,7 +185,9 @@ def format_report(
     for label, published in PUBLISHED.get(s, {}).items():
         lines.append(f"| {label:<62} | " + " | ".join(f"{cell(published.get(n)):^16}" for n in sets) + " |")
     if uncertainty:
-        channels = "std averaged over RGB" if spec.colour == "rgb" else "std of the luma"
+        channels = {"rgb": "std averaged over RGB", "y": "std of the luma", "gray": "std of the gray plane"}[
+            spec.colour
+        ]
         lines += ["", f"Uncertainty of ours (MC {n_samples}, heatmap = {channels}), mean over images:", ""]
         keys = [
             ("pixel_spearman", "Spearman(heatmap, abs error) per pixel"),

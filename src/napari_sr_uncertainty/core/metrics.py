@@ -1,13 +1,16 @@
-"""Super-resolution quality metrics and the standard x2 degradation, as in the benchmark protocol.
+"""Super-resolution and restoration quality metrics and the benchmark degradations, as in the benchmark protocol.
 
 Protocol (``shared/datasets/PROTOCOL.md``): HR is cropped to a multiple of the scale (top-left anchored),
 LR is Pillow's antialiased bicubic downscale of the uint8 HR, SR is rounded to uint8, and PSNR / SSIM are
-computed on the BT.601 luma (Y) channel after shaving ``scale`` pixels from every border.
+computed on the BT.601 luma (Y) channel after shaving ``scale`` pixels from every border. Scale-1 (restoration)
+models have their own degradation and gray PSNR (:func:`restoration_pair`, :func:`psnr_gray`).
 
 Everything here takes and returns plain NumPy arrays; only NumPy and Pillow are used.
 """
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 from PIL import Image
@@ -183,3 +186,74 @@ def psnr_y(sr: np.ndarray, hr: np.ndarray, scale: int = 2) -> float:
 def ssim_y(sr: np.ndarray, hr: np.ndarray, scale: int = 2) -> float:
     """Y-channel SSIM per the protocol; arguments as :func:`psnr_y`."""
     return ssim(*_y_pair(sr, hr, scale))
+
+
+# --------------------------------------------------------------------------- x1 restoration (gray)
+# PROTOCOL.md, "Restoration (x1, gray)": the benchmark degradation that scale-1 models undo, and its PSNR.
+RESTORATION_RESIZE = 2  # bicubic downscale by this factor, then back up to the original size
+RESTORATION_JPEG_QUALITY = 20
+RESTORATION_SHAVE = 1
+
+
+def to_gray_uint8(image: np.ndarray) -> np.ndarray:
+    """Pillow's ``convert("L")`` of a uint8 image: (H, W) uint8 (ITU-R 601-2 luma, integer rounding).
+
+    A gray image, (H, W), (H, W, 1) or gray replicated to RGB, comes back unchanged (the luma weights sum to 1).
+    """
+    return np.asarray(Image.fromarray(to_rgb_uint8(image)).convert("L"))
+
+
+def degrade_restoration(gray_uint8: np.ndarray) -> np.ndarray:
+    """The x1 benchmark degradation of an (H, W) uint8 gray image with even H and W (:func:`restoration_pair`).
+
+    Pillow bicubic downscale by :data:`RESTORATION_RESIZE`, bicubic upscale back to (H, W), then a Pillow
+    JPEG round trip at quality :data:`RESTORATION_JPEG_QUALITY`. Returns (H, W) uint8.
+    """
+    gray = np.asarray(gray_uint8)
+    h, w = gray.shape
+    if h % RESTORATION_RESIZE or w % RESTORATION_RESIZE:
+        raise ValueError(f"the restoration degradation needs a size divisible by {RESTORATION_RESIZE}, got {h}x{w}")
+    image = Image.fromarray(gray)
+    small = image.resize((w // RESTORATION_RESIZE, h // RESTORATION_RESIZE), Image.BICUBIC)
+    buffer = io.BytesIO()
+    small.resize((w, h), Image.BICUBIC).save(buffer, format="JPEG", quality=RESTORATION_JPEG_QUALITY)
+    buffer.seek(0)
+    with Image.open(buffer) as jpeg:
+        return np.asarray(jpeg.convert("L"))
+
+
+def restoration_pair(image_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(HR, degraded) of the x1 protocol: HR = the image as 8-bit gray ("L") cropped to even size (top-left
+    anchored), degraded = :func:`degrade_restoration` of it; both (H, W) uint8 of the same size."""
+    hr = crop_to_scale(to_gray_uint8(image_uint8), RESTORATION_RESIZE)
+    return hr, degrade_restoration(hr)
+
+
+def _gray_pair(restored: np.ndarray, hr: np.ndarray, shave: int) -> tuple[np.ndarray, np.ndarray]:
+    out, truth = to_gray_uint8(quantize(restored)), to_gray_uint8(hr)
+    if out.shape != truth.shape:
+        raise ValueError(f"restored shape {out.shape} differs from HR shape {truth.shape}")
+    if shave:
+        out, truth = out[shave:-shave, shave:-shave], truth[shave:-shave, shave:-shave]
+    return out, truth
+
+
+def psnr_gray(restored: np.ndarray, hr: np.ndarray, shave: int = RESTORATION_SHAVE) -> float:
+    """Gray PSNR (peak 255) of the x1 protocol.
+
+    Parameters
+    ----------
+    restored : ndarray
+        The restored (or degraded) image, (H, W), (H, W, 1) or gray as RGB, float in [0, 1] (rounded to uint8
+        here, as the product's output is saved) or uint8; RGB is made gray by Pillow's "L".
+    hr : ndarray, uint8
+        Ground truth of the same size.
+    shave : int
+        Pixels left out at every border.
+    """
+    return psnr(*_gray_pair(restored, hr, shave))
+
+
+def ssim_gray(restored: np.ndarray, hr: np.ndarray, shave: int = RESTORATION_SHAVE) -> float:
+    """Gray SSIM (peak 255) of the x1 protocol; arguments as :func:`psnr_gray`."""
+    return ssim(*_gray_pair(restored, hr, shave))

@@ -99,8 +99,8 @@ def export(
         "data": {
             "train": [str(Path(d).name) for d in config.data],
             "held_out_for_validation_and_calibration": config.holdout,
-            "lr_degradation": f"Pillow BICUBIC x1/{spec.scale} downscale of the uint8 RGB HR image, rounded "
-            f"(PROTOCOL.md)" + ("; network planes are the luma of LR and HR" if spec.colour != "rgb" else ""),
+            "lr_degradation": _data.degradation_description(spec.scale)
+            + ("; network planes are the luma of LR and HR" if spec.colour != "rgb" else ""),
             "augmentation": "random aligned crops, 4 rotations x horizontal flip",
         },
         "steps_trained": checkpoint["step"],
@@ -127,6 +127,7 @@ def export(
         "validation": {
             "val_psnr_y": validation["psnr_y"],
             "val_ssim_y": validation["ssim_y"],
+            "baseline": validation["baseline"],
             "val_bicubic_psnr_y": validation["bicubic_psnr_y"],
             "val_bicubic_ssim_y": validation["bicubic_ssim_y"],
             "uncertainty": evaluate_uncertainty(spec, arrays, val_pairs, mc_samples),

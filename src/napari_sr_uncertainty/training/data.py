@@ -3,7 +3,7 @@ augmentation, in the model's colour mode.
 
 LR images are made once per whole HR image exactly as the benchmark protocol does
 (:func:`napari_sr_uncertainty.core.metrics.make_lr`: Pillow bicubic of the uint8 RGB image at the model's
-scale), and crops are taken from aligned (LR, HR) pairs, so a training crop sees the same degradation as a
+scale; for scale-1 models the x1 protocol's degraded gray image, :func:`~napari_sr_uncertainty.core.metrics.restoration_pair`), and crops are taken from aligned (LR, HR) pairs, so a training crop sees the same degradation as a
 benchmark image (cropping first and downscaling the crop would change the pixels near crop borders).
 For ``y`` and ``gray`` models the network sees luma planes (full-range BT.601, :func:`core.colour.luma`) of
 the LR and HR images, as the product computes them from an RGB input.
@@ -19,7 +19,14 @@ import numpy as np
 from PIL import Image
 
 from ..core.colour import luma
-from ..core.metrics import crop_to_scale, make_lr, to_rgb_uint8
+from ..core.metrics import (
+    RESTORATION_JPEG_QUALITY,
+    RESTORATION_RESIZE,
+    crop_to_scale,
+    make_lr,
+    restoration_pair,
+    to_rgb_uint8,
+)
 
 # BSD200 images held out from training for validation and calibration: every 20th file in name order.
 BSD200_VALIDATION_IDS = (
@@ -73,9 +80,27 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 
 def make_pair(name: str, hr: np.ndarray, scale: int = 2) -> ImagePair:
-    """Crop ``hr`` to a multiple of ``scale`` and attach its protocol LR image."""
+    """Crop ``hr`` to a multiple of ``scale`` and attach its protocol LR image.
+
+    At scale 1 (restoration) the pair is the x1 protocol's (:func:`core.metrics.restoration_pair`): HR is the
+    image as 8-bit gray cropped to even size, LR its degraded version of the same size, both gray replicated
+    to uint8 RGB (so a gray network's luma planes are the gray values).
+    """
+    if scale == 1:
+        return ImagePair(name, *(to_rgb_uint8(plane) for plane in restoration_pair(hr)), scale=1)
     hr = crop_to_scale(to_rgb_uint8(hr), scale)
     return ImagePair(name=name, hr=hr, lr=make_lr(hr, scale), scale=scale)
+
+
+def degradation_description(scale: int) -> str:
+    """How :func:`make_pair` makes a model's input at ``scale`` (for training cards)."""
+    if scale == 1:
+        return (
+            "x1 restoration (PROTOCOL.md): HR = Pillow 'L' gray cropped to even size; input = Pillow BICUBIC "
+            f"x1/{RESTORATION_RESIZE} downscale, BICUBIC upscale back, JPEG quality "
+            f"{RESTORATION_JPEG_QUALITY}"
+        )
+    return f"Pillow BICUBIC x1/{scale} downscale of the uint8 RGB HR image, rounded (PROTOCOL.md)"
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """Evaluation during and after training, for any registered model at its scale and colour mode.
 
 * the protocol's Y-PSNR / SSIM (PROTOCOL.md: the model's output made into the RGB image the product shows,
-  rounded to uint8, BT.601 Y, ``scale`` pixels shaved) on held-out pairs;
+  rounded to uint8, BT.601 Y, ``scale`` pixels shaved; for scale-1 models the restoration protocol's gray
+  PSNR / SSIM, against the degraded input instead of bicubic) on held-out pairs;
 * the MC statistics of the uncertainty (pixel and patch Spearman, AUSE, ...) on the network's channels
   (RGB for ``rgb`` models, luma for ``y`` / ``gray`` models) against the same channels of the ground truth;
 * the calibration factor ``std_scale`` of the MC std, fitted on held-out training images.
@@ -104,20 +105,45 @@ def to_rgb(spec, network_output: np.ndarray, lr_uint8: np.ndarray) -> np.ndarray
     return np.repeat(network_output, 3, axis=-1)
 
 
+def baseline_name(spec) -> str:
+    """What a model is compared with: bicubic upscaling, or for a scale-1 model its degraded input itself."""
+    return "degraded input" if spec.scale == 1 else "bicubic"
+
+
+def baseline_image(spec, lr_uint8: np.ndarray) -> np.ndarray:
+    """The baseline (:func:`baseline_name`) of an LR image, uint8 RGB at the model's output size."""
+    return lr_uint8 if spec.scale == 1 else metrics.bicubic_upscale(lr_uint8, spec.scale)
+
+
+def protocol_psnr(spec, image: np.ndarray, hr: np.ndarray) -> float:
+    """PSNR of an output (RGB as the product shows it) against HR by the protocol at the model's scale: Y-PSNR
+    shaving ``scale`` pixels, or at scale 1 the restoration protocol's gray PSNR (:func:`.metrics.psnr_gray`)."""
+    return metrics.psnr_gray(image, hr) if spec.scale == 1 else metrics.psnr_y(image, hr, spec.scale)
+
+
+def protocol_ssim(spec, image: np.ndarray, hr: np.ndarray) -> float:
+    """SSIM counterpart of :func:`protocol_psnr`."""
+    return metrics.ssim_gray(image, hr) if spec.scale == 1 else metrics.ssim_y(image, hr, spec.scale)
+
+
 def evaluate_pairs(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 0) -> dict:
-    """Mean Y-PSNR / SSIM (protocol) of the model (deterministic, or MC mean) and of bicubic on ``pairs``."""
-    s = spec.scale
+    """Mean PSNR / SSIM (protocol) of the model (deterministic, or MC mean) and of its baseline on ``pairs``.
+
+    The keys keep the super-resolution names: at scale 1 ``psnr_y`` / ``ssim_y`` are the restoration
+    protocol's gray PSNR / SSIM and ``bicubic_*`` those of the degraded input (``baseline`` says which).
+    """
     model_psnr, model_ssim, bic_psnr, bic_ssim = [], [], [], []
     for pair in pairs:
         sr = to_rgb(spec, predict(spec, arrays, pair.lr, n_samples).mean, pair.lr)
-        bicubic = metrics.bicubic_upscale(pair.lr, s)
-        model_psnr.append(metrics.psnr_y(sr, pair.hr, s))
-        model_ssim.append(metrics.ssim_y(sr, pair.hr, s))
-        bic_psnr.append(metrics.psnr_y(bicubic, pair.hr, s))
-        bic_ssim.append(metrics.ssim_y(bicubic, pair.hr, s))
+        baseline = baseline_image(spec, pair.lr)
+        model_psnr.append(protocol_psnr(spec, sr, pair.hr))
+        model_ssim.append(protocol_ssim(spec, sr, pair.hr))
+        bic_psnr.append(protocol_psnr(spec, baseline, pair.hr))
+        bic_ssim.append(protocol_ssim(spec, baseline, pair.hr))
     return {
         "images": len(pairs),
         "mc_samples": n_samples,
+        "baseline": baseline_name(spec),
         "psnr_y": float(np.mean(model_psnr)),
         "ssim_y": float(np.mean(model_ssim)),
         "bicubic_psnr_y": float(np.mean(bic_psnr)),
@@ -129,7 +155,7 @@ def mc_image_stats(
     spec, arrays: dict, pairs: list[ImagePair], n_samples: int, seed: int = 0, std_scale: float | None = None
 ) -> list[dict]:
     """Per image of ``pairs``: :func:`uncertainty_metrics.image_uncertainty_stats` of an MC run (128x128 HR
-    patches, the network's channels), plus ``psnr_y``, the protocol Y-PSNR of its MC mean."""
+    patches, the network's channels), plus ``psnr_y``, the protocol PSNR of its MC mean (:func:`protocol_psnr`)."""
     rows = []
     for pair in pairs:
         result = predict(spec, arrays, pair.lr, n_samples, seed)
@@ -137,7 +163,7 @@ def mc_image_stats(
         stats = uncertainty_metrics.image_uncertainty_stats(
             result.mean, result.std, truth, patch=patch_lr(spec.scale), scale=spec.scale, std_scale=std_scale
         )
-        stats["psnr_y"] = metrics.psnr_y(to_rgb(spec, result.mean, pair.lr), pair.hr, spec.scale)
+        stats["psnr_y"] = protocol_psnr(spec, to_rgb(spec, result.mean, pair.lr), pair.hr)
         rows.append(stats)
     return rows
 

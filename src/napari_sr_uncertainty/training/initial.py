@@ -8,7 +8,8 @@ from importlib import import_module
 import numpy as np
 
 #: models whose network can start as bicubic interpolation -> the module of this package with ``bicubic_init``
-BICUBIC_INITS = {"esrcnn-x2": "esrcnn", "espcn-x3": "espcn"}
+#: (at scale 1 bicubic interpolation is the identity: a restoration model starts at its degraded input)
+BICUBIC_INITS = {"esrcnn-x2": "esrcnn", "espcn-x3": "espcn", "srcnn-gray-x1": "srcnn_gray"}
 
 
 def random_init(spec, seed: int = 0, noise: float = 1.0) -> dict[str, np.ndarray]:
