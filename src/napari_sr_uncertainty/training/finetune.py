@@ -10,10 +10,10 @@ worker drives and stops). The steps:
    tiles. A fraction of the tiles (10 % by default, at least one) is **held out**: never trained on, used for
    the held-out PSNR, the live preview and the calibration. Each tile is degraded on its own by the
    crappifier (:mod:`.degrade`), so no held-out pixel reaches a training LR through a filter's support.
-2. **Training**: the training package's pieces (crop sampler, jitted step with the model's fast path,
-   optimiser and schedule, checkpoints) on the training tiles; every ``val_every`` steps the held-out tiles
-   are evaluated (MC mean PSNR over the image's range, with the bicubic baseline) and a checkpoint is
-   written (atomically: a stopped or crashed run leaves the previous one).
+2. **Training**: the training loop of every run (:func:`.loop.iter_train`: crop sampler, jitted step with
+   the model's fast path, optimiser and schedule, checkpoints) on the training tiles; every ``val_every``
+   steps the held-out tiles are evaluated (MC mean PSNR over the image's range, with the bicubic baseline)
+   and a checkpoint is written (atomically: a stopped or crashed run leaves the previous one).
 3. **The end**: the calibration factor is refitted on the held-out tiles
    (:func:`.evaluate.calibrate_std_scale`), and the weights are saved with a training card (data summary,
    degradation, steps, held-out PSNR and uncertainty metrics before and after).
@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
-import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,7 +40,8 @@ from ..core import metrics, uncertainty_metrics
 from ..core.colour import bicubic_upscale, network_input
 from ..core.imaging import InputError, array_layout, read_image, scan_values, to_model_input
 from ..core.patches import score_patches
-from ..core.progress import Progress, run_to_end
+from ..core.pipeline import patch_border
+from ..core.progress import Progress, map_progress, run_to_end
 from .config import TrainConfig
 from .data import ImagePair, list_images
 from .degrade import Degradation, degrade
@@ -53,7 +52,6 @@ HELD_OUT_PATCH_HR = 32
 #: MC samples of the final evaluation and of the calibration refit (the product's default)
 FINAL_MC_SAMPLES = 40
 RUN_STATE_NAME = "finetune.json"
-LOG_NAME = "log.jsonl"
 
 
 @dataclass(frozen=True)
@@ -198,7 +196,8 @@ def prepare_training_data(
     model : str
         Registry id.
     crop_lr : int
-        LR side of a training crop; every plane must hold its window (the crop less the model's halo a side).
+        LR side of a training crop; every plane must hold its window (the crop less the model's halo a side;
+        the whole crop for models that do not pad with zeros, ``ModelSpec.zero_padding``).
     tile_lr : int, optional
         LR side of the tiles (default ``2 * crop_lr``); planes are cut into ``max(1, n // tile_lr)`` nearly
         equal tiles per axis.
@@ -214,14 +213,17 @@ def prepare_training_data(
         than one crop, or a split that leaves nothing to train on or nothing held out.
     """
     from ..models.registry import get_spec
+    from .loop import min_lr_size
 
     spec = get_spec(model)
-    # a training window: the crop without its halo of context (which may reach past the image's border)
-    window = crop_lr - 2 * spec.halo
+    # what a plane must hold: a training window (the crop without its halo of context, which may reach past
+    # the image's border), or for models that do not pad with zeros the whole crop
+    window = min_lr_size(spec, crop_lr)
+    what = f"{window}-pixel training " + ("window" if spec.zero_padding else "crop (window and context)")
     tile_lr = tile_lr or 2 * crop_lr
-    if window < 1 or tile_lr < window:
+    if crop_lr - 2 * spec.halo < 1 or tile_lr < window:
         raise InputError(
-            f"the tile ({tile_lr} LR px) must hold a training window ({crop_lr} LR px crop less {spec.halo} px of "
+            f"the tile ({tile_lr} LR px) must hold a {what} ({crop_lr} LR px crop with {spec.halo} px of "
             "context a side)"
         )
     if not 0 < holdout_fraction < 1:
@@ -241,7 +243,7 @@ def prepare_training_data(
             if min(h, w) // s < window:
                 raise InputError(
                     f"'{name}' is {plane.shape[1]}x{plane.shape[0]} pixels: at x{s} its LR is "
-                    f"{plane.shape[1] // s}x{plane.shape[0] // s}, smaller than one {window}-pixel training window; "
+                    f"{plane.shape[1] // s}x{plane.shape[0] // s}, smaller than one {what}; "
                     f"give larger images (at least {window * s}x{window * s}) or a smaller crop"
                 )
             planes.append(network_input(plane[:h, :w], spec.colour, gray))
@@ -322,7 +324,7 @@ def evaluate_held_out(
     s = spec.scale
     shave = np.s_[s:-s, s:-s]
     patch = max(1, HELD_OUT_PATCH_HR // s)
-    border = (spec.halo if spec.padding_frame is None else spec.padding_frame) * s
+    border = patch_border(spec)
     model, bicubic, truth, pixel_rho, scores, patch_rmse, covered, count = [], [], [], [], [], [], 0, 0
     for pair in pairs:
         result = predict(spec, arrays, pair.lr, n_samples, seed)
@@ -409,6 +411,11 @@ def _check_resumable(run_dir: Path, state: dict) -> TrainConfig:
     return config
 
 
+def measure_held_out(spec, arrays: dict, pairs: list[ImagePair], config: TrainConfig) -> dict:
+    """The fine-tune's validation record (:func:`evaluate_held_out` with ``config.val_mc_samples`` samples)."""
+    return evaluate_held_out(spec, arrays, pairs, config.val_mc_samples)
+
+
 def iter_fine_tune(
     data: TrainingData,
     config: TrainConfig,
@@ -423,96 +430,77 @@ def iter_fine_tune(
 ) -> Generator[FineTuneProgress, None, FineTuneResult]:
     """The run of :func:`fine_tune` on prepared data, as a generator: one :class:`FineTuneProgress` per step.
 
-    ``stop()`` is asked before every step; when it says True (or ``max_seconds`` have passed) a checkpoint of
-    the current step is written and the generator returns a result with ``stopped`` set and no weights.
-    Closing the generator before its end (a GUI worker that quits with its viewer) writes one too.
-    Calling it again with the same ``run_dir`` resumes from there. ``config.init`` names the starting weights.
+    The training is :func:`.loop.iter_train`'s (the benchmark training's loop) on the training tiles, validated
+    on the held-out tiles (:func:`evaluate_held_out`). ``stop()`` is asked before every step; when it says True
+    a checkpoint of the current step is written and the generator returns a result with ``stopped`` set and no
+    weights. ``max_seconds`` does the same after the first step that ends past it (validated first). Closing
+    the generator before its end (a GUI worker that quits with its viewer) writes a checkpoint too. Calling it
+    again with the same ``run_dir`` resumes from there. ``config.init`` names the starting weights.
     """
-    import jax
-    import jax.numpy as jnp
-
     from ..models.weights import load_weights, save_weights
-    from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-    from .data import CropSampler
+    from .checkpoint import CHECKPOINT_NAME
     from .evaluate import calibrate_std_scale
     from .initial import initial_arrays
-    from .step import make_optimizer, make_train_step
+    from .loop import Validation, iter_train
 
     run_dir = Path(run_dir)
     output = Path(output) if output is not None else run_dir / f"{run_dir.name}.msgpack"
-    checkpoint_path = run_dir / CHECKPOINT_NAME
     # the held-out tiles by name, for the card (TrainConfig's ``holdout``)
     config = replace(config, data=[], holdout=[data.tile_name(t) for t in data.held_out])
     state = _run_state(data, degradation, config)
-    resuming = resume and checkpoint_path.exists()
+    resuming = resume and (run_dir / CHECKPOINT_NAME).exists()
     if resuming:
         config = replace(_check_resumable(run_dir, state), steps=config.steps)
     spec = config.spec
     train_pairs = data.pairs(data.training, degradation, config.seed)
     held_pairs = data.pairs(data.held_out, degradation, config.seed)
-    sampler = CropSampler(train_pairs, config.crop_lr, seed=config.seed, colour=spec.colour, halo=spec.halo)
     yield FineTuneProgress(0, config.steps, "evaluating the starting weights on the held-out tiles")
     start_arrays = initial_arrays(config)
     start_scale = load_weights(config.init, model=spec.id).calibration_scale if Path(config.init).is_file() else None
     before = evaluate_held_out(spec, start_arrays, held_pairs, final_mc_samples, std_scale=start_scale)
-    params = spec.to_flax(start_arrays)["params"]
-    opt_state = make_optimizer(config).init(params)
-    step, best = 0, {"held_out_psnr": -math.inf, "step": 0}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resuming:
-        params, opt_state, step, sampler_state, _, best = load_checkpoint(checkpoint_path, params, opt_state)
-        sampler.set_state(sampler_state)
-    else:
+    if not resuming:
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_STATE_NAME).write_text(json.dumps(state, indent=1) + "\n")
-    train_step = make_train_step(config)
     preview_pair = held_pairs[0]
-    started, start_step = time.monotonic(), step
 
-    def arrays_now():
-        return spec.from_flax({"params": jax.device_get(params)})
+    def progress(record) -> FineTuneProgress:
+        preview = (
+            None
+            if record.arrays is None
+            else _predict_mean(spec, record.arrays, preview_pair.lr, config.val_mc_samples)
+        )
+        loss = None if record.loss is None else float(record.loss[0])
+        return FineTuneProgress(
+            record.step, record.steps, f"step {record.step}/{record.steps}", loss, record.validation, preview
+        )
 
-    def held_out_event(message: str, loss: float | None = None) -> FineTuneProgress:
-        arrays = arrays_now()
-        record = evaluate_held_out(spec, arrays, held_pairs, config.val_mc_samples)
-        preview = _predict_mean(spec, arrays, preview_pair.lr, config.val_mc_samples)
-        return FineTuneProgress(step, config.steps, message, loss, record, preview)
-
-    try:
-        event = held_out_event(f"step {step}/{config.steps}")
-        yield event
-        with open(run_dir / LOG_NAME, "a") as log:
-            while step < config.steps:
-                timed_out = max_seconds is not None and time.monotonic() - started > max_seconds
-                if (stop is not None and stop()) or timed_out:
-                    save_checkpoint(checkpoint_path, params, opt_state, step, sampler.state(), config, best)
-                    report = {"stopped_at_step": step, "steps": config.steps, "run_dir": str(run_dir)}
-                    return FineTuneResult(None, report, stopped=True)
-                params, opt_state, losses = train_step(params, opt_state, jnp.int32(step), *sampler.batch(config.batch))
-                step += 1
-                loss = float(losses[0])
-                if step % config.val_every == 0 or step == config.steps:
-                    event = held_out_event(f"step {step}/{config.steps}", loss)
-                    record = {"step": step, "loss": loss, **event.held_out, "seconds": time.monotonic() - started}
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    if event.held_out["psnr"] > best["held_out_psnr"]:
-                        best = {"held_out_psnr": event.held_out["psnr"], "step": step}
-                    save_checkpoint(checkpoint_path, params, opt_state, step, sampler.state(), config, best)
-                    yield event
-                else:
-                    yield FineTuneProgress(step, config.steps, f"step {step}/{config.steps}", loss)
-    except GeneratorExit:  # closed before the end (a GUI worker that quit with its viewer): keep this step
-        save_checkpoint(checkpoint_path, params, opt_state, step, sampler.state(), config, best)
-        raise
-    seconds = time.monotonic() - started
+    run = iter_train(
+        config,
+        run_dir,
+        train_pairs=train_pairs,
+        val_pairs=held_pairs,
+        validation=Validation(measure_held_out, score="psnr", best_keys=("psnr",)),
+        validate_at_start=True,
+        max_seconds=max_seconds,
+        stop=stop,
+        resume=resuming,
+        steps=config.steps,
+    )
+    trained = yield from map_progress(run, progress)
+    step = trained["step"]
+    if trained["stopped"]:
+        report = {"stopped_at_step": step, "steps": config.steps, "run_dir": str(run_dir)}
+        return FineTuneResult(None, report, stopped=True)
     yield FineTuneProgress(step, config.steps, "refitting the calibration on the held-out tiles")
-    arrays = arrays_now()
+    arrays = trained["arrays"]
     calibration = calibrate_std_scale(spec, arrays, held_pairs, final_mc_samples)
     calibration["data"] = (
         f"{len(held_pairs)} held-out tiles of the training images, MC mean of {final_mc_samples} samples, seed 0"
     )
     after = evaluate_held_out(spec, arrays, held_pairs, final_mc_samples, std_scale=calibration["std_scale"])
-    card = training_card(data, config, degradation, before, after, calibration, step - start_step, seconds)
+    card = training_card(
+        data, config, degradation, before, after, calibration, trained["steps_this_session"], trained["seconds"]
+    )
     yield FineTuneProgress(step, config.steps, f"saving {output.name}")
     card["sha256"] = save_weights(arrays, output, model=spec.id)
     output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
