@@ -24,10 +24,16 @@ def test_widget_is_in_a_contributable_layers_menu():
     from napari._app_model.constants._menus import is_menu_contributable
 
     manifest = PluginManifest.from_distribution(MANIFEST_NAME)
-    (widget,) = manifest.contributions.widgets
-    assert widget.display_name == "Super-resolve with uncertainty"
-    menu_ids = [menu_id for menu_id, items in manifest.contributions.menus.items() if items]
-    assert "napari/layers/filter" in menu_ids and all(is_menu_contributable(m) for m in menu_ids)
+    widgets = {w.display_name: w.command for w in manifest.contributions.widgets}
+    assert list(widgets) == ["Super-resolve with uncertainty", "Train or fine-tune a model"]
+    commands = {c.id for c in manifest.contributions.commands}
+    assert set(widgets.values()) <= commands and len(set(widgets.values())) == 2
+    menus = {menu_id: [item.command for item in items] for menu_id, items in manifest.contributions.menus.items()}
+    menu_ids = [menu_id for menu_id, items in menus.items() if items]
+    assert all(is_menu_contributable(m) for m in menu_ids)
+    # the super-resolution widget is under Layers > Filter; every menu entry opens one of the two widgets
+    assert widgets["Super-resolve with uncertainty"] in menus["napari/layers/filter"]
+    assert {command for items in menus.values() for command in items} <= set(widgets.values())
 
 
 @pytest.mark.parametrize(("key", "shape"), [("astronaut", (256, 256, 3)), ("cell", None)])
