@@ -34,6 +34,18 @@ def random_model_arrays(model: str, seed: int = 1) -> dict[str, np.ndarray]:
     return arrays
 
 
+@pytest.fixture(autouse=True)
+def trained_models_folder(tmp_path_factory, monkeypatch) -> Path:
+    """Every test has its own trained-models folder (``NAPARI_SR_UNCERTAINTY_MODELS``), never the user's saved
+    models (:func:`napari_sr_uncertainty.plugin.train_models.trained_models_dir`). It does not exist until a
+    test writes a model, so a test can check that nothing was written."""
+    from napari_sr_uncertainty.plugin.train_models import MODELS_ENV
+
+    folder = tmp_path_factory.mktemp("trained-models") / "models"
+    monkeypatch.setenv(MODELS_ENV, str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def random_espcn_weights_path(tmp_path_factory) -> Path:
     """Random ``espcn-x3`` weights saved in our msgpack format (the model ships no weights yet)."""

@@ -13,13 +13,9 @@ RUN_TIMEOUT_MS = 180_000
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    """Trained models go to a fresh folder (never the user's)."""
-    from napari_sr_uncertainty.plugin.train_models import MODELS_ENV
-
-    folder = tmp_path / "models"
-    monkeypatch.setenv(MODELS_ENV, str(folder))
-    return folder
+def models_dir(trained_models_folder):
+    """Trained models go to a fresh folder (never the user's): conftest's, for every test."""
+    return trained_models_folder
 
 
 @pytest.fixture
