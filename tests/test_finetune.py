@@ -95,6 +95,7 @@ def test_weights_carry_a_card_with_the_refitted_calibration(tmp_path):
     assert card["degradation"] == Degradation(blur_sigma=1.0).as_dict()
     assert card["data"]["tiles"] == 12 and card["data"]["held_out_tiles"] == 1
     assert "Gaussian blur sigma 1" in card["data"]["lr_degradation"]
+    assert card["schedule"]["decay_steps"] == 4 and card["schedule"]["kind"] == "linear warmup + cosine decay"
     before, after = card["fine_tune"]["held_out"]["before"], card["fine_tune"]["held_out"]["after"]
     for record in (before, after):
         assert {"psnr", "bicubic_psnr", "pixel_spearman", "patch_spearman", "coverage"} <= set(record)

@@ -52,6 +52,17 @@ def loss_description(config, spec) -> str:
     return text
 
 
+def schedule_record(config) -> dict:
+    """The card's record of the learning-rate schedule (:func:`.step.make_schedule`)."""
+    return {
+        "kind": "linear warmup + cosine decay",
+        "peak_lr": config.learning_rate,
+        "warmup_steps": config.warmup_steps,
+        "decay_steps": config.steps,
+        "final_lr": config.learning_rate * config.final_lr_fraction,
+    }
+
+
 def export(
     run_dir: str | Path,
     out_path: str | Path,
@@ -114,13 +125,7 @@ def export(
         + (
             f", last layer's learning rate x{config.last_layer_lr_scale:g}" if config.last_layer_lr_scale != 1.0 else ""
         ),
-        "schedule": {
-            "kind": "linear warmup + cosine decay",
-            "peak_lr": config.learning_rate,
-            "warmup_steps": config.warmup_steps,
-            "decay_steps": config.steps,
-            "final_lr": config.learning_rate * config.final_lr_fraction,
-        },
+        "schedule": schedule_record(config),
         "init": init_record(config.init),
         "seed": config.seed,
         "config": asdict(config),

@@ -524,7 +524,7 @@ def training_card(
     seconds: float,
 ) -> dict:
     """The training card of fine-tuned weights: :mod:`.card`'s fields for a run on a user's images."""
-    from .card import init_record, loss_description
+    from .card import init_record, loss_description, schedule_record
 
     spec = config.spec
     return {
@@ -544,7 +544,7 @@ def training_card(
         "crop_lr": config.crop_lr,
         "crop_hr": spec.scale * config.crop_lr,
         "loss": loss_description(config, spec),
-        "schedule": "linear warmup + cosine decay (learning rate, warmup and final fraction in config)",
+        "schedule": schedule_record(config),
         "init": init_record(config.init),
         "seed": config.seed,
         "config": asdict(config),
