@@ -130,16 +130,32 @@ def test_cancel_keeps_the_checkpoint_and_train_resumes(qtbot, viewer_and_widgets
     assert not widget.result.stopped and (models_dir / "resumable.msgpack").is_file()
 
 
-def test_deleting_layers_during_training_changes_nothing(qtbot, viewer_and_widgets, train_errors):
+def test_deleting_layers_during_training_changes_nothing(qtbot, viewer_and_widgets, train_errors, monkeypatch):
+    import threading
+
+    from napari_sr_uncertainty.training import finetune
+
     viewer, _, widget = viewer_and_widgets
     layers = [viewer.add_image(image, name=f"cell {i}") for i, image in enumerate(cells())]
     widget.images.value = layers
     widget.name.value = "deleted"
     widget.steps.value = 8
+    # the worker's third live preview (step 4) waits until the layers are gone: with its steps compiled the
+    # worker could otherwise finish all its evaluations before the GUI has drawn the second one
+    removed, previews, predict_mean = threading.Event(), [], finetune._predict_mean
+
+    def gated_predict_mean(*args):
+        previews.append(args)
+        if len(previews) == 3:
+            removed.wait(RUN_TIMEOUT_MS / 1000)
+        return predict_mean(*args)
+
+    monkeypatch.setattr(finetune, "_predict_mean", gated_predict_mean)
     widget.train()
     qtbot.waitUntil(lambda: len(widget.history["eval_step"]) >= 2, timeout=RUN_TIMEOUT_MS)
     viewer.layers.remove(layers[0])  # training goes on with the copy taken at Train
     viewer.layers.remove(f"deleted {LIVE_PREVIEW_SUFFIX}")  # added again at the next evaluation
+    removed.set()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=RUN_TIMEOUT_MS)
     assert train_errors == []
     assert not widget.result.stopped and widget.history["step"][-1] == 8
