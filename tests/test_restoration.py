@@ -97,3 +97,27 @@ def test_x1_training_runs_through_the_loop_against_the_degraded_input(tmp_path):
     assert record["val_bicubic_psnr_y"] == pytest.approx(degraded)  # the baseline is the degraded input
     best = load_weights(tmp_path / loop.BEST_NAME, model=SPEC.id).arrays
     assert evaluate_pairs(SPEC, best, val_pairs)["baseline"] == "degraded input"
+
+
+def test_bundled_weights_load_with_their_checksum_and_the_cards_calibration():
+    from napari_sr_uncertainty.models.weights import bundled_weights_dir, file_sha256, load_weights
+
+    path = bundled_weights_dir() / SPEC.default_weights
+    card = json.loads(path.with_suffix(".json").read_text())
+    weights = load_weights(model=SPEC.id)
+    assert weights.sha256 == card["sha256"] == file_sha256(path)
+    assert weights.calibration_scale == card["calibration"]["std_scale"] > 0
+    assert card["model_id"] == SPEC.id and card["dropout_rate"] == SPEC.dropout_rate
+    assert card["data"]["train"] == ["T91", "BSD200"] and "JPEG quality 20" in card["data"]["lr_degradation"]
+    SPEC.check_params(weights.arrays)
+
+
+def test_a_restore_run_reports_the_cards_calibrated_sigma():
+    from napari_sr_uncertainty.core.pipeline import SROptions, super_resolve
+    from napari_sr_uncertainty.models.weights import load_weights
+
+    weights = load_weights(model=SPEC.id)
+    image = _photo(3, (24, 30))[..., 0]
+    result = super_resolve(image, weights, SROptions(model=SPEC.id, n_samples=3, seed=1))
+    assert result.mean.shape == image.shape and result.std_scale == weights.calibration_scale
+    np.testing.assert_allclose(result.calibrated_sigma(result.std), weights.calibration_scale * result.std, rtol=1e-6)

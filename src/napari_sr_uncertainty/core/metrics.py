@@ -105,14 +105,17 @@ def rgb_to_y(rgb_uint8: np.ndarray) -> np.ndarray:
     return 16.0 + 65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]
 
 
-def _y_pair(sr: np.ndarray, hr: np.ndarray, shave: int) -> tuple[np.ndarray, np.ndarray]:
-    sr_y = rgb_to_y(quantize(sr))
-    hr_y = rgb_to_y(to_rgb_uint8(hr))
-    if sr_y.shape != hr_y.shape:
-        raise ValueError(f"SR shape {sr_y.shape} differs from HR shape {hr_y.shape}")
+def _shaved(out: np.ndarray, hr: np.ndarray, shave: int, name: str = "SR") -> tuple[np.ndarray, np.ndarray]:
+    """Both planes without ``shave`` pixels at every border, after checking that their shapes agree."""
+    if out.shape != hr.shape:
+        raise ValueError(f"{name} shape {out.shape} differs from HR shape {hr.shape}")
     if shave:
-        sr_y, hr_y = sr_y[shave:-shave, shave:-shave], hr_y[shave:-shave, shave:-shave]
-    return sr_y, hr_y
+        out, hr = out[shave:-shave, shave:-shave], hr[shave:-shave, shave:-shave]
+    return out, hr
+
+
+def _y_pair(sr: np.ndarray, hr: np.ndarray, shave: int) -> tuple[np.ndarray, np.ndarray]:
+    return _shaved(rgb_to_y(quantize(sr)), rgb_to_y(to_rgb_uint8(hr)), shave)
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = PEAK) -> float:
@@ -230,12 +233,7 @@ def restoration_pair(image_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gray_pair(restored: np.ndarray, hr: np.ndarray, shave: int) -> tuple[np.ndarray, np.ndarray]:
-    out, truth = to_gray_uint8(quantize(restored)), to_gray_uint8(hr)
-    if out.shape != truth.shape:
-        raise ValueError(f"restored shape {out.shape} differs from HR shape {truth.shape}")
-    if shave:
-        out, truth = out[shave:-shave, shave:-shave], truth[shave:-shave, shave:-shave]
-    return out, truth
+    return _shaved(to_gray_uint8(quantize(restored)), to_gray_uint8(hr), shave, "restored")
 
 
 def psnr_gray(restored: np.ndarray, hr: np.ndarray, shave: int = RESTORATION_SHAVE) -> float:
