@@ -3,6 +3,7 @@
     python bench/gui_gap.py                   # 512x512 RGB, 8 samples: first run, re-run, re-run
     python bench/gui_gap.py --samples 40 --size 512 --runs 3 --limit-ms 200
     xvfb-run -a python bench/gui_gap.py       # without a screen
+    python bench/gui_gap.py --step-times      # and what the end of each run is made of
 
 A 10 ms QTimer ticks on the GUI thread while the widget runs; a gap between two ticks is time the event
 loop could not run (a frozen GUI). Reported per run: the longest gap while blocks are computed (the worker
@@ -21,6 +22,31 @@ import sys
 import time
 
 import numpy as np
+
+
+def record_step_times(viewer, widget, log: list) -> None:
+    """Append ``(what, wall ms, GUI-thread CPU ms)`` to ``log`` for each of the widget's layer steps and each
+    canvas draw: what one event-loop turn of the end of a run is made of."""
+    run_step = widget._next_step
+
+    def timed_step() -> None:
+        start, cpu = time.perf_counter(), time.thread_time()
+        run_step()
+        log.append(("layer step", 1e3 * (time.perf_counter() - start), 1e3 * (time.thread_time() - cpu)))
+
+    widget._next_step = timed_step
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas  # napari's private canvas: a bench, not the product
+    began = {}
+
+    def draw_began(_event) -> None:
+        began["at"] = (time.perf_counter(), time.thread_time())
+
+    def draw_ended(_event) -> None:
+        start, cpu = began.pop("at", (time.perf_counter(), time.thread_time()))
+        log.append(("canvas draw", 1e3 * (time.perf_counter() - start), 1e3 * (time.thread_time() - cpu)))
+
+    canvas.events.draw.connect(draw_began, position="first")
+    canvas.events.draw.connect(draw_ended, position="last")
 
 
 def measure_run(qt_app, viewer, widget, timeout_s: float = 600.0) -> dict:
@@ -92,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=8, help="MC samples (default 8)")
     parser.add_argument("--runs", type=int, default=3, help="runs on the same input: the first and re-runs")
     parser.add_argument("--limit-ms", type=float, default=200.0, help="longest acceptable gap (default 200)")
+    parser.add_argument(
+        "--step-times", action="store_true", help="also list the layer steps and canvas draws over 20 ms of CPU"
+    )
     args = parser.parse_args(argv)
 
     import napari
@@ -115,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'computing blocks':>17} {'end of run':>11}"
     )
     worst = worst_cpu = 0.0
+    step_log: list = []
+    if args.step_times:
+        record_step_times(viewer, widget, step_log)
     for run in range(args.runs):
+        step_log.clear()
         widget.seed.value = run
         widget.image_layer.value = layer
         result = measure_run(qt_app, viewer, widget)
@@ -124,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<10} {result['total_s']:>8.1f} {result['max_ms']:>15.0f} {result['cpu_of_longest_ms']:>11.0f} "
             f"{result['max_cpu_ms']:>18.0f} {result['blocks_ms']:>17.0f} {result['end_ms']:>11.0f}"
         )
+        for what, wall_ms, cpu_ms in step_log:
+            if cpu_ms > 20:
+                print(f"    {what}: {wall_ms:.0f} ms ({cpu_ms:.0f} ms CPU)")
         worst = max(worst, result["max_ms"])
         worst_cpu = max(worst_cpu, result["max_cpu_ms"])
     viewer.close()
