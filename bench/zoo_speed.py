@@ -6,7 +6,7 @@ weights that never trained with dropout), after one warm-up run of the same shap
 Import-only models use the originals' files from ``../shared/reference``. A model that states its cost
 (``ModelSpec.estimate_seconds``) and would take minutes is reported from that estimate, labelled so.
 
-    python bench/zoo_speed.py [--size 256] [--shared ../shared]
+    python bench/zoo_speed.py [--model ID ...] [--size 256] [--shared ../shared]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sr_uncertainty.core.pipeline import SROptions, super_resolve
-from napari_sr_uncertainty.models.registry import all_specs
+from napari_sr_uncertainty.models.registry import get_spec, model_ids
 from napari_sr_uncertainty.models.tta import N_TRANSFORMS
 from napari_sr_uncertainty.models.weights import WeightsError, default_weights_path, load_weights
 
@@ -34,6 +34,7 @@ TOO_LONG_S = 120
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", choices=model_ids(), default=model_ids(), help="models (default: all)")
     parser.add_argument("--size", type=int, default=256, help="LR side of the test image")
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     args = parser.parse_args()
@@ -41,7 +42,7 @@ def main() -> None:
     print(f"{args.size}x{args.size} RGB LR image, the product's default uncertainty, warm (compilation excluded)")
     print("| model | weights | uncertainty | seconds |")
     print("|---|---|---|---|")
-    for spec in all_specs():
+    for spec in map(get_spec, args.model):
         if default_weights_path(spec) is not None:
             weights, label = load_weights(model=spec.id), "bundled"
         else:
