@@ -97,9 +97,7 @@ def export(
     else:
         arrays = load_weights(run_dir / BEST_NAME, model=spec.id).arrays
         exported_step = best["step"]
-    _, val_pairs = _data.load_pairs(
-        config.data, tuple(config.holdout), min_lr_size=config.crop_lr - 2 * spec.halo, scale=spec.scale
-    )
+    _, val_pairs = _data.load_pairs(config.data, tuple(config.holdout), scale=spec.scale)  # held-out images only
     validation = evaluate_pairs(spec, arrays, val_pairs)
     card = {
         "model": f"{spec.id}: {spec.description} (dropout rate {spec.dropout_rate:g})",
