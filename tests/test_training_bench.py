@@ -39,15 +39,17 @@ def test_quality_measures_espcn_at_x3_with_the_published_rows():
     assert 30.0 < bicubic < original  # baby.png: the original ESPCN beats bicubic
 
 
-def test_quality_refuses_restoration_models():
+@needs_shared
+def test_quality_measures_restoration_against_the_degraded_input():
     quality = _bench("quality")
-    from napari_sr_uncertainty.models.registry import all_specs
-
-    x1 = [s.id for s in all_specs() if s.scale == 1]
-    if not x1:
-        pytest.skip("no x1 model registered")
-    with pytest.raises(ValueError, match="x1 restoration"):
-        quality.run(SHARED, x1[0], None, 1, 2)
+    report = quality.run(
+        SHARED, "srcnn-gray-x1", None, quick=1, n_samples=2, sets=("Set5",), log=open("/dev/null", "w")
+    )
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")}
+    degraded = float(rows["degraded input (x1 benchmark degradation), measured"].split("|")[2].split("/")[0])
+    original = float(rows["original project's weights (checkpoint.pth), deterministic"].split("|")[2].split("/")[0])
+    assert 25.0 < degraded < 40.0 and abs(original - degraded) < 3.0  # baby.png, JPEG 20: a mild restoration
+    assert "bicubic" not in report.split("| method")[1].split("Uncertainty")[0]
 
 
 @needs_shared
@@ -60,5 +62,5 @@ def test_holdout_evaluates_at_the_model_scale():
     _, pairs = load_pairs([SHARED / "datasets" / "BSD200"], ("100075",), scale=3)
     result = holdout.evaluate(spec, str(ESPCN_PTH), pairs, 2)
     assert pairs[0].scale == 3 and pairs[0].lr.shape[:2] == (pairs[0].hr.shape[0] // 3, pairs[0].hr.shape[1] // 3)
-    assert 25.0 < result["bicubic_psnr_y"] < 40.0  # (the original weights never saw dropout: their MC mean is poor)
+    assert 25.0 < result["baseline_psnr"] < 40.0  # (the original weights never saw dropout: their MC mean is poor)
     assert set(holdout.COLUMNS) <= set(result)
