@@ -220,14 +220,14 @@ def test_ctrl_c_cancels_keeps_finished_outputs_and_a_rerun_resumes(weights_path,
     """SIGINT to ``napari-sr-uncertainty batch`` (its own LocalCluster of one worker) after the first input:
     exit status 130, finished folders and their rows kept, no partial folder; the rerun skips the recorded ones.
 
-    Eight inputs on one single-threaded worker, so that seconds of work remain when the first row appears
-    and the interrupt always finds the batch running."""
+    Eight 256x256 inputs of 40 samples (about a second each on one core), so that seconds of work remain when
+    the first row appears and the interrupt always finds the batch running."""
     images = tmp_path / "in"
     images.mkdir()
     rng = np.random.default_rng(5)
     n_inputs = 8
     for i in range(n_inputs):
-        np.save(images / f"img{i}.npy", rng.integers(0, 4000, (192, 192)).astype(np.uint16))
+        np.save(images / f"img{i}.npy", rng.integers(0, 4000, (256, 256)).astype(np.uint16))
     outdir = tmp_path / "out"
     argv = [
         sys.executable,
@@ -238,7 +238,7 @@ def test_ctrl_c_cancels_keeps_finished_outputs_and_a_rerun_resumes(weights_path,
         "-o",
         str(outdir),
         "--samples",
-        "8",
+        "40",
         "--weights",
         str(weights_path),
         "--workers",
