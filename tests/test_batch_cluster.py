@@ -229,10 +229,17 @@ def test_ctrl_c_cancels_keeps_finished_outputs_and_a_rerun_resumes(weights_path,
     for i in range(n_inputs):
         np.save(images / f"img{i}.npy", rng.integers(0, 4000, (256, 256)).astype(np.uint16))
     outdir = tmp_path / "out"
+    # A process started with SIGINT ignored (a CI runner's background job, nohup) passes that on, and Python
+    # then installs no KeyboardInterrupt handler: the command is started with Python's own handler, as a
+    # terminal's Ctrl-C finds it.
+    with_ctrl_c = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('napari_sr_uncertainty', run_name='__main__', alter_sys=True)"
+    )
     argv = [
         sys.executable,
-        "-m",
-        "napari_sr_uncertainty",
+        "-c",
+        with_ctrl_c,
         "batch",
         str(images),
         "-o",
