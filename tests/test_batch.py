@@ -106,6 +106,12 @@ def batch(client, inputs, weights, tmp_path_factory):
     return result, outdir, [task["key"] for task in stream.data]
 
 
+def single_run(path: Path, out: Path, weights_path: Path) -> int:
+    """The single-image command on ``path`` into ``out``, in this process, with the batches' samples and seed."""
+    options = ["--samples", str(SAMPLES), "--seed", str(SEED), "--weights", str(weights_path), "--quiet"]
+    return cli.main([str(path), "-o", str(out), *options])
+
+
 @pytest.fixture(scope="module")
 def singles(inputs, weights_path, tmp_path_factory) -> dict[str, Path]:
     """The single-image command on each readable input, in this process."""
@@ -113,19 +119,7 @@ def singles(inputs, weights_path, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for key in ("gray", "rgb", "stack", "rgb_stack", "channels"):
         out[key] = root / key
-        argv = [
-            str(inputs[key]),
-            "-o",
-            str(out[key]),
-            "--samples",
-            str(SAMPLES),
-            "--seed",
-            str(SEED),
-            "--weights",
-            str(weights_path),
-            "--quiet",
-        ]
-        assert cli.main(argv) == 0
+        assert single_run(inputs[key], out[key], weights_path) == 0
     return out
 
 
@@ -292,23 +286,7 @@ def test_huge_image_block_tasks_write_ome_zarr_identical_to_the_single_run(clien
     assert all(row["kind"] == "zarr" for row in result.rows)
     for name, image in (("gray", gray), ("rgb", rgb)):
         single = tmp_path / f"single_{name}"
-        assert (
-            cli.main(
-                [
-                    str(src / f"{name}.npy"),
-                    "-o",
-                    str(single),
-                    "--samples",
-                    str(SAMPLES),
-                    "--seed",
-                    str(SEED),
-                    "--weights",
-                    str(weights_path),
-                    "--quiet",
-                ]
-            )
-            == 0
-        )
+        assert single_run(src / f"{name}.npy", single, weights_path) == 0
         for output in ("mean", "std", "sigma"):
             level0 = zarr.open_array(str(outdir / name / f"{output}.ome.zarr" / "0"), mode="r")[:]
             if image.ndim == 3:

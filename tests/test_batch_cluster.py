@@ -115,6 +115,18 @@ def weights(weights_path):
     return load_weights(weights_path)
 
 
+def _batch_on_scheduler(dask_processes, images, outdir, weights):
+    """The batch API on the test's own ``dask scheduler`` (through its scheduler file), 2 samples."""
+    return run_batch(
+        [images],
+        outdir,
+        SROptions(n_samples=2),
+        weights=weights,
+        scheduler_file=str(dask_processes.file),
+        progress=False,
+    )
+
+
 def test_real_scheduler_and_workers_survive_a_worker_killed_mid_task(dask_processes, images, weights, tmp_path):
     """Two ``dask worker`` processes; the first to start an image task is SIGKILLed while it runs it: the
     scheduler reruns that task on the other worker, and every input finishes."""
@@ -188,14 +200,7 @@ def test_scheduler_gone_is_a_clear_error_and_a_rerun_resumes(dask_processes, ima
     killer = threading.Thread(target=kill_after_first_row, daemon=True)
     killer.start()
     with pytest.raises(ClusterError, match="lost the connection to tcp://127.0.0.1:.*run the same command again"):
-        run_batch(
-            [images],
-            outdir,
-            SROptions(n_samples=2),
-            weights=weights,
-            scheduler_file=str(dask_processes.file),
-            progress=False,
-        )
+        _batch_on_scheduler(dask_processes, images, outdir, weights)
     killer.join(timeout=10)
     finished = {k for k, row in read_summary(outdir).items() if row["status"] == "done"}
     assert 1 <= len(finished) < 4
@@ -204,14 +209,7 @@ def test_scheduler_gone_is_a_clear_error_and_a_rerun_resumes(dask_processes, ima
     _stop(dask_processes.workers["only"])
     dask_processes.start_scheduler()
     dask_processes.start_worker("again")
-    result = run_batch(
-        [images],
-        outdir,
-        SROptions(n_samples=2),
-        weights=weights,
-        scheduler_file=str(dask_processes.file),
-        progress=False,
-    )
+    result = _batch_on_scheduler(dask_processes, images, outdir, weights)
     assert result.exit_code == 0 and result.skipped == len(finished)
     assert len(read_summary(outdir)) == 4
 
