@@ -179,6 +179,12 @@ class CropBatch(NamedTuple):
     inside: np.ndarray
 
 
+def min_image_side(crop_lr: int, halo: int, at_border: bool) -> int:
+    """The smallest LR side a training image needs for :class:`CropSampler`: the window (``crop_lr - 2 halo``)
+    when windows may reach the border, else the whole crop."""
+    return crop_lr - 2 * halo if at_border else crop_lr
+
+
 class CropSampler:
     """Random (LR, HR) training windows with dihedral augmentation, reproducible from a seed.
 
@@ -221,10 +227,9 @@ class CropSampler:
     ):
         if not pairs:
             raise ValueError("no training images")
-        window = crop_lr - 2 * halo
-        if window < 1:
+        if crop_lr - 2 * halo < 1:
             raise ValueError(f"a {crop_lr}px LR crop leaves no output window inside a {halo}px halo a side")
-        needed = window if at_border else crop_lr
+        needed = min_image_side(crop_lr, halo, at_border)
         too_small = [p.name for p in pairs if min(p.lr.shape[:2]) < needed]
         if too_small:
             raise ValueError(f"images smaller than the {needed}px LR training crop: {too_small}")
@@ -235,6 +240,7 @@ class CropSampler:
         self.pairs = pairs
         self.crop_lr = crop_lr
         self.halo = halo
+        self.window = crop_lr - 2 * halo  # LR side of the output window
         self.margin = 0 if at_border else halo  # LR pixels kept between a window and the image's border
         self.colour = colour
         # float32 network planes, made once (luma for y / gray models)
@@ -246,7 +252,7 @@ class CropSampler:
 
     def batch(self, size: int) -> CropBatch:
         """Draw ``size`` windows (:class:`CropBatch`, float32, values in [0, 1])."""
-        window = self.crop_lr - 2 * self.halo
+        window = self.window
         crops = []
         for index in self.rng.choice(len(self.pairs), size=size, p=self.probabilities):
             height, width = self.planes[index][0].shape[:2]
@@ -257,8 +263,7 @@ class CropSampler:
 
     def crop(self, index: int, top: int, left: int, code: int = 0) -> CropBatch:
         """One window (unbatched arrays): image ``index``'s LR window at (``top``, ``left``), dihedral ``code``."""
-        c, s, halo = self.crop_lr, self.scale, self.halo
-        window = c - 2 * halo
+        c, s, halo, window = self.crop_lr, self.scale, self.halo, self.window
         lr_plane, hr_plane = self.planes[index]
         height, width = lr_plane.shape[:2]
         rows = slice(max(top - halo, 0), min(top - halo + c, height))

@@ -23,7 +23,7 @@ import numpy as np
 from ..core.progress import run_to_end
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, read_checkpoint_config, save_checkpoint
 from .config import TrainConfig
-from .data import CropSampler, ImagePair, load_pairs
+from .data import CropSampler, ImagePair, load_pairs, min_image_side
 from .evaluate import evaluate_pairs, evaluate_uncertainty
 from .initial import initial_arrays
 from .step import make_optimizer, make_schedule, make_train_step
@@ -100,9 +100,9 @@ class TrainRecord:
 
 
 def min_lr_size(spec, crop_lr: int) -> int:
-    """The smallest LR side a training image needs: the crop's window when windows may reach the border with
-    zero context (``spec.zero_padding``), else the whole crop."""
-    return crop_lr - 2 * spec.halo * spec.zero_padding
+    """The smallest LR side a training image of ``spec`` needs (:func:`.data.min_image_side`): the window when
+    windows may reach the border with zero context (``spec.zero_padding``), else the whole crop."""
+    return min_image_side(crop_lr, spec.halo, spec.zero_padding)
 
 
 def progress_bar(step: int, total: int, loss, val_psnr: float, seconds_per_step: float, width: int = 30) -> str:
