@@ -4,7 +4,7 @@ metrics (PROTOCOL.md: the x2 protocol, its x3 / x4 sections, and "Restoration (x
 Usage::
 
     python bench/quality.py [--model ID] [--shared PATH] [--quick N] [--weights FILE] [--samples 40]
-                            [--sets Set5 Set14 BSD100]
+                            [--sets Set5 Set14 BSD100] [--ensemble FILE ...]
 
 ``--shared`` is the folder holding ``datasets/`` and ``reference/`` (default: ``<repo>/../shared``).
 ``--quick N`` uses only the first N images of each set. ``--weights`` defaults to the model's bundled weights.
@@ -28,8 +28,20 @@ in [0, 1], ``s`` pixels shaved (:mod:`napari_sr_uncertainty.core.uncertainty_met
   at least 10 patches; the "ceiling" row ranks the patches by their true RMSE instead;
 * AUSE (Ilg et al. 2018): area between the RMSE sparsification curve and the oracle's; "random" is the same
   area for a random order. Lower is better; 0 = oracle;
-* coverage (BSD100): fraction of pixel-channel errors within ±1.96 · s · std, s = the calibrated std scale
-  from the training card.
+* pixel and patch Pearson: the same pairs as the Spearman rows, linear correlation;
+* UCE (Laves et al. 2020, as BayesCap reports it): over 15 equal-width bins of the predicted variance,
+  the size-weighted mean of |MSE - mean variance|, per pixel and channel, per image, in 8-bit grey levels²;
+  for the raw std and for the calibrated one;
+* coverage (BSD100): fraction of pixel-channel errors within ±1.96 · s · std, s = the method's calibrated std
+  scale, fitted in this run on the 10 held-out BSD200 training images (as the training card fits ours);
+* cost: seconds per image of the method's predictions.
+
+Each uncertainty method gets the same columns, on the same network and images:
+
+* ``mc``: ours, the MC dropout std of ``--samples`` samples (the product's heatmap);
+* ``tta``: the std over the 8 dihedral transforms (flips and quarter turns) of the deterministic network;
+* ``ensemble``: the std over independently trained members (``--ensemble``; by default the exported members
+  in ``training/checkpoints/<model>-ensemble/``; the column is left out for models without them).
 """
 
 from __future__ import annotations
@@ -41,22 +53,31 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sr_uncertainty.core.uncertainty_metrics import image_uncertainty_stats
+from napari_sr_uncertainty.core.uncertainty_metrics import calibration_scale, image_uncertainty_stats
 from napari_sr_uncertainty.models.registry import DEFAULT_MODEL, get_spec, model_ids
 from napari_sr_uncertainty.models.weights import load_weights
 from napari_sr_uncertainty.training.card import load_eval_pairs
-from napari_sr_uncertainty.training.data import network_planes
+from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_pairs, network_planes
 from napari_sr_uncertainty.training.evaluate import (
     baseline_image,
+    ensemble_predict,
     patch_lr,
     predict,
     protocol_psnr,
     protocol_ssim,
     to_rgb,
+    tta_predict,
 )
 
 SETS = ("Set5", "Set14", "BSD100")
 UNCERTAINTY_SETS = ("Set14", "BSD100")
+REPO = Path(__file__).resolve().parents[1]
+#: uncertainty methods -> column title (the module docstring says what each is)
+METHODS = {"mc": "MC dropout (ours)", "tta": "dihedral TTA x8", "ensemble": "deep ensemble"}
+#: method -> its row in the PSNR table (the prediction its mean makes)
+METHOD_ROWS = {"mc": "ours_mc", "tta": "ours_tta", "ensemble": "ensemble"}
+#: [0, 1] squared units -> 8-bit grey levels squared
+GREY_LEVELS_SQ = 255.0**2
 #: the original projects' weights in ``<shared>/reference`` (imported through the model's importer)
 ORIGINAL_WEIGHTS = {
     "esrcnn-x2": "seed000/modelesrcnn8.h5",
@@ -88,7 +109,38 @@ PUBLISHED = {
 
 
 def default_shared() -> Path:
-    return Path(__file__).resolve().parents[1].parent / "shared"
+    return REPO.parent / "shared"
+
+
+def default_ensemble(model: str) -> list[Path]:
+    """The exported ensemble members committed for ``model`` (none for most models)."""
+    return sorted((REPO / "training" / "checkpoints" / f"{model}-ensemble").glob("member-*.msgpack"))
+
+
+def uncertainty_methods(spec, ours: dict, n_samples: int, members: list[dict]) -> dict:
+    """Method name (:data:`METHODS`) -> function of a uint8 LR image returning mean and std as an ``MCResult``."""
+    methods = {
+        "mc": lambda lr: predict(spec, ours, lr, n_samples, seed=0),
+        "tta": lambda lr: tta_predict(spec, ours, lr),
+    }
+    if members:
+        methods["ensemble"] = lambda lr: ensemble_predict(spec, members, lr)
+    return methods
+
+
+def fit_std_scales(spec, methods: dict, pairs) -> dict[str, float]:
+    """Each method's calibration factor on held-out pairs, by the training card's formula
+    (:func:`~napari_sr_uncertainty.core.uncertainty_metrics.calibration_scale`, ``scale`` px shaved)."""
+    shave = np.s_[spec.scale : -spec.scale, spec.scale : -spec.scale]
+    scales = {}
+    for name, method in methods.items():
+        errors, stds = [], []
+        for pair in pairs:
+            result = method(pair.lr)
+            errors.append(np.abs(result.mean - network_planes(pair.hr, spec.colour))[shave].ravel())
+            stds.append(result.std[shave].ravel())
+        scales[name] = calibration_scale(np.concatenate(errors), np.concatenate(stds))
+    return scales
 
 
 def run(
@@ -99,8 +151,9 @@ def run(
     n_samples: int,
     sets: tuple[str, ...] = SETS,
     log=sys.stderr,
+    ensemble: list[str | Path] | None = None,
 ) -> str:
-    """Run the benchmark and return the report text."""
+    """Run the benchmark and return the report text (``ensemble``: member weights; None = the committed ones)."""
     spec = get_spec(model)
     s = spec.scale
     datasets = shared / "datasets"
@@ -109,7 +162,14 @@ def run(
     original = shared / "reference" / ORIGINAL_WEIGHTS.get(spec.id, "-")
     if original.is_file():
         models["original"] = load_weights(original, model=spec.id).arrays
-    rows = {name: {} for name in ("baseline", "original", "ours_det", "ours_mc")}
+    member_paths = default_ensemble(spec.id) if ensemble is None else [Path(p) for p in ensemble]
+    members = [load_weights(p, model=spec.id).arrays for p in member_paths]
+    methods = uncertainty_methods(spec, ours.arrays, n_samples, members)
+    std_scales = {}
+    if any(name in sets for name in UNCERTAINTY_SETS) and (datasets / "BSD200").is_dir():
+        _, held_out = load_pairs([datasets / "BSD200"], BSD200_VALIDATION_IDS, scale=s)
+        std_scales = fit_std_scales(spec, methods, held_out)
+    rows = {name: {} for name in ("baseline", "original", "ours_det", "ours_mc", "ours_tta", "ensemble")}
     uncertainty = {}
     for set_name in sets:
         folder = datasets / set_name
@@ -117,7 +177,7 @@ def run(
             print(f"skipping {set_name}: {folder} not found", file=log)
             continue
         scores = {name: [] for name in rows}
-        per_image = []
+        per_image = {name: [] for name in methods}
         start = time.monotonic()
         for pair in load_eval_pairs(folder, s)[:quick]:
             hr, lr = pair.hr, pair.lr
@@ -127,28 +187,40 @@ def run(
             }
             if "original" in models:
                 outputs["original"] = to_rgb(spec, predict(spec, models["original"], lr, 0).mean, lr)
-            mc = predict(spec, models["ours"], lr, n_samples, seed=0)
-            outputs["ours_mc"] = to_rgb(spec, mc.mean, lr)
+            truth = network_planes(hr, spec.colour)
+            for name, method in methods.items():
+                began = time.perf_counter()
+                result = method(lr)
+                seconds = time.perf_counter() - began
+                outputs[METHOD_ROWS[name]] = to_rgb(spec, result.mean, lr)
+                if set_name in UNCERTAINTY_SETS:
+                    stats = image_uncertainty_stats(
+                        result.mean, result.std, truth, patch=patch_lr(s), scale=s, std_scale=std_scales.get(name)
+                    )
+                    per_image[name].append(stats | {"seconds": seconds})
             for row, sr in outputs.items():
                 scores[row].append((protocol_psnr(spec, sr, hr), protocol_ssim(spec, sr, hr)))
-            if set_name in UNCERTAINTY_SETS:
-                truth = network_planes(hr, spec.colour)
-                per_image.append(
-                    image_uncertainty_stats(
-                        mc.mean, mc.std, truth, patch=patch_lr(s), scale=s, std_scale=ours.calibration_scale
-                    )
-                )
         for row, values in scores.items():
             if values:
                 rows[row][set_name] = tuple(np.mean(values, axis=0))
-        if per_image:
+        if set_name in UNCERTAINTY_SETS and per_image["mc"]:
             uncertainty[set_name] = per_image
         print(f"{set_name}: {len(scores['baseline'])} images in {time.monotonic() - start:.0f}s", file=log)
-    return format_report(spec, rows, uncertainty, ours, original.name, n_samples, quick)
+    return format_report(
+        spec, rows, uncertainty, ours, original.name, n_samples, quick, std_scales, [p.name for p in member_paths]
+    )
 
 
 def format_report(
-    spec, rows: dict, uncertainty: dict, ours, original_name: str, n_samples: int, quick: int | None
+    spec,
+    rows: dict,
+    uncertainty: dict,
+    ours,
+    original_name: str,
+    n_samples: int,
+    quick: int | None,
+    std_scales: dict[str, float],
+    member_names: list[str],
 ) -> str:
     s = spec.scale
     labels = {
@@ -156,6 +228,8 @@ def format_report(
         "original": f"original project's weights ({original_name}), deterministic",
         "ours_det": "ours, deterministic (dropout off)",
         "ours_mc": f"ours, MC mean of {n_samples}",
+        "ours_tta": "ours, mean of the 8 dihedral transforms (TTA)",
+        "ensemble": f"deep ensemble of {len(member_names)}, mean",
     }
     sets = [name for name in SETS if any(name in r for r in rows.values())]
     measured = (
@@ -167,6 +241,7 @@ def format_report(
     lines = [
         f"{spec.id}: {measured}, PSNR dB / SSIM" + (f"  [quick: first {quick} images per set]" if quick else ""),
         f"weights: {ours.source} (sha256 {ours.sha256[:12]})",
+        f"ensemble members: {', '.join(member_names) if member_names else 'none for this model'}",
         "",
     ]
     lines += [
@@ -185,37 +260,61 @@ def format_report(
     for label, published in PUBLISHED.get(s, {}).items():
         lines.append(f"| {label:<62} | " + " | ".join(f"{cell(published.get(n)):^16}" for n in sets) + " |")
     if uncertainty:
-        channels = {"rgb": "std averaged over RGB", "y": "std of the luma", "gray": "std of the gray plane"}[
-            spec.colour
+        lines += uncertainty_report(spec, uncertainty, n_samples, std_scales)
+    return "\n".join(lines)
+
+
+#: (key in the per-image stats, label, factor) of the uncertainty table's rows, averaged over images
+UNCERTAINTY_ROWS = (
+    ("pixel_spearman", "Spearman(heatmap, abs error) per pixel", 1.0),
+    ("pixel_pearson", "Pearson(heatmap, abs error) per pixel", 1.0),
+    ("patch_spearman", "Spearman(patch score, patch RMSE), 128 px HR patches", 1.0),
+    ("patch_pearson", "Pearson(patch score, patch RMSE)", 1.0),
+    ("least_most_ratio", "RMSE 5 least certain / 5 most certain patches", 1.0),
+    ("oracle_least_most_ratio", "  same, patches ranked by true RMSE (ceiling)", 1.0),
+    ("ause", "AUSE (RMSE, [0,1] units; lower is better)", 1.0),
+    ("ause_random", "  same area for a random ordering", 1.0),
+    ("oracle_area", "  area under the oracle curve", 1.0),
+    ("uce", "UCE of the raw std, grey levels² (lower is better)", GREY_LEVELS_SQ),
+    ("uce_calibrated", "UCE of the calibrated std, grey levels²", GREY_LEVELS_SQ),
+    ("seconds", "cost, seconds per image", 1.0),
+)
+
+
+def uncertainty_report(spec, uncertainty: dict, n_samples: int, std_scales: dict[str, float]) -> list[str]:
+    """One table per set: the :data:`UNCERTAINTY_ROWS` for each method, then BSD100's coverage per method."""
+    channels = {"rgb": "std averaged over RGB", "y": "std of the luma", "gray": "std of the gray plane"}[spec.colour]
+    lines = [
+        "",
+        f"Uncertainty (heatmap = {channels}; MC dropout: {n_samples} samples), mean over images; "
+        "calibrated std scale per method, fitted on the 10 held-out BSD200 training images: "
+        + ", ".join(f"{METHODS[name]} {scale:.3f}" for name, scale in std_scales.items()),
+    ]
+    for set_name, per_method in uncertainty.items():
+        names = list(per_method)
+        lines += [
+            "",
+            f"| {set_name + ' (n = images with a value)':<52} | "
+            + " | ".join(f"{METHODS[n]:^20}" for n in names)
+            + " |",
+            "|" + "-" * 54 + "|" + "|".join("-" * 22 for _ in names) + "|",
         ]
-        lines += ["", f"Uncertainty of ours (MC {n_samples}, heatmap = {channels}), mean over images:", ""]
-        keys = [
-            ("pixel_spearman", "Spearman(heatmap, abs error) per pixel"),
-            ("patch_spearman", "Spearman(patch score, patch RMSE), 128 px HR patches"),
-            ("least_most_ratio", "RMSE 5 least certain / 5 most certain patches"),
-            ("oracle_least_most_ratio", "  same, patches ranked by true RMSE (ceiling)"),
-            ("ause", "AUSE (RMSE, [0,1] units; lower is better)"),
-            ("ause_random", "  same area for a random ordering"),
-            ("oracle_area", "  area under the oracle curve"),
-        ]
-        names = list(uncertainty)
-        lines.append(f"| {'metric':<52} | " + " | ".join(f"{n:^18}" for n in names) + " |")
-        lines.append("|" + "-" * 54 + "|" + "|".join("-" * 20 for _ in names) + "|")
-        for key, label in keys:
+        for key, label, factor in UNCERTAINTY_ROWS:
             cells = []
             for n in names:
-                values = [st[key] for st in uncertainty[n] if key in st and np.isfinite(st[key])]
-                cells.append(f"{np.mean(values):.4f} (n={len(values)})" if values else "-")
-            lines.append(f"| {label:<52} | " + " | ".join(f"{c:^18}" for c in cells) + " |")
-        if "BSD100" in uncertainty and ours.calibration_scale is not None:
-            covered = sum(st["covered"] for st in uncertainty["BSD100"])
-            count = sum(st["count"] for st in uncertainty["BSD100"])
-            lines += [
-                "",
-                f"BSD100 coverage of ±1.96·s·std (s = {ours.calibration_scale:.3f} from the training card): "
-                f"{100.0 * covered / count:.2f}% of pixel-channel errors (target 95%)",
-            ]
-    return "\n".join(lines)
+                values = [st[key] for st in per_method[n] if key in st and np.isfinite(st[key])]
+                cells.append(f"{factor * np.mean(values):.4f} (n={len(values)})" if values else "-")
+            lines.append(f"| {label:<52} | " + " | ".join(f"{c:^20}" for c in cells) + " |")
+    if "BSD100" in uncertainty and std_scales:
+        lines.append("")
+        for name, stats in uncertainty["BSD100"].items():
+            covered = sum(st["covered"] for st in stats)
+            count = sum(st["count"] for st in stats)
+            lines.append(
+                f"BSD100 coverage of ±1.96·s·std, {METHODS[name]} (s = {std_scales[name]:.3f}): "
+                f"{100.0 * covered / count:.2f}% of pixel-channel errors (target 95%)"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,11 +325,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", type=int, default=None, metavar="N", help="only the first N images of each set")
     parser.add_argument("--samples", type=int, default=40, help="MC dropout samples")
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="evaluation sets")
+    parser.add_argument(
+        "--ensemble",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="weights of the deep ensemble's members (default: training/checkpoints/<model>-ensemble/member-*.msgpack)",
+    )
     args = parser.parse_args(argv)
     if not (args.shared / "datasets").is_dir():
         parser.error(f"{args.shared / 'datasets'} not found (pass --shared)")
     try:
-        print(run(args.shared, args.model, args.weights, args.quick, args.samples, tuple(args.sets)))
+        print(
+            run(
+                args.shared,
+                args.model,
+                args.weights,
+                args.quick,
+                args.samples,
+                tuple(args.sets),
+                ensemble=args.ensemble,
+            )
+        )
     except ValueError as exc:
         parser.error(str(exc))
     return 0

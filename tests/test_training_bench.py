@@ -64,3 +64,22 @@ def test_holdout_evaluates_at_the_model_scale():
     assert pairs[0].scale == 3 and pairs[0].lr.shape[:2] == (pairs[0].hr.shape[0] // 3, pairs[0].hr.shape[1] // 3)
     assert 25.0 < result["baseline_psnr"] < 40.0  # (the original weights never saw dropout: their MC mean is poor)
     assert set(holdout.COLUMNS) <= set(result)
+
+
+@needs_shared
+def test_quality_compares_mc_dropout_with_tta_and_an_ensemble():
+    quality = _bench("quality")
+    members = [SHARED / "reference" / "seed000" / "modelesrcnn8.h5", REPO / "weights" / "esrcnn_x2.msgpack"]
+    report = quality.run(
+        SHARED, "esrcnn-x2", None, quick=1, n_samples=2, sets=("BSD100",), log=open("/dev/null", "w"), ensemble=members
+    )
+    assert "ensemble members: modelesrcnn8.h5, esrcnn_x2.msgpack" in report
+    header = next(line for line in report.splitlines() if line.startswith("| BSD100"))
+    assert all(title in header for title in quality.METHODS.values())
+    for label in ("UCE of the calibrated std", "Pearson(patch score, patch RMSE)", "cost, seconds per image"):
+        cells = next(line for line in report.splitlines() if label in line).split("|")[2:-1]
+        assert len(cells) == 3 and all("(n=1)" in c for c in cells)
+    coverage = [line for line in report.splitlines() if line.startswith("BSD100 coverage")]
+    assert len(coverage) == 3 and all("s = " in line for line in coverage)
+    rows = {line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")}
+    assert {"ours, mean of the 8 dihedral transforms (TTA)", "deep ensemble of 2, mean"} <= rows

@@ -52,3 +52,38 @@ def test_least_most_ratio_needs_ten_patches():
     assert um.least_most_ratio(scores, scores + 1) == pytest.approx(
         np.mean([6, 7, 8, 9, 10]) / np.mean([1, 2, 3, 4, 5])
     )
+
+
+def test_pearson_matches_numpy():
+    rng = np.random.default_rng(2)
+    a, b = rng.random(300), rng.random(300)
+    b = a + b
+    assert um.pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-12)
+    assert np.isnan(um.pearson(np.ones(4), np.arange(4.0)))
+
+
+def test_uce_closed_forms():
+    rng = np.random.default_rng(3)
+    variance = rng.random(5000) * 0.01
+    # a variance that is the squared error in every bin: 0
+    assert um.uncertainty_calibration_error(variance, variance) == pytest.approx(0.0, abs=1e-15)
+    # one variance for every pixel: all in one bin, |MSE - variance|
+    sq_error = rng.random(5000) * 0.02
+    assert um.uncertainty_calibration_error(sq_error, np.full(5000, 0.004)) == pytest.approx(
+        abs(sq_error.mean() - 0.004)
+    )
+    # two bins, each off by its own amount, weighted by its size
+    variance = np.r_[np.full(300, 0.1), np.full(100, 1.0)]
+    sq_error = np.r_[np.full(300, 0.3), np.full(100, 0.5)]
+    assert um.uncertainty_calibration_error(sq_error, variance, n_bins=4) == pytest.approx(
+        (300 * 0.2 + 100 * 0.5) / 400
+    )
+
+
+def test_calibration_scale_covers_the_fraction():
+    rng = np.random.default_rng(4)
+    std = rng.random(20000) + 0.1
+    error = rng.normal(0.0, 3.0 * std)  # the std is 3x too small
+    s = um.calibration_scale(np.abs(error), std)
+    assert s == pytest.approx(3.0, rel=0.05)
+    assert np.mean(np.abs(error) <= um.COVERAGE_Z * s * std) == pytest.approx(um.COVERAGE, abs=1e-3)

@@ -13,6 +13,10 @@ from .patches import score_patches
 
 SPARSIFICATION_FRACTIONS = np.arange(0.0, 1.0, 0.02)
 MARKED_PATCHES = 5
+#: the interval a calibrated std is fitted to: ``mean ± COVERAGE_Z · s · std`` holds ``COVERAGE`` of the errors
+COVERAGE, COVERAGE_Z = 0.95, 1.96
+#: bins of the uncertainty calibration error (the number Laves et al. 2020 and BayesCap's evaluation use)
+UCE_BINS = 15
 
 
 def rankdata(values: np.ndarray) -> np.ndarray:
@@ -34,6 +38,35 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = np.sqrt(np.dot(ra, ra) * np.dot(rb, rb))
     return float(np.dot(ra, rb) / denom) if denom > 0 else float("nan")
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equal-size arrays (NaN if either is constant)."""
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
+    return float(np.dot(a, b) / denom) if denom > 0 else float("nan")
+
+
+def calibration_scale(abs_error: np.ndarray, std: np.ndarray) -> float:
+    """The factor ``s`` for which ``|error| <= COVERAGE_Z · s · std`` holds for a ``COVERAGE`` share of the
+    values: that quantile of ``|error| / (COVERAGE_Z · std)``."""
+    ratio = np.ravel(abs_error) / np.maximum(COVERAGE_Z * np.ravel(std), 1e-12)
+    return float(np.quantile(ratio, COVERAGE))
+
+
+def uncertainty_calibration_error(sq_error: np.ndarray, variance: np.ndarray, n_bins: int = UCE_BINS) -> float:
+    """UCE (Laves et al. 2020, as BayesCap reports it): ``sum_b |B_b|/n · |MSE(B_b) - mean variance(B_b)|`` over
+    ``n_bins`` equal-width bins of the predicted variance from 0 to its maximum. 0 = the variance predicts the
+    squared error in every bin; in the squared units of the inputs."""
+    sq_error, variance = np.ravel(sq_error).astype(np.float64), np.ravel(variance).astype(np.float64)
+    top = variance.max()
+    if top <= 0:
+        return float(np.mean(sq_error))
+    bins = np.minimum((variance / top * n_bins).astype(np.int64), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    gap = np.abs(np.bincount(bins, sq_error, n_bins) - np.bincount(bins, variance, n_bins))
+    return float(gap.sum() / count.sum())
 
 
 def sparsification_curve(sq_error: np.ndarray, order_key: np.ndarray) -> np.ndarray:
@@ -92,17 +125,26 @@ def image_uncertainty_stats(
         ``pixel_spearman`` (heatmap vs |error|), ``patch_spearman`` (patch score vs patch RMSE),
         ``least_most_ratio`` and ``oracle_least_most_ratio`` (the same ratio when patches are ranked by their
         true RMSE: the best any uncertainty map can reach on this image; NaN with fewer than 10 patches),
-        ``ause``, ``ause_random`` and ``oracle_area`` (RMSE sparsification, Ilg et al. 2018), and with
-        ``std_scale`` also ``covered`` and ``count``.
+        ``ause``, ``ause_random`` and ``oracle_area`` (RMSE sparsification, Ilg et al. 2018),
+        ``pixel_pearson`` and ``patch_pearson`` (the Pearson counterparts of the Spearman correlations),
+        ``uce`` (:func:`uncertainty_calibration_error` of ``std**2`` against the squared error per pixel and
+        channel), and with ``std_scale`` also ``uce_calibrated`` (of ``(std_scale · std)**2``), ``covered``
+        and ``count``.
     """
     shave = np.s_[scale:-scale, scale:-scale]
     error = mean - truth
     heatmap = std.mean(axis=-1)
     sq_error = (error * error).mean(axis=-1)
-    stats = {"pixel_spearman": spearman(heatmap[shave], np.abs(error).mean(axis=-1)[shave])}
+    abs_error = np.abs(error).mean(axis=-1)[shave]
+    stats = {
+        "pixel_spearman": spearman(heatmap[shave], abs_error),
+        "pixel_pearson": pearson(heatmap[shave], abs_error),
+    }
     scores = score_patches(heatmap, patch=patch, scale=scale).ravel()
     patch_rmse = np.sqrt(score_patches(sq_error, patch=patch, scale=scale)).ravel()
-    stats["patch_spearman"] = spearman(scores, patch_rmse) if scores.size > 2 else float("nan")
+    enough = scores.size > 2
+    stats["patch_spearman"] = spearman(scores, patch_rmse) if enough else float("nan")
+    stats["patch_pearson"] = pearson(scores, patch_rmse) if enough else float("nan")
     stats["least_most_ratio"] = least_most_ratio(scores, patch_rmse)
     stats["oracle_least_most_ratio"] = least_most_ratio(patch_rmse, patch_rmse)
     sq, unc = sq_error[shave].ravel(), heatmap[shave].ravel()
@@ -110,7 +152,10 @@ def image_uncertainty_stats(
     stats["ause"] = _area(sparsification_curve(sq, unc) - oracle)
     stats["ause_random"] = _area(np.sqrt(sq.mean()) - oracle)
     stats["oracle_area"] = _area(oracle)
+    channel_sq_error, variance = np.square(error[shave]), np.square(std[shave])
+    stats["uce"] = uncertainty_calibration_error(channel_sq_error, variance)
     if std_scale is not None:
-        within = np.abs(error[shave]) <= 1.96 * std_scale * std[shave]
+        stats["uce_calibrated"] = uncertainty_calibration_error(channel_sq_error, std_scale**2 * variance)
+        within = np.abs(error[shave]) <= COVERAGE_Z * std_scale * std[shave]
         stats["covered"], stats["count"] = int(within.sum()), int(within.size)
     return stats

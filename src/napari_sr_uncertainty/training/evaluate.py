@@ -95,6 +95,42 @@ def predict(spec, arrays: dict, lr_uint8: np.ndarray, n_samples: int = 0, seed: 
     return Engine(spec, arrays).predict(x, n_samples=n_samples, seed=seed)
 
 
+#: the eight symmetries of the square: (quarter turns, then a left-right flip)
+DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
+
+
+def _spread(outputs: list[np.ndarray]):
+    """The mean and population std (as the MC engine's) of equally weighted predictions, as an ``MCResult``
+    whose ``single`` is the first of them."""
+    from ..models.mc import MCResult
+
+    stack = np.stack(outputs).astype(np.float64)
+    return MCResult(
+        stack.mean(0).astype(np.float32),
+        outputs[0].astype(np.float32),
+        stack.std(0).astype(np.float32),
+        len(outputs),
+        0,
+    )
+
+
+def tta_predict(spec, arrays: dict, lr_uint8: np.ndarray):
+    """Dihedral test-time augmentation: the deterministic network on the 8 flips and quarter turns of the
+    LR image, each output turned back; mean and std over the 8 (``single``: the untransformed output)."""
+    outputs = []
+    for turns, flip in DIHEDRAL:
+        x = np.rot90(lr_uint8[:, ::-1] if flip else lr_uint8, turns)
+        y = np.rot90(predict(spec, arrays, np.ascontiguousarray(x), 0).mean, -turns)
+        outputs.append(y[:, ::-1] if flip else y)
+    return _spread(outputs)
+
+
+def ensemble_predict(spec, members: list[dict], lr_uint8: np.ndarray):
+    """A deep ensemble: mean and std of the deterministic outputs of ``members`` (independently trained
+    weights of one architecture)."""
+    return _spread([predict(spec, arrays, lr_uint8, 0).mean for arrays in members])
+
+
 def to_rgb(spec, network_output: np.ndarray, lr_uint8: np.ndarray) -> np.ndarray:
     """The network's output (sH, sW, C) as the RGB image the product shows (``y``: luma + bicubic chroma)."""
     if spec.colour == "rgb":
@@ -202,7 +238,7 @@ def calibrate_std_scale(spec, arrays: dict, pairs: list[ImagePair], n_samples: i
         errors.append(np.abs(result.mean[shave] - truth[shave]).ravel())
         stds.append(result.std[shave].ravel())
     err, std = np.concatenate(errors), np.concatenate(stds)
-    scale = float(np.quantile(err / np.maximum(1.96 * std, 1e-12), 0.95))
+    scale = uncertainty_metrics.calibration_scale(err, std)
     lsq = float(np.dot(err, std) / np.dot(std, std))
     channels = "RGB channel" if spec.colour == "rgb" else "luma"
     return {
@@ -210,9 +246,9 @@ def calibrate_std_scale(spec, arrays: dict, pairs: list[ImagePair], n_samples: i
         "method": f"95th percentile of |MC-mean error| / (1.96 * std), per pixel and {channels}",
         "data": f"{len(pairs)} held-out BSD200 training images ({', '.join(p.name for p in pairs)}), "
         f"MC mean of {n_samples} samples, seed 0",
-        "coverage_1.96": float(np.mean(err <= 1.96 * scale * std)),
+        "coverage_1.96": float(np.mean(err <= uncertainty_metrics.COVERAGE_Z * scale * std)),
         "lsq_scale": lsq,
-        "lsq_coverage_1.96": float(np.mean(err <= 1.96 * lsq * std)),
+        "lsq_coverage_1.96": float(np.mean(err <= uncertainty_metrics.COVERAGE_Z * lsq * std)),
         "mean_abs_error": float(err.mean()),
         "mean_std": float(std.mean()),
     }
