@@ -13,10 +13,20 @@ per crop), the jitted train step (loss, gradients, Adam) is timed two ways:
 * ``fast``: the model's training fast path (:data:`napari_sr_uncertainty.training.step.FAST_PATHS`), when it
   has one: the same loss and gradients (tests/test_training_models.py).
 
-FLOPs per step are XLA's cost analysis of the fast step (forward plus backward; the least work a step
-needs), so both rows are measured against the same useful work. The peak is a jitted 2048 x 2048 float32
-matrix product measured in the same process. Data loading (:class:`CropSampler`) is timed separately on
-synthetic 480x320 images.
+Two FLOP counts per step (forward plus backward):
+
+* ``analytic``: the convolutions as the Flax module writes them, counted from their shapes (2 k_h k_w C_in
+  C_out per output pixel, from the traced forward pass), times 3 for the forward and the two backward products
+  (input and kernel gradients), less the input gradient of the first convolution, which no step needs. A
+  convolution on nearest-upsampled input counts at the upsampled size (ESRCNN's conv1: 4x the work of its
+  exact polyphase form);
+* ``XLA``: XLA's cost analysis of the fast step, the work the fastest path actually does. GFLOP/s and the
+  share of the peak are computed on it (the conservative count), for both rows.
+
+The peak is a jitted 2048 x 2048 float32 matrix product measured in the same process. Data loading
+(:class:`CropSampler`) is timed on synthetic 480x320 images, alone, and hidden: the ``prefetched`` column is
+ms per step of the loop's feeding (:class:`PrefetchedBatches`, the next batches drawn on another thread)
+over the plain step's ms, 1.00 when loading costs the step nothing.
 """
 
 from __future__ import annotations
@@ -77,14 +87,74 @@ def time_step(config, fast: bool, steps: int) -> tuple[float, float]:
     return median_seconds(one, steps), flops
 
 
+def analytic_flops(config) -> float:
+    """Forward plus backward FLOPs of a step through the module as written (see the module docstring)."""
+    import jax
+    import jax.extend.core
+    import jax.numpy as jnp
+
+    from napari_sr_uncertainty.training.initial import random_init
+    from napari_sr_uncertainty.training.step import module_samples, sample_ids
+
+    spec = config.spec
+    params = spec.to_flax(random_init(spec, 0))["params"]
+    lr = jnp.zeros((config.batch, config.crop_lr, config.crop_lr, spec.channels), jnp.float32)
+    ids = sample_ids(config.mc_train_samples, config.batch)
+    jaxpr = jax.make_jaxpr(lambda p, x: module_samples(spec, p, x, jnp.uint32(0), ids))(params, lr)
+    convs = []
+
+    def visit(jaxpr) -> None:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                out = eqn.outvars[0].aval.shape
+                kernel = eqn.invars[1].aval.shape
+                dims = eqn.params["dimension_numbers"]
+                k_out, k_in, *k_space = (kernel[i] for i in dims.rhs_spec)
+                batch_out, _, *space_out = (out[i] for i in dims.out_spec)
+                convs.append(2.0 * batch_out * np.prod(space_out) * k_out * k_in * np.prod(k_space))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                visit(sub)
+
+    visit(jaxpr.jaxpr)
+    forward = sum(convs)
+    return 3 * forward - convs[0]
+
+
 def time_data(config, repeats: int = 50) -> float:
+    return median_seconds(lambda: synthetic_sampler(config).batch(config.batch), repeats)
+
+
+def synthetic_sampler(config):
+    """A :class:`CropSampler` over four synthetic 480x320 images at the model's scale and colour."""
     from napari_sr_uncertainty.training.data import CropSampler, make_pair
 
     spec = config.spec
     rng = np.random.default_rng(0)
     pairs = [make_pair(f"syn{i}", (rng.random((320, 480, 3)) * 255).astype(np.uint8), spec.scale) for i in range(4)]
-    sampler = CropSampler(pairs, config.crop_lr, seed=0, colour=spec.colour)
-    return median_seconds(lambda: sampler.batch(config.batch), repeats)
+    return CropSampler(pairs, config.crop_lr, seed=0, colour=spec.colour, halo=spec.halo, at_border=spec.zero_padding)
+
+
+def time_fed_steps(config, steps: int) -> float:
+    """Median seconds per step of the fast step fed as the training loop feeds it (prefetched batches)."""
+    import jax
+    import jax.numpy as jnp
+
+    from napari_sr_uncertainty.training.data import PrefetchedBatches
+    from napari_sr_uncertainty.training.initial import random_init
+    from napari_sr_uncertainty.training.step import make_optimizer, make_train_step
+
+    spec = config.spec
+    params = spec.to_flax(random_init(spec, 0))["params"]
+    state = [params, make_optimizer(config).init(params)]
+    step_fn = make_train_step(config)
+    with PrefetchedBatches(synthetic_sampler(config), config.batch) as batches:
+
+        def one():
+            state[0], state[1], loss = step_fn(state[0], state[1], jnp.int32(1), *batches.next())
+            jax.block_until_ready(loss)
+
+        one()
+        return median_seconds(one, steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,19 +171,25 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_peak()
     print(f"matrix-product peak (2048^2 float32, jitted): {peak:.0f} GFLOP/s")
     print(f"batch {args.batch} of {args.crop}x{args.crop} LR crops, one dropout sample per crop\n")
-    print("| model | path | ms / step | GFLOP / step (fwd+bwd) | GFLOP/s | % of peak | data ms / batch |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| model | path | ms / step | analytic GFLOP / step | XLA GFLOP / step | GFLOP/s (XLA) | % of peak "
+        "| data ms / batch | prefetched / plain step |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for model in args.model:
         config = TrainConfig(model=model, batch=args.batch, crop_lr=args.crop, init="random")
         data_ms = time_data(config) * 1e3
+        analytic = analytic_flops(config)
         paths = [False] + ([True] if model in FAST_PATHS else [])
         results = {fast: time_step(config, fast, args.steps) for fast in paths}
+        fed = time_fed_steps(config, args.steps) / results[paths[-1]][0]
         useful_flops = results[paths[-1]][1]
         for fast, (seconds, _) in results.items():
             rate = useful_flops / seconds / 1e9
             print(
-                f"| {model} | {'fast' if fast else 'module'} | {seconds * 1e3:.1f} | {useful_flops / 1e9:.2f} | "
-                f"{rate:.0f} | {100 * rate / peak:.0f} % | {data_ms:.2f} |",
+                f"| {model} | {'fast' if fast else 'module'} | {seconds * 1e3:.1f} | {analytic / 1e9:.2f} | "
+                f"{useful_flops / 1e9:.2f} | {rate:.0f} | {100 * rate / peak:.0f} % | {data_ms:.2f} | "
+                + (f"{fed:.2f} |" if fast == paths[-1] else "- |"),
                 flush=True,
             )
     return 0

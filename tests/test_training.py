@@ -249,3 +249,34 @@ def test_cli_refuses_uncertainty_loss_with_one_sample(tmp_path, capsys):
 def test_training_without_validation_images_is_refused(tiny_pairs, tmp_path):
     with pytest.raises(ValueError, match="no validation images"):
         loop.train(_tiny_config(), tmp_path, train_pairs=tiny_pairs[0], val_pairs=[], log=open("/dev/null", "w"))
+
+
+def test_prefetched_batches_are_the_samplers_and_resume_exactly(tiny_pairs):
+    from napari_sr_uncertainty.training.data import PrefetchedBatches
+
+    train_pairs = tiny_pairs[0]
+    direct = CropSampler(train_pairs, 12, seed=3)
+    with PrefetchedBatches(CropSampler(train_pairs, 12, seed=3), 4, depth=3) as batches:
+        for _ in range(5):
+            expected = direct.batch(4)
+            for a, b in zip(batches.next(), expected):
+                np.testing.assert_array_equal(a, b)
+            # the state a checkpoint stores is that after the batches used, not the thread's (ahead)
+            assert batches.state() == direct.state()
+    resumed = CropSampler(train_pairs, 12, seed=99)
+    resumed.set_state(direct.state())
+    with PrefetchedBatches(resumed, 4) as batches:
+        for a, b in zip(batches.next(), direct.batch(4)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_prefetched_batches_raise_the_samplers_error(tiny_pairs):
+    from napari_sr_uncertainty.training.data import PrefetchedBatches
+
+    sampler = CropSampler(tiny_pairs[0], 12, seed=0)
+    sampler.pairs = []  # breaks batch(): no image to draw from
+    sampler.probabilities = np.array([])
+    batches = PrefetchedBatches(sampler, 2)
+    with pytest.raises(ValueError):
+        batches.next()
+    batches.close()

@@ -83,3 +83,15 @@ def test_quality_compares_mc_dropout_with_tta_and_an_ensemble():
     assert len(coverage) == 3 and all("s = " in line for line in coverage)
     rows = {line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")}
     assert {"ours, mean of the 8 dihedral transforms (TTA)", "deep ensemble of 2, mean"} <= rows
+
+
+def test_train_throughput_counts_espcn_flops_in_closed_form():
+    from napari_sr_uncertainty.training.config import TrainConfig
+
+    bench = _bench("train_throughput")
+    c, n = 20, 3
+    per_pixel = [25 * 1 * 64, 9 * 64 * 32, 9 * 32 * 9]  # multiply-adds per LR pixel of each conv
+    forward = [2.0 * n * c * c * m for m in per_pixel]
+    expected = 3 * sum(forward) - forward[0]  # no input gradient for the first conv
+    config = TrainConfig(model="espcn-x3", batch=n, crop_lr=c, init="random")
+    assert bench.analytic_flops(config) == pytest.approx(expected)

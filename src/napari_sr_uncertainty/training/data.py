@@ -286,3 +286,59 @@ class CropSampler:
     def set_state(self, state: dict) -> None:
         """Restore a state returned by :meth:`state`."""
         self.rng.bit_generator.state = state
+
+
+class PrefetchedBatches:
+    """A :class:`CropSampler`'s batches, made ``depth`` ahead on a background thread while the step computes.
+
+    The sampler's generator runs ahead of the training, so :meth:`state` is not the sampler's own state but
+    the one it had right after the last batch handed out: a checkpoint taken between steps resumes exactly
+    (the same batches as an uninterrupted run). The batches are those :meth:`CropSampler.batch` draws, in the
+    same order. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, sampler: CropSampler, size: int, depth: int = 2):
+        import queue
+        import threading
+
+        self._state = sampler.state()
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
+
+        def produce() -> None:
+            try:
+                while not self._closed.is_set():
+                    item = (sampler.batch(size), sampler.state())
+                    while not self._closed.is_set():
+                        try:
+                            self._queue.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            pass
+            except BaseException as exc:  # handed to the consumer, raised by next()
+                self._queue.put((exc, None))
+
+        self._thread = threading.Thread(target=produce, name="crop-prefetch", daemon=True)
+        self._thread.start()
+
+    def next(self) -> CropBatch:
+        """The next batch (raises what the sampler raised)."""
+        batch, state = self._queue.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        self._state = state
+        return batch
+
+    def state(self) -> dict:
+        """The sampler's state after the last batch :meth:`next` returned."""
+        return self._state
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join()
+
+    def __enter__(self) -> PrefetchedBatches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
