@@ -211,12 +211,13 @@ def evaluate_uncertainty(spec, arrays: dict, pairs: list[ImagePair], n_samples: 
     patches count only for the pixel correlation.
     """
     rows = mc_image_stats(spec, arrays, pairs, n_samples, seed)
-    pixel = [r["pixel_spearman"] for r in rows]
+    # NaN correlations (a constant std: no dropout) are left out; NaN when none is left
+    pixel = [r["pixel_spearman"] for r in rows if np.isfinite(r["pixel_spearman"])]
     patch = [r["patch_spearman"] for r in rows if np.isfinite(r["patch_spearman"])]
     return {
         "mc_samples": n_samples,
         "mc_psnr_y": float(np.mean([r["psnr_y"] for r in rows])) if rows else float("nan"),
-        "pixel_spearman": float(np.nanmean(pixel)) if pixel else float("nan"),
+        "pixel_spearman": float(np.mean(pixel)) if pixel else float("nan"),
         "patch_spearman": float(np.mean(patch)) if patch else float("nan"),
     }
 
