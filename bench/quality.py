@@ -39,7 +39,8 @@ in [0, 1], ``s`` pixels shaved (:mod:`napari_sr_uncertainty.core.uncertainty_met
 Each uncertainty method gets the same columns, on the same network and images:
 
 * ``mc``: ours, the MC dropout std of ``--samples`` samples (the product's heatmap);
-* ``tta``: the std over the 8 dihedral transforms (flips and quarter turns) of the deterministic network;
+* ``tta``: the product's TTA spread (:mod:`napari_sr_uncertainty.models.tta`), the std over the 8 dihedral
+  transforms (flips and quarter turns) of the deterministic network;
 * ``ensemble``: the std over independently trained members (``--ensemble``; by default the exported members
   in ``training/checkpoints/<model>-ensemble/``; the column is left out for models without them).
 """

@@ -95,40 +95,24 @@ def predict(spec, arrays: dict, lr_uint8: np.ndarray, n_samples: int = 0, seed: 
     return Engine(spec, arrays).predict(x, n_samples=n_samples, seed=seed)
 
 
-#: the eight symmetries of the square: (quarter turns, then a left-right flip)
-DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
-
-
-def _spread(outputs: list[np.ndarray]):
-    """The mean and population std (as the MC engine's) of equally weighted predictions, as an ``MCResult``
-    whose ``single`` is the first of them."""
-    from ..models.mc import MCResult
-
-    stack = np.stack(outputs).astype(np.float64)
-    return MCResult(
-        stack.mean(0).astype(np.float32),
-        outputs[0].astype(np.float32),
-        stack.std(0).astype(np.float32),
-        len(outputs),
-        0,
-    )
-
-
 def tta_predict(spec, arrays: dict, lr_uint8: np.ndarray):
-    """Dihedral test-time augmentation: the deterministic network on the 8 flips and quarter turns of the
-    LR image, each output turned back; mean and std over the 8 (``single``: the untransformed output)."""
-    outputs = []
-    for turns, flip in DIHEDRAL:
-        x = np.rot90(lr_uint8[:, ::-1] if flip else lr_uint8, turns)
-        y = np.rot90(predict(spec, arrays, np.ascontiguousarray(x), 0).mean, -turns)
-        outputs.append(y[:, ::-1] if flip else y)
-    return _spread(outputs)
+    """The product's test-time-augmentation spread (:mod:`napari_sr_uncertainty.models.tta`: the deterministic
+    network on the 8 flips and quarter turns of the input) for one uint8 RGB LR image."""
+    from ..core.progress import run_to_end
+    from ..models.mc import Engine
+    from ..models.tta import iter_tta_predict
+
+    return run_to_end(iter_tta_predict(network_planes(lr_uint8, spec.colour), Engine(spec, arrays)))
 
 
 def ensemble_predict(spec, members: list[dict], lr_uint8: np.ndarray):
-    """A deep ensemble: mean and std of the deterministic outputs of ``members`` (independently trained
-    weights of one architecture)."""
-    return _spread([predict(spec, arrays, lr_uint8, 0).mean for arrays in members])
+    """A deep ensemble: mean and population std (as the MC engine's) of the deterministic outputs of
+    ``members`` (independently trained weights of one architecture); ``single`` is the first member's."""
+    from ..models.mc import MCResult
+
+    outputs = [predict(spec, arrays, lr_uint8, 0).mean for arrays in members]
+    stack = np.stack(outputs).astype(np.float64)
+    return MCResult(stack.mean(0).astype(np.float32), outputs[0], stack.std(0).astype(np.float32), len(outputs), 0)
 
 
 def to_rgb(spec, network_output: np.ndarray, lr_uint8: np.ndarray) -> np.ndarray:
