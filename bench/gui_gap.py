@@ -71,7 +71,7 @@ def measure_run(qt_app, viewer, widget, timeout_s: float = 600.0) -> dict:
 
     def on_progress(step):
         prog = step[1]
-        phase["now"] = "blocks" if prog.message.startswith("block") and prog.done < prog.total else "worker"
+        phase["now"] = "blocks" if prog.message.startswith("block") and prog.done < prog.total else prog.message
 
     worker.yielded.connect(on_progress)
     worker.returned.connect(lambda *_: phase.update(now="end"))
@@ -103,6 +103,7 @@ def measure_run(qt_app, viewer, widget, timeout_s: float = 600.0) -> dict:
         "end_ms": by_phase.get("end", 0.0),
         "start_ms": by_phase.get("start", 0.0),
         "ticks": len(ticks),
+        "longest_in": labels[longest],
     }
 
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.size}x{args.size} RGB, {args.samples} samples, limit {args.limit_ms:.0f} ms per gap")
     print(
         f"{'run':<10} {'total s':>8} {'longest gap ms':>15} {'its CPU ms':>11} {'most CPU in a gap':>18} "
-        f"{'computing blocks':>17} {'end of run':>11}"
+        f"{'computing blocks':>17} {'end of run':>11}  longest gap while"
     )
     worst = worst_cpu = 0.0
     step_log: list = []
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         name = "first" if run == 0 else f"re-run {run}"
         print(
             f"{name:<10} {result['total_s']:>8.1f} {result['max_ms']:>15.0f} {result['cpu_of_longest_ms']:>11.0f} "
-            f"{result['max_cpu_ms']:>18.0f} {result['blocks_ms']:>17.0f} {result['end_ms']:>11.0f}"
+            f"{result['max_cpu_ms']:>18.0f} {result['blocks_ms']:>17.0f} {result['end_ms']:>11.0f}  "
+            f"{result['longest_in']}"
         )
         for what, wall_ms, cpu_ms in step_log:
             if cpu_ms > 20:

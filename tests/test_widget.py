@@ -271,6 +271,25 @@ def test_gui_stays_responsive_during_a_run(qtbot, viewer_and_widget):
         assert gaps["blocks"] < 200, f"event loop blocked for {gaps['blocks']:.0f} ms while computing blocks"
 
 
+
+def test_glyphs_are_rendered_once_a_block_is_done_not_while_the_worker_starts(qtbot, viewer_and_widget, monkeypatch):
+    """While the worker imports JAX and compiles, Python holds the GIL, and rendering glyphs on the GUI thread
+    then froze it for ~0.5 s (bench/gui_gap.py): the glyphs wait for the first block."""
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8), name="glyphs")
+    done: list[int] = []
+    calls: list[tuple[str, list[int]]] = []
+    # on the class: a magicgui container takes attribute deletion (the monkeypatch's undo) as removing a widget
+    monkeypatch.setattr(type(widget), "_prewarm_glyphs", lambda self, name: calls.append((name, list(done))))
+    widget.run()
+    widget.worker.yielded.connect(lambda step: done.append(step[1].done))  # after the widget's own handler
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=RUN_TIMEOUT_MS)
+    assert len(calls) == 1
+    name, seen = calls[0]
+    assert name == "glyphs"
+    assert all(d == 0 for d in seen) and done[len(seen)] > 0  # called on the first progress of a finished block
+
+
 # The model picker (issue 12)
 
 REFERENCE_PTH = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "seed002" / "best.pth"

@@ -12,10 +12,12 @@ Responsiveness. The worker builds everything it can: the layer data and the napa
 themselves (a Shapes layer's first construction alone takes ~0.8 s). The GUI thread then adds or updates
 one layer per event-loop turn. A re-run on the same input updates its layers in place (``layer.data =``):
 removing a layer makes napari run a full garbage collection (~0.3 s with JAX loaded) and re-adding it
-rebuilds its controls and visuals, and the colorbar is kept rather than re-created. While the worker
-computes, the GUI thread renders, a few per event-loop turn, the font glyphs the labels, the colorbar and
-its title will need (napari shares one glyph atlas between all text; a glyph costs ~10-20 ms to render the
-first time). From Run to the last layer, the objects that existed before are frozen out of Python's garbage
+rebuilds its controls and visuals, and the colorbar is kept rather than re-created. Each GUI step is a 1 ms
+timer, not a 0 ms one (which Qt runs as a posted event, ahead of input and paints: a chain of them is one
+long freeze). Once the worker computes blocks, the GUI thread renders, a few per event-loop turn, the font
+glyphs the labels, the colorbar and its title will need (napari shares one glyph atlas between all text; a
+glyph costs ~10-20 ms to render the first time; before the first block, while the worker imports JAX, the
+same work took 0.5 s of waiting for the GIL). From Run to the last layer, the objects that existed before are frozen out of Python's garbage
 collector (``gc.freeze`` at Run and again once the worker has loaded JAX, ``gc.unfreeze`` when the run
 ends, however it ends): an automatic full collection over JAX's and napari's objects takes ~0.1 s of CPU
 (~0.3 s on a loaded machine) and, landing on the GUI thread, was the longest freeze left. Garbage made
@@ -79,6 +81,10 @@ GLYPHS = "0123456789.,-+e#·×σ ()" + "".join(
     sorted(set("median grey levels counts intensity units mask MC TTA std calibrated SR uncertainty"))
 )
 GLYPHS_PER_TURN = 2
+#: delay of the next GUI step, ms: a 0 ms single shot is a posted event that Qt runs before the timers and
+#: input of the same loop iteration, so a chain of them froze the GUI like one long step; 1 ms makes each
+#: step a timer that waits its turn behind the input, paints and other timers that are due
+NEXT_TURN_MS = 1
 COLORBAR_POSITION = "bottom_right"
 
 
@@ -676,6 +682,16 @@ class SuperResolveWidget(Container):
             return lambda *args: handler(*args) if self.worker is worker else None
 
         worker.yielded.connect(while_current(lambda step: self._on_progress(step, len(job.images))))
+        # the glyphs are rendered once the first block is done, not while the worker imports JAX and compiles:
+        # that is Python holding the GIL, and each of a glyph's many NumPy calls that releases the GIL then
+        # waits a switch interval (5 ms) to get it back: 0.5 s frozen
+        glyphs_for = [job.geometry.name]
+
+        def prewarm_glyphs_once_computing(step) -> None:
+            if glyphs_for and step[1].done > 0:
+                self._prewarm_glyphs(glyphs_for.pop())
+
+        worker.yielded.connect(while_current(prewarm_glyphs_once_computing))
         worker.returned.connect(while_current(lambda returned: self._on_results(*returned, job=job)))
         worker.errored.connect(while_current(lambda exc: self._on_error(exc, job)))
         worker.aborted.connect(while_current(self._on_aborted))
@@ -683,7 +699,6 @@ class SuperResolveWidget(Container):
         self.worker = worker
         self._freeze_gc()
         worker.start()
-        self._prewarm_glyphs(job.geometry.name)
 
     def _estimate_note(self, job: RunJob) -> str:
         """For a model that states its cost, the expected duration of a long run (also as a notification)."""
@@ -720,10 +735,10 @@ class SuperResolveWidget(Container):
                     pass
             del pending[:GLYPHS_PER_TURN]
             if pending and self.worker is not None:
-                QTimer.singleShot(0, turn)
+                QTimer.singleShot(NEXT_TURN_MS, turn)
 
         if pending:
-            QTimer.singleShot(0, turn)
+            QTimer.singleShot(NEXT_TURN_MS, turn)
 
     def _freeze_gc(self) -> None:
         """Keep the objects that exist now out of garbage collections until :meth:`_unfreeze_gc`."""
@@ -848,7 +863,7 @@ class SuperResolveWidget(Container):
             if not self._pending_steps:
                 self._unfreeze_gc()
         if self._pending_steps:
-            QTimer.singleShot(0, self._next_step)
+            QTimer.singleShot(NEXT_TURN_MS, self._next_step)
         else:
             self._set_running(self.is_running)
 
