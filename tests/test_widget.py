@@ -271,7 +271,6 @@ def test_gui_stays_responsive_during_a_run(qtbot, viewer_and_widget):
         assert gaps["blocks"] < 200, f"event loop blocked for {gaps['blocks']:.0f} ms while computing blocks"
 
 
-
 def test_glyphs_are_rendered_once_a_block_is_done_not_while_the_worker_starts(qtbot, viewer_and_widget, monkeypatch):
     """While the worker imports JAX and compiles, Python holds the GIL, and rendering glyphs on the GUI thread
     then froze it for ~0.5 s (bench/gui_gap.py): the glyphs wait for the first block."""
