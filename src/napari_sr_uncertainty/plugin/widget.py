@@ -76,9 +76,12 @@ QT_INT_MAX = 2**31 - 1  # a Qt spin box holds a C int
 HEATMAP_VIEWS = (("over the image", True), ("hidden (marks and mean only)", False))
 #: the first run in a process loads JAX and compiles the engine: its time says so
 _first_run_done = False
-#: characters the marks' labels, the colorbar's ticks and its title are drawn with (glyphs rendered ahead)
-GLYPHS = "0123456789.,-+e#·×σ ()" + "".join(
-    sorted(set("median grey levels counts intensity units mask MC TTA std calibrated SR uncertainty"))
+#: characters the marks' labels, the colorbar's ticks and its title are drawn with (glyphs rendered ahead),
+#: and those vispy measures the line height of every text with (its first text draw renders them otherwise)
+GLYPHS = (
+    "0123456789.,-+e#·×σ ()"
+    + "".join(sorted(set("median grey levels counts intensity units mask MC TTA std calibrated SR uncertainty")))
+    + "ÅÉÑŐjgpqy"
 )
 GLYPHS_PER_TURN = 2
 #: delay of the next GUI step, ms: a 0 ms single shot is a posted event that Qt runs before the timers and
