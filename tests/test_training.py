@@ -178,9 +178,9 @@ def test_training_loss_samples_use_consecutive_mask_indices(tiny_pairs):
     config = _tiny_config()
     params = SPEC.to_flax(initial.initial_arrays(config))["params"]
     lr, hr, _ = CropSampler(tiny_pairs[0], config.crop_lr, seed=0).batch(config.batch)
-    seed, n, size = jnp.uint32(7), config.batch, 2 * (config.crop_lr - 4)
-    masks = esrcnn.dropout_masks(seed, jnp.arange(2 * n), size)
-    preds = [esrcnn.forward_valid(params, lr, tuple(m[j * n : (j + 1) * n] for m in masks)) for j in range(2)]
+    seed, n, rows = jnp.uint32(7), config.batch, config.crop_lr - 4
+    masks = esrcnn.dropout_masks(seed, jnp.arange(2 * n), rows)
+    preds = [esrcnn.forward_valid(params, lr, tuple(m[:, :, j * n : (j + 1) * n] for m in masks)) for j in range(2)]
     target = losses.target_crop(hr, preds[0].shape[1])
     one = step.training_loss(params, lr, hr, seed, config)
     assert float(one[0]) == pytest.approx(float(losses.pixel_loss(preds[0], target, "mse")), rel=1e-5)

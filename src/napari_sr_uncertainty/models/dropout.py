@@ -85,13 +85,18 @@ def keep_from_bits(bits, channels: int, threshold: int):
     return keep.reshape(-1, *bits.shape[1:])[:channels]
 
 
-def keep_mask(seed, sample, layer, rows, cols, channels: int, rate: float):
-    """Boolean keep mask of shape (len(rows), len(cols), channels) at global positions ``rows`` x ``cols``.
+def keep_mask_channel_major(seed, sample, layer, rows, cols, channels: int, rate: float):
+    """Boolean keep mask of shape (channels, len(rows), len(cols)) at global positions ``rows`` x ``cols``.
 
     The bit of an element depends only on (seed, sample, layer, row, col, channel).
     """
     bits = mask_bits(layer_key(seed, sample, layer), rows, lane_ids(cols, channels))
-    return keep_from_bits(bits, channels, drop_threshold(rate)).transpose(1, 2, 0)
+    return keep_from_bits(bits, channels, drop_threshold(rate))
+
+
+def keep_mask(seed, sample, layer, rows, cols, channels: int, rate: float):
+    """:func:`keep_mask_channel_major` with the channels last: shape (len(rows), len(cols), channels)."""
+    return keep_mask_channel_major(seed, sample, layer, rows, cols, channels, rate).transpose(1, 2, 0)
 
 
 class Grid(NamedTuple):

@@ -12,16 +12,24 @@
 * **Polyphase first layer.** "Nearest x2 upsampling then 9x9 conv" is computed as a 5x5 conv on the LR grid
   with 4 x 64 outputs (one group per output phase), a quarter of the multiply-adds, in the backward pass
   too; the 9x9 kernel stays the trained parameter. The last layer's 5x5 conv to three channels runs as a 3x3
-  conv on the 2x2 phases of its input (:func:`conv3_valid`): its gradients 2.3x faster on this CPU.
-* **Dropout masks** are :func:`napari_sr_uncertainty.models.dropout.keep_mask` on the crop's HR grid, keyed
-  on (step seed, sample id, layer, position, channel), at the engine's effective rate.
+  conv on the 2x2 phases of its input, twelve outputs (four output phases of three channels).
+* **Matrix products, channel-major.** Every layer is one 2-D matrix product on activations laid out
+  (channels, phase, crop, row, column), the layout of the inference engine: conv1 on the 75 (5x5 taps x 3
+  colours) shifted copies of the LR crop, conv2 on all four phases at once, conv3 as ``(9 taps x 12
+  outputs, 128) @ (128, positions)`` followed by the sum of the nine shifted slices. XLA's CPU convolutions
+  with few output channels, and their gradients, ran at a few GFLOP/s; the products run the step 2x faster
+  (``bench/train_throughput.py``) and compute the same samples to float rounding (tested against the
+  Flax module). The activations stay on the LR grid in phase layout, never interleaved to the HR grid.
+* **Dropout masks** are :func:`napari_sr_uncertainty.models.dropout.keep_mask_channel_major` at the HR
+  positions of each phase, keyed on (step seed, sample id, layer, position, channel) as the Flax module keys
+  them, at the engine's effective rate.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..models.dropout import keep_mask, keep_scale
+from ..models.dropout import keep_mask_channel_major, keep_scale
 from ..models.esrcnn import SPEC
 from .initial import random_init
 
@@ -103,16 +111,19 @@ def polyphase_kernel(kernel_9x9):
     return poly.reshape(5, 5, kernel_9x9.shape[2], 4 * kernel_9x9.shape[3])
 
 
-def first_layer_valid(params: dict, lr):
-    """relu(conv1(upsample(lr))) with a "valid" 9x9 conv: (N, h, w, 3) -> (N, 2h - 8, 2w - 8, 64), before dropout."""
+def first_layer(params: dict, lr):
+    """relu(conv1(upsample(lr))) with a "valid" 9x9 conv, before dropout: (N, h, w, 3) LR crops -> (64, 4,
+    N, h - 4, w - 4), channel-major; phase ``2 a + b`` at (r, c) is HR position (4 + 2 r + a, 4 + 2 c + b)."""
     import jax
+    import jax.numpy as jnp
 
-    y = jax.lax.conv_general_dilated(
-        lr, polyphase_kernel(params["conv1"]["kernel"]), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    n, h, w, _ = y.shape
-    y = y.reshape(n, h, w, 2, 2, 64).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, 64)
-    return jax.nn.relu(y + params["conv1"]["bias"])
+    n, height, width, _ = lr.shape
+    rows, cols = height - 4, width - 4
+    x = lr.transpose(3, 0, 1, 2)
+    shifted = jnp.stack([x[:, :, t : t + rows, u : u + cols] for t in range(5) for u in range(5)])  # (25, 3, ...)
+    kernel = polyphase_kernel(params["conv1"]["kernel"]).reshape(75, 4, 64).transpose(2, 1, 0).reshape(256, 75)
+    y = (kernel @ shifted.reshape(75, -1)).reshape(64, 4, n, rows, cols)
+    return jax.nn.relu(y + params["conv1"]["bias"][:, None, None, None, None])
 
 
 def _last_phase_selector() -> np.ndarray:
@@ -127,47 +138,44 @@ def _last_phase_selector() -> np.ndarray:
     return sel
 
 
-def conv3_valid(kernel_5x5, h2):
-    """The "valid" 5x5 conv3 on HR activations (N, H, W, 32) as a 3x3 conv on their 2x2 LR phases.
-
-    H and W are even and the activations start at an even HR position (the first layer's outputs do).
-    The activations are regrouped by 2x2 phase into (N, H/2, W/2, 4 * 32) and the kernel into
-    (3, 3, 4 * 32, 4 * 3): one LR conv with twelve outputs (four output phases of three channels). On this CPU
-    its gradients are 2.3x faster than the 5x5 conv's with three outputs, whose skinny matrix products are
-    memory bound (``bench/train_throughput.py``); the result is the same to float rounding (tested).
-    """
-    import jax
+def conv3_phases(kernel_5x5, h2):
+    """The "valid" 5x5 conv3 on HR activations given as their 2x2 phases (32, 4, N, R, C) (channel-major,
+    phase ``2 a + b`` at HR (2 r + a, 2 c + b)) -> (12, N, R - 2, C - 2): a 3x3 LR conv with twelve outputs,
+    ordered (output phase A, B, channel), as one matrix product and the sum of nine shifted slices."""
     import jax.numpy as jnp
 
-    n, height, width, channels = h2.shape
+    channels, _, n, rows, cols = h2.shape
     sel = jnp.asarray(_last_phase_selector())
-    kernel = jnp.einsum("Auat,Bvbs,tsco->uvabcABo", sel, sel, kernel_5x5).reshape(3, 3, 4 * channels, -1)
-    rows, cols = height // 2, width // 2
-    phases = h2.reshape(n, rows, 2, cols, 2, channels).transpose(0, 1, 3, 2, 4, 5).reshape(n, rows, cols, -1)
-    y = jax.lax.conv_general_dilated(phases, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    _, rows, cols, _ = y.shape
-    return y.reshape(n, rows, cols, 2, 2, -1).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * rows, 2 * cols, -1)
+    kernel = jnp.einsum("Auat,Bvbs,tsco->uvABocab", sel, sel, kernel_5x5).reshape(9 * 12, 4 * channels)
+    z = (kernel @ h2.reshape(4 * channels, -1)).reshape(9, 12, n, rows, cols)
+    r, c = rows - 2, cols - 2
+    return sum(z[3 * u + v, :, :, u : u + r, v : v + c] for u in range(3) for v in range(3))
 
 
-def last_layers_valid(params: dict, h1, masks=None, rate: float = SPEC.dropout_rate, inside_hr=None):
-    """Dropout, conv2, ReLU, dropout, "valid" 5x5 conv3: first-layer activations (N, s, s, 64) -> (N, s - 4, s - 4, 3).
+def last_layers(params: dict, h1, masks=None, rate: float = SPEC.dropout_rate, inside=None):
+    """Dropout, conv2, ReLU, dropout, "valid" 5x5 conv3: :func:`first_layer`'s activations (64, 4, N, R, C) ->
+    (N, 2 R - 4, 2 C - 4, 3) on the HR grid.
 
-    ``masks`` are two keep masks (N, s, s, 64) and (N, s, s, 32), or None for dropout off; ``inside_hr``
-    (N, s, s) is 1 where the activations lie in their image (None: everywhere), zeroing conv3's input
-    outside as the module does.
+    ``masks`` are :func:`dropout_masks`' two keep masks (64, 4, N, R, C) and (32, 4, N, R, C), or None for
+    dropout off; ``inside`` (N, R, C) is 1 where the activations lie in their image (None: everywhere),
+    zeroing conv3's input outside as the module does.
     """
     import jax
     import jax.numpy as jnp
 
+    _, _, n, rows, cols = h1.shape
     factor = keep_scale(rate)
     if masks is not None:
         h1 = jnp.where(masks[0], h1 * factor, 0.0)
-    h2 = jax.nn.relu(h1 @ params["conv2"]["kernel"][0, 0] + params["conv2"]["bias"])
+    h2 = params["conv2"]["kernel"][0, 0].T @ h1.reshape(64, -1)
+    h2 = jax.nn.relu(h2 + params["conv2"]["bias"][:, None]).reshape(32, 4, n, rows, cols)
     if masks is not None:
         h2 = jnp.where(masks[1], h2 * factor, 0.0)
-    if inside_hr is not None:
-        h2 = h2 * inside_hr[..., None]
-    return conv3_valid(params["conv3"]["kernel"], h2) + params["conv3"]["bias"]
+    if inside is not None:
+        h2 = h2 * inside
+    y = conv3_phases(params["conv3"]["kernel"], h2) + jnp.tile(params["conv3"]["bias"], 4)[:, None, None, None]
+    _, _, r, c = y.shape
+    return y.reshape(2, 2, 3, n, r, c).transpose(3, 4, 0, 5, 1, 2).reshape(n, 2 * r, 2 * c, 3)
 
 
 def forward_valid(params: dict, lr, masks=None, rate: float = SPEC.dropout_rate):
@@ -180,52 +188,66 @@ def forward_valid(params: dict, lr, masks=None, rate: float = SPEC.dropout_rate)
     lr : array, (N, h, w, 3)
         LR crops.
     masks : tuple of two bool arrays or None
-        Keep masks (N, 2h - 8, 2w - 8, 64) and (N, 2h - 8, 2w - 8, 32); None means dropout off.
+        :func:`dropout_masks` (64, 4, N, h - 4, w - 4) and (32, 4, N, h - 4, w - 4); None means dropout off.
 
     Returns
     -------
     array, (N, 2h - 12, 2w - 12, 3)
         Equal to the "same"-padded model's output with the 6 HR border pixels removed.
     """
-    return last_layers_valid(params, first_layer_valid(params, lr), masks, rate)
+    return last_layers(params, first_layer(params, lr), masks, rate)
 
 
-def dropout_masks(seed, ids, size: int, rate: float = SPEC.dropout_rate):
-    """Keep masks for square HR activation maps of side ``size``, one per sample id in ``ids`` (engine's hash).
+def dropout_masks(seed, ids, rows: int, rate: float = SPEC.dropout_rate):
+    """Keep masks (64, 4, len(ids), rows, rows) and (32, 4, len(ids), rows, rows) of :func:`first_layer`'s
+    square activation maps, crop ``i`` with sample id ``ids[i]`` (the engine's hash).
 
-    The maps are those of :func:`first_layer_valid`, which start :data:`FIRST_POSITION` HR pixels into the
-    crop: the masks are keyed on those crop positions, as the Flax module keys them.
+    Phase ``2 a + b`` at (r, c) is the crop's HR position (:data:`FIRST_POSITION` + 2 r + a, ... + 2 c + b):
+    the masks are keyed on those positions, as the Flax module keys them.
     """
     import jax
     import jax.numpy as jnp
 
-    coords = FIRST_POSITION + jnp.arange(size, dtype=jnp.int32)
+    coords = [FIRST_POSITION + 2 * jnp.arange(rows, dtype=jnp.int32) + a for a in range(2)]
 
     def one(i):
-        return keep_mask(seed, i, 0, coords, coords, 64, rate), keep_mask(seed, i, 1, coords, coords, 32, rate)
+        return tuple(
+            jnp.stack(
+                [
+                    keep_mask_channel_major(seed, i, layer, coords[a], coords[b], ch, rate)
+                    for a in (0, 1)
+                    for b in (0, 1)
+                ],
+                axis=1,
+            )
+            for layer, ch in ((0, 64), (1, 32))
+        )
 
-    return jax.vmap(one)(jnp.asarray(ids, jnp.int32))
+    return jax.vmap(one, out_axes=2)(jnp.asarray(ids, jnp.int32))
 
 
 def samples_valid(params, lr, seed, ids, rate: float, inside=None):
     """Dropout samples (K, N, 2h - 12, 2w - 12, 3) of the crops' interiors; ``ids`` (K, N) are the sample ids.
 
-    The K samples share the deterministic first layer. ``inside`` (N, h, w) is 1 where a crop lies in its
-    image (None: everywhere).
+    The K samples share the deterministic first layer (the K x N crops are one batch of the last layers).
+    ``inside`` (N, h, w) is 1 where a crop lies in its image (None: everywhere).
     """
-    import jax
     import jax.numpy as jnp
 
-    inside_hr = None
+    inside_phases = None
     if inside is not None:
         lr = lr * inside[..., None]
-        size = 2 * lr.shape[1] - 2 * FIRST_POSITION
-        up = jnp.repeat(jnp.repeat(inside, SPEC.scale, axis=1), SPEC.scale, axis=2)
-        inside_hr = up[:, FIRST_POSITION : FIRST_POSITION + size, FIRST_POSITION : FIRST_POSITION + size]
-    h1 = first_layer_valid(params, lr)
+        # HR position 4 + 2 r + a lies in LR pixel 2 + r for both phases a
+        rows, cols = lr.shape[1] - 4, lr.shape[2] - 4
+        inside_phases = inside[:, 2 : 2 + rows, 2 : 2 + cols]
+    h1 = first_layer(params, lr)
     k, n = ids.shape
-    if k == 1:  # plain dropout training: no vmap over samples (XLA's CPU convs are slower under it)
-        return last_layers_valid(params, h1, dropout_masks(seed, ids[0], h1.shape[1], rate), rate, inside_hr)[None]
-    masks = dropout_masks(seed, ids.reshape(-1), h1.shape[1], rate)
-    masks = jax.tree_util.tree_map(lambda m: m.reshape(k, n, *m.shape[1:]), masks)
-    return jax.vmap(lambda m: last_layers_valid(params, h1, m, rate, inside_hr))(masks)
+    masks = dropout_masks(seed, ids.reshape(-1), h1.shape[3], rate)
+    if k > 1:
+        h1 = jnp.broadcast_to(h1[:, :, None], (*h1.shape[:2], k, *h1.shape[2:])).reshape(
+            *h1.shape[:2], k * n, *h1.shape[3:]
+        )
+        if inside_phases is not None:
+            inside_phases = jnp.tile(inside_phases, (k, 1, 1))
+    out = last_layers(params, h1, masks, rate, inside_phases)
+    return out.reshape(k, n, *out.shape[1:])
