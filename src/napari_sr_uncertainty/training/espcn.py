@@ -3,34 +3,17 @@
 The plain Flax module computes the whole "same"-padded crop and the loss then discards the ``halo * scale``
 HR border pixels. Here every convolution is "valid", so only what the loss uses is computed: a c x c LR crop
 gives conv1 on LR positions 2..c-3, conv2 on 3..c-4 and the output on 4..c-5, exactly the interior of the
-module's output. The dropout masks are the module's (:func:`..models.dropout.keep_mask` at the crop's
-positions, per sample id). On the 2-core CPU this is 2-3x faster per step than the module for small crops;
-matrix-product (im2col) forms of the same convolutions measured no faster (see ``bench/train_throughput.py``).
+module's output. The layers are matrix products on channel-major activations (:mod:`.channel_major`); the
+dropout masks are the module's (keyed at the crop's positions, per sample id), and the K samples of a crop
+are one batch of K x N crops after the shared first layer.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..models.dropout import keep_mask, keep_scale
 from ..models.espcn import SCALE, pixel_shuffle
-
-
-def _conv_valid(x, kernel, bias):
-    import jax
-
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias
-
-
-def _dropout(h, seed, ids, layer: int, first: int, rate: float):
-    """Masks (len(ids), ...) for activations ``h`` (N, s, s, C) whose first position is ``first``."""
-    import jax
-    import jax.numpy as jnp
-
-    coords = first + jnp.arange(h.shape[1], dtype=jnp.int32)
-    keep = jax.vmap(lambda i: keep_mask(seed, i, layer, coords, coords, h.shape[-1], rate))(ids)
-    return jnp.where(keep, h * keep_scale(rate), 0.0)
+from .channel_major import conv_taps_first, conv_taps_last, keyed_dropout, repeat_for_samples
 
 
 def samples_valid(params, lr, seed, ids, rate: float, inside=None):
@@ -38,27 +21,30 @@ def samples_valid(params, lr, seed, ids, rate: float, inside=None):
 
     ``inside`` (N, c, c) is 1 where a crop lies in its image (None: everywhere): each conv's input is zeroed
     outside, as the module's :meth:`~napari_sr_uncertainty.models.dropout.Grid.inside` does.
-
-    The K samples share the deterministic first layer (conv1 + tanh) and run one after the other: on this CPU
-    XLA's convolutions are about 2x slower under ``vmap`` and 2-4x slower per crop on a batch of K x N crops
-    (the working set leaves the cache), measured with ``bench/train_throughput.py``-style timings.
     """
     import jax.numpy as jnp
+
+    k, n = ids.shape
+    if inside is not None:
+        inside = repeat_for_samples(inside[None], k)[0]
 
     def in_image(h, first: int):
         if inside is None:
             return h
-        return h * inside[:, first : first + h.shape[1], first : first + h.shape[2], None]
+        return h * inside[None, : h.shape[1], first : first + h.shape[2], first : first + h.shape[3]]
 
-    h1 = jnp.tanh(_conv_valid(in_image(lr, 0), params["conv1"]["kernel"], params["conv1"]["bias"]))  # positions 2..c-3
+    def bias(name):
+        return params[name]["bias"][:, None, None, None]
 
-    def one(sample_ids):
-        h = in_image(_dropout(h1, seed, sample_ids, 0, 2, rate), 2)
-        h = jnp.tanh(_conv_valid(h, params["conv2"]["kernel"], params["conv2"]["bias"]))  # positions 3..c-4
-        h = in_image(_dropout(h, seed, sample_ids, 1, 3, rate), 3)
-        return pixel_shuffle(_conv_valid(h, params["conv3"]["kernel"], params["conv3"]["bias"]), SCALE)
-
-    return jnp.stack([one(ids[j]) for j in range(ids.shape[0])])
+    x = in_image(lr.transpose(3, 0, 1, 2), 0)
+    h = jnp.tanh(conv_taps_first(x, params["conv1"]["kernel"]) + bias("conv1"))  # positions 2..c-3
+    h = repeat_for_samples(h, k)
+    h = in_image(keyed_dropout(h, seed, ids.reshape(-1), 0, 2, rate), 2)
+    h = jnp.tanh(conv_taps_last(h, params["conv2"]["kernel"]) + bias("conv2"))  # positions 3..c-4
+    h = in_image(keyed_dropout(h, seed, ids.reshape(-1), 1, 3, rate), 3)
+    y = conv_taps_last(h, params["conv3"]["kernel"]) + bias("conv3")  # (9, K N, c - 8, c - 8)
+    y = pixel_shuffle(y.transpose(1, 2, 3, 0), SCALE)
+    return y.reshape(k, n, *y.shape[1:])
 
 
 def bicubic_phase_kernels(scale: int = SCALE, radius: int = 2) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..models.dropout import keep_mask_channel_major, keep_scale
 from ..models.esrcnn import SPEC
+from .channel_major import conv_taps_first, conv_taps_last, repeat_for_samples
 from .initial import random_init
 
 # Pillow's cubic (a = -0.5) x2 upscaling filter as a 9-tap kernel acting after nearest upsampling.
@@ -115,14 +116,11 @@ def first_layer(params: dict, lr):
     """relu(conv1(upsample(lr))) with a "valid" 9x9 conv, before dropout: (N, h, w, 3) LR crops -> (64, 4,
     N, h - 4, w - 4), channel-major; phase ``2 a + b`` at (r, c) is HR position (4 + 2 r + a, 4 + 2 c + b)."""
     import jax
-    import jax.numpy as jnp
 
     n, height, width, _ = lr.shape
-    rows, cols = height - 4, width - 4
-    x = lr.transpose(3, 0, 1, 2)
-    shifted = jnp.stack([x[:, :, t : t + rows, u : u + cols] for t in range(5) for u in range(5)])  # (25, 3, ...)
-    kernel = polyphase_kernel(params["conv1"]["kernel"]).reshape(75, 4, 64).transpose(2, 1, 0).reshape(256, 75)
-    y = (kernel @ shifted.reshape(75, -1)).reshape(64, 4, n, rows, cols)
+    kernel = polyphase_kernel(params["conv1"]["kernel"])  # outputs ordered (a, b, out) -> (out, a, b)
+    kernel = kernel.reshape(5, 5, 3, 4, 64).transpose(0, 1, 2, 4, 3).reshape(5, 5, 3, 256)
+    y = conv_taps_first(lr.transpose(3, 0, 1, 2), kernel).reshape(64, 4, n, height - 4, width - 4)
     return jax.nn.relu(y + params["conv1"]["bias"][:, None, None, None, None])
 
 
@@ -141,15 +139,13 @@ def _last_phase_selector() -> np.ndarray:
 def conv3_phases(kernel_5x5, h2):
     """The "valid" 5x5 conv3 on HR activations given as their 2x2 phases (32, 4, N, R, C) (channel-major,
     phase ``2 a + b`` at HR (2 r + a, 2 c + b)) -> (12, N, R - 2, C - 2): a 3x3 LR conv with twelve outputs,
-    ordered (output phase A, B, channel), as one matrix product and the sum of nine shifted slices."""
+    ordered (output phase A, B, channel), in the few-outputs product form (:func:`.channel_major.conv_taps_last`)."""
     import jax.numpy as jnp
 
     channels, _, n, rows, cols = h2.shape
     sel = jnp.asarray(_last_phase_selector())
-    kernel = jnp.einsum("Auat,Bvbs,tsco->uvABocab", sel, sel, kernel_5x5).reshape(9 * 12, 4 * channels)
-    z = (kernel @ h2.reshape(4 * channels, -1)).reshape(9, 12, n, rows, cols)
-    r, c = rows - 2, cols - 2
-    return sum(z[3 * u + v, :, :, u : u + r, v : v + c] for u in range(3) for v in range(3))
+    kernel = jnp.einsum("Auat,Bvbs,tsco->uvcabABo", sel, sel, kernel_5x5).reshape(3, 3, 4 * channels, -1)
+    return conv_taps_last(h2.reshape(4 * channels, n, rows, cols), kernel)
 
 
 def last_layers(params: dict, h1, masks=None, rate: float = SPEC.dropout_rate, inside=None):
@@ -244,9 +240,8 @@ def samples_valid(params, lr, seed, ids, rate: float, inside=None):
     k, n = ids.shape
     masks = dropout_masks(seed, ids.reshape(-1), h1.shape[3], rate)
     if k > 1:
-        h1 = jnp.broadcast_to(h1[:, :, None], (*h1.shape[:2], k, *h1.shape[2:])).reshape(
-            *h1.shape[:2], k * n, *h1.shape[3:]
-        )
+        spatial = h1.shape[3:]
+        h1 = repeat_for_samples(h1.reshape(256, n, *spatial), k).reshape(64, 4, k * n, *spatial)
         if inside_phases is not None:
             inside_phases = jnp.tile(inside_phases, (k, 1, 1))
     out = last_layers(params, h1, masks, rate, inside_phases)

@@ -1,8 +1,21 @@
-"""SRCNN-gray x1 training specifics: the "bicubic" initialisation, which at scale 1 is the identity."""
+"""SRCNN-gray x1 training specifics: the "bicubic" initialisation, which at scale 1 is the identity, and the
+fast training forward pass.
+
+The fast pass computes the crop's interior with "valid" convolutions, as matrix products on channel-major
+activations (:mod:`.channel_major`): a c x c crop gives conv1 and conv2 on positions 4..c-5 and the output
+on 6..c-7, the interior the loss keeps (the ``halo`` of 6). There the original's replicate padding is never
+read (conv2's clamp to conv1's valid range and conv3's edge replication only act within 2 pixels of the
+crop's edge), so the interior is plain convolutions. Training windows keep their context inside the image
+(``ModelSpec.zero_padding`` is False), so ``inside`` is not needed.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+from .channel_major import conv_taps_first, conv_taps_last, keyed_dropout, repeat_for_samples
+
+FIRST_POSITION = 4  # crop position of the first "valid" conv1 output (the 9x9 kernel's radius)
 
 
 def bicubic_init(
@@ -40,3 +53,23 @@ def bicubic_init(
     arrays["conv3/kernel"][2, 2, carriers2, 0] = 1.0 / copies_conv2  # the centre of the 5x5 window
     arrays["conv3/bias"][0] = -offset
     return {k: v.astype(np.float32) for k, v in arrays.items()}
+
+
+def samples_valid(params, lr, seed, ids, rate: float, inside=None):
+    """Dropout samples (K, N, c - 12, c - 12, 1) of the crops' interiors; ``ids`` (K, N) are the sample ids.
+
+    ``inside`` is ignored: the windows of a model with replicate padding lie inside their image.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    k, n = ids.shape
+    flat_ids = ids.reshape(-1)
+    x = lr.transpose(3, 0, 1, 2)
+    h = jax.nn.relu(conv_taps_first(x, params["conv1"]["kernel"]) + params["conv1"]["bias"][:, None, None, None])
+    h = keyed_dropout(repeat_for_samples(h, k), seed, flat_ids, 0, FIRST_POSITION, rate)
+    shape = h.shape[1:]
+    h = params["conv2"]["kernel"][0, 0].T @ h.reshape(h.shape[0], -1) + params["conv2"]["bias"][:, None]
+    h = keyed_dropout(jax.nn.relu(h).reshape(-1, *shape), seed, flat_ids, 1, FIRST_POSITION, rate)
+    y = conv_taps_last(h, params["conv3"]["kernel"]) + params["conv3"]["bias"][:, None, None, None]
+    return jnp.moveaxis(y, 0, -1).reshape(k, n, *y.shape[2:], 1)

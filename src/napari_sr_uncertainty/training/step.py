@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib import import_module
 
 #: registry id -> module of this package with ``samples_valid(params, lr, seed, ids, rate, inside)``
-FAST_PATHS = {"esrcnn-x2": "esrcnn", "espcn-x3": "espcn"}
+FAST_PATHS = {"esrcnn-x2": "esrcnn", "espcn-x3": "espcn", "srcnn-gray-x1": "srcnn_gray"}
 
 
 def step_seed(config, step):
