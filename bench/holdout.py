@@ -3,13 +3,15 @@
 Usage::
 
     python bench/holdout.py WEIGHTS [WEIGHTS ...] [--model ID] [--dropout-rate R] [--shared PATH] [--samples 40]
+                            [--ensemble]
 
 This is where choices between trained models are made (never on Set5, Set14 or BSD100). One row per
 weights file: PSNR of the baseline (bicubic; at scale 1 the degraded input) and of the MC mean (protocol, at the
 model's scale: Y-PSNR, or the restoration protocol's gray PSNR at scale 1), and the uncertainty
 metrics of :func:`napari_sr_uncertainty.training.evaluate.mc_image_stats` (128 px HR patches, the network's
 channels), mean over the images. ``--dropout-rate`` evaluates the architecture at another rate than its
-spec's (weights trained at that rate, e.g. while choosing it).
+spec's (weights trained at that rate, e.g. while choosing it). ``--ensemble`` gives one row instead: the
+weights as a deep ensemble (the mean and std of their deterministic outputs).
 """
 
 from __future__ import annotations
@@ -24,13 +26,30 @@ from napari_sr_uncertainty.models.registry import DEFAULT_MODEL, model_ids
 from napari_sr_uncertainty.models.weights import load_weights
 from napari_sr_uncertainty.training.config import TrainConfig
 from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_pairs
-from napari_sr_uncertainty.training.evaluate import baseline_image, baseline_name, mc_image_stats, protocol_psnr
+from napari_sr_uncertainty.training.evaluate import (
+    baseline_image,
+    baseline_name,
+    ensemble_predict,
+    image_stats,
+    mc_image_stats,
+    protocol_psnr,
+)
 
 COLUMNS = ("psnr_y", "pixel_spearman", "patch_spearman", "least_most_ratio", "oracle_least_most_ratio", "ause")
 
 
 def evaluate(spec, weights_path: str, pairs, n_samples: int) -> dict:
-    rows = mc_image_stats(spec, load_weights(weights_path, model=spec.id).arrays, pairs, n_samples)
+    return summarise(
+        spec, mc_image_stats(spec, load_weights(weights_path, model=spec.id).arrays, pairs, n_samples), pairs
+    )
+
+
+def evaluate_ensemble(spec, weights_paths: list[str], pairs) -> dict:
+    members = [load_weights(path, model=spec.id).arrays for path in weights_paths]
+    return summarise(spec, image_stats(spec, pairs, lambda lr: ensemble_predict(spec, members, lr)), pairs)
+
+
+def summarise(spec, rows: list[dict], pairs) -> dict:
     means = {key: float(np.nanmean([r[key] for r in rows])) for key in COLUMNS}
     means["baseline_psnr"] = float(np.mean([protocol_psnr(spec, baseline_image(spec, p.lr), p.hr) for p in pairs]))
     return means
@@ -43,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dropout-rate", type=float, default=None, help="evaluate at this dropout rate")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
     parser.add_argument("--samples", type=int, default=40, help="MC dropout samples")
+    parser.add_argument("--ensemble", action="store_true", help="one row: the weights as a deep ensemble")
     args = parser.parse_args(argv)
     bsd200 = args.shared / "datasets" / "BSD200"
     if not bsd200.is_dir():
@@ -58,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| weights | {psnr} ({baseline_name(spec)}) | pixel Spearman | patch Spearman | least/most (ceiling) | AUSE |"
     )
     print("|---|---|---|---|---|---|")
-    for path in args.weights:
-        r = evaluate(spec, path, pairs, args.samples)
+    if args.ensemble:
+        rows = [(f"ensemble of {', '.join(args.weights)}", evaluate_ensemble(spec, args.weights, pairs))]
+    else:
+        rows = [(path, evaluate(spec, path, pairs, args.samples)) for path in args.weights]
+    for path, r in rows:
         print(
             f"| {path} | {r['psnr_y']:.2f} ({r['baseline_psnr']:.2f}) | {r['pixel_spearman']:.3f} | "
             f"{r['patch_spearman']:.3f} | {r['least_most_ratio']:.2f} ({r['oracle_least_most_ratio']:.2f}) | "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("optax")
@@ -95,3 +96,20 @@ def test_train_throughput_counts_espcn_flops_in_closed_form():
     expected = 3 * sum(forward) - forward[0]  # no input gradient for the first conv
     config = TrainConfig(model="espcn-x3", batch=n, crop_lr=c, init="random")
     assert bench.analytic_flops(config) == pytest.approx(expected)
+
+
+@needs_shared
+def test_holdout_evaluates_weights_as_one_ensemble():
+    holdout = _bench("holdout")
+    from napari_sr_uncertainty.models.registry import get_spec
+    from napari_sr_uncertainty.training.data import load_pairs
+
+    spec = get_spec("esrcnn-x2")
+    _, pairs = load_pairs([SHARED / "datasets" / "BSD200"], ("100075",), scale=2)
+    shipped = str(REPO / "weights" / "esrcnn_x2.msgpack")
+    twice = holdout.evaluate_ensemble(spec, [shipped, shipped], pairs)
+    assert np.isnan(twice["patch_spearman"])  # one network twice: no spread to rank by
+    deterministic = holdout.evaluate(spec, shipped, pairs, 0)
+    assert twice["psnr_y"] == pytest.approx(deterministic["psnr_y"], abs=1e-6)
+    mixed = holdout.evaluate_ensemble(spec, [shipped, str(SHARED / "reference" / "seed000" / "modelesrcnn8.h5")], pairs)
+    assert np.isfinite(mixed["patch_spearman"]) and mixed["baseline_psnr"] == twice["baseline_psnr"]

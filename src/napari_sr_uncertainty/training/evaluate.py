@@ -171,14 +171,13 @@ def evaluate_pairs(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 
     }
 
 
-def mc_image_stats(
-    spec, arrays: dict, pairs: list[ImagePair], n_samples: int, seed: int = 0, std_scale: float | None = None
-) -> list[dict]:
-    """Per image of ``pairs``: :func:`uncertainty_metrics.image_uncertainty_stats` of an MC run (128x128 HR
-    patches, the network's channels), plus ``psnr_y``, the protocol PSNR of its MC mean (:func:`protocol_psnr`)."""
+def image_stats(spec, pairs: list[ImagePair], predictor, std_scale: float | None = None) -> list[dict]:
+    """Per image of ``pairs``: :func:`uncertainty_metrics.image_uncertainty_stats` of ``predictor(lr_uint8)``
+    (an ``MCResult``: a mean and an std on the network's channels; 128x128 HR patches), plus ``psnr_y``, the
+    protocol PSNR of its mean (:func:`protocol_psnr`)."""
     rows = []
     for pair in pairs:
-        result = predict(spec, arrays, pair.lr, n_samples, seed)
+        result = predictor(pair.lr)
         truth = network_planes(pair.hr, spec.colour)
         stats = uncertainty_metrics.image_uncertainty_stats(
             result.mean, result.std, truth, patch=patch_lr(spec.scale), scale=spec.scale, std_scale=std_scale
@@ -186,6 +185,13 @@ def mc_image_stats(
         stats["psnr_y"] = protocol_psnr(spec, to_rgb(spec, result.mean, pair.lr), pair.hr)
         rows.append(stats)
     return rows
+
+
+def mc_image_stats(
+    spec, arrays: dict, pairs: list[ImagePair], n_samples: int, seed: int = 0, std_scale: float | None = None
+) -> list[dict]:
+    """:func:`image_stats` of an MC run of ``n_samples`` dropout samples."""
+    return image_stats(spec, pairs, lambda lr: predict(spec, arrays, lr, n_samples, seed), std_scale)
 
 
 def evaluate_uncertainty(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 16, seed: int = 0) -> dict:
