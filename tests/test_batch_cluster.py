@@ -140,14 +140,7 @@ def test_real_scheduler_and_workers_survive_a_worker_killed_mid_task(dask_proces
 
     def batch():
         try:
-            outcome["result"] = run_batch(
-                [images],
-                outdir,
-                SROptions(n_samples=2),
-                weights=weights,
-                scheduler_file=str(dask_processes.file),
-                progress=False,
-            )
+            outcome["result"] = _batch_on_scheduler(dask_processes, images, outdir, weights)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             outcome["error"] = exc
 
