@@ -62,6 +62,7 @@ from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_pair
 from napari_sr_uncertainty.training.evaluate import (
     baseline_image,
     ensemble_predict,
+    errors_and_stds,
     patch_lr,
     predict,
     protocol_psnr,
@@ -132,16 +133,7 @@ def uncertainty_methods(spec, ours: dict, n_samples: int, members: list[dict]) -
 def fit_std_scales(spec, methods: dict, pairs) -> dict[str, float]:
     """Each method's calibration factor on held-out pairs, by the training card's formula
     (:func:`~napari_sr_uncertainty.core.uncertainty_metrics.calibration_scale`, ``scale`` px shaved)."""
-    shave = np.s_[spec.scale : -spec.scale, spec.scale : -spec.scale]
-    scales = {}
-    for name, method in methods.items():
-        errors, stds = [], []
-        for pair in pairs:
-            result = method(pair.lr)
-            errors.append(np.abs(result.mean - network_planes(pair.hr, spec.colour))[shave].ravel())
-            stds.append(result.std[shave].ravel())
-        scales[name] = calibration_scale(np.concatenate(errors), np.concatenate(stds))
-    return scales
+    return {name: calibration_scale(*errors_and_stds(spec, pairs, method)) for name, method in methods.items()}
 
 
 def run(

@@ -228,8 +228,6 @@ def samples_valid(params, lr, seed, ids, rate: float, inside=None):
     The K samples share the deterministic first layer (the K x N crops are one batch of the last layers).
     ``inside`` (N, h, w) is 1 where a crop lies in its image (None: everywhere).
     """
-    import jax.numpy as jnp
-
     inside_phases = None
     if inside is not None:
         lr = lr * inside[..., None]
@@ -243,6 +241,6 @@ def samples_valid(params, lr, seed, ids, rate: float, inside=None):
         spatial = h1.shape[3:]
         h1 = repeat_for_samples(h1.reshape(256, n, *spatial), k).reshape(64, 4, k * n, *spatial)
         if inside_phases is not None:
-            inside_phases = jnp.tile(inside_phases, (k, 1, 1))
+            inside_phases = repeat_for_samples(inside_phases[None], k)[0]
     out = last_layers(params, h1, masks, rate, inside_phases)
     return out.reshape(k, n, *out.shape[1:])

@@ -212,6 +212,18 @@ def evaluate_uncertainty(spec, arrays: dict, pairs: list[ImagePair], n_samples: 
     }
 
 
+def errors_and_stds(spec, pairs: list[ImagePair], predictor) -> tuple[np.ndarray, np.ndarray]:
+    """``|mean - truth|`` and ``std`` of ``predictor(lr_uint8)`` (an ``MCResult``) over all pixels and network
+    channels of ``pairs``, flattened, a ``scale``-pixel border shaved: what a calibration is fitted on."""
+    shave = np.s_[spec.scale : -spec.scale, spec.scale : -spec.scale]
+    errors, stds = [], []
+    for pair in pairs:
+        result = predictor(pair.lr)
+        errors.append(np.abs(result.mean - network_planes(pair.hr, spec.colour))[shave].ravel())
+        stds.append(result.std[shave].ravel())
+    return np.concatenate(errors), np.concatenate(stds)
+
+
 def calibrate_std_scale(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 40) -> dict:
     """Fit the factor ``s`` so that ``mean ± 1.96 s std`` covers 95% of per-pixel errors of the MC mean.
 
@@ -220,15 +232,7 @@ def calibrate_std_scale(spec, arrays: dict, pairs: list[ImagePair], n_samples: i
     benchmark), so the empirical coverage on these images is 95% by construction. The least-squares fit of
     ``|error|`` on ``std`` is reported alongside as ``lsq_scale`` with the coverage it would give.
     """
-    s = spec.scale
-    errors, stds = [], []
-    for pair in pairs:
-        result = predict(spec, arrays, pair.lr, n_samples)
-        shave = np.s_[s:-s, s:-s]
-        truth = network_planes(pair.hr, spec.colour)
-        errors.append(np.abs(result.mean[shave] - truth[shave]).ravel())
-        stds.append(result.std[shave].ravel())
-    err, std = np.concatenate(errors), np.concatenate(stds)
+    err, std = errors_and_stds(spec, pairs, lambda lr: predict(spec, arrays, lr, n_samples))
     scale = uncertainty_metrics.calibration_scale(err, std)
     lsq = float(np.dot(err, std) / np.dot(std, std))
     channels = "RGB channel" if spec.colour == "rgb" else "luma"
