@@ -97,6 +97,37 @@ def test_every_small_model_trains_through_its_module(spec):
     )
 
 
+def test_a_smaller_context_trains_on_more_of_each_crop_through_the_module():
+    """``context`` < halo: the loss window is the crop less ``context`` a side, the step takes the module path
+    (the fast paths crop the halo) and its loss is the module's on that window; ``None`` is the halo."""
+    spec = get_spec("esrcnn-x2")
+    crop, context = 2 * spec.halo + 4, 1
+    lr, hr = _batch(spec, 2, crop)
+    params = spec.to_flax(initial.random_init(spec, 2))["params"]
+    exact = TrainConfig(model=spec.id, batch=2, crop_lr=crop)
+    assert exact.context_lr == spec.halo
+    config = TrainConfig(model=spec.id, batch=2, crop_lr=crop, context=context)
+    samples = step.dropout_samples(config, params, lr, jnp.uint32(3), step.sample_ids(1, 2))
+    side = spec.scale * (crop - 2 * context)
+    assert samples.shape == (1, 2, side, side, spec.channels)
+    full = step.module_samples(spec, params, lr, jnp.uint32(3), step.sample_ids(1, 2), context=0)
+    b = context * spec.scale
+    np.testing.assert_array_equal(np.asarray(samples), np.asarray(full[:, :, b:-b, b:-b]))
+    loss = step.training_loss(params, lr, hr, jnp.uint32(3), config)[0]
+    expected = np.mean((np.asarray(samples[0]) - hr[:, b:-b, b:-b]) ** 2)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="context must be 0 or more"):
+        TrainConfig(context=-1)
+
+
+def test_a_smaller_context_draws_wider_windows():
+    spec = get_spec("rdn-x4")
+    pair = make_pair("a", _image(2, (40 * 4, 50 * 4)), 4)
+    batch = CropSampler([pair], 24, seed=0, colour="rgb", halo=4).batch(8)
+    assert batch.lr.shape == (8, 24, 24, 3) and batch.hr.shape == (8, 64, 64, 3)
+    assert loop.min_lr_size(spec, 24, 4) == 16 and loop.min_lr_size(spec, 48) == 18
+
+
 @pytest.mark.parametrize("model", ["espcn-x3", "esrcnn-x2"])
 def test_training_windows_see_the_image_border_as_inference_does(model):
     """A window at an image's corner or edge gets the whole-image network output there (same zero padding)."""

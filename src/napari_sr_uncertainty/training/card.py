@@ -35,13 +35,16 @@ def init_record(init: str) -> str | dict:
 
 def loss_description(config, spec) -> str:
     channels = "RGB" if spec.colour == "rgb" else "luma (full-range BT.601)"
-    window = config.crop_lr - 2 * spec.halo
+    context = config.context_lr
+    window = config.crop_lr - 2 * context
     where = (
-        f"anywhere in the images, their borders included (input: the window and {spec.halo} LR px of context a "
+        f"anywhere in the images, their borders included (input: the window and {context} LR px of context a "
         "side, zero outside the image as at inference)"
         if spec.zero_padding
-        else f"with their {spec.halo} LR px of context a side inside the images"
+        else f"with their {context} LR px of context a side inside the images"
     )
+    if context < spec.halo:
+        where += f"; the context is less than the model's {spec.halo} px receptive-field halo"
     text = f"{config.loss} on {channels} in [0, 1], on {window}px LR windows {where}"
     if config.uncertainty_weight > 0:
         text += (
@@ -117,7 +120,7 @@ def export(
         "exported": {"which": "last" if last else "best validation Y-PSNR", "step": exported_step},
         "batch": config.batch,
         "crop_lr": config.crop_lr,
-        "window_hr": spec.scale * (config.crop_lr - 2 * spec.halo),
+        "window_hr": spec.scale * (config.crop_lr - 2 * config.context_lr),
         "loss": loss_description(config, spec),
         "optimizer": "adam"
         + (

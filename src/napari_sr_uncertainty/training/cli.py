@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop", type=int, default=defaults.crop_lr, help="LR crop size in pixels")
     parser.add_argument("--loss", choices=("mse", "l1"), default=defaults.loss)
     parser.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="LR px of context a side of each crop's loss window (default: the model's receptive-field halo, "
+        "exact; less trains a deep model on more of each crop)",
+    )
+    parser.add_argument(
         "--dropout-rate",
         type=float,
         default=None,
@@ -218,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps or TrainConfig().steps,
             batch=args.batch,
             crop_lr=args.crop,
+            context=args.context,
             loss=args.loss,
             dropout_rate=args.dropout_rate,
             uncertainty_weight=args.uncertainty_weight,

@@ -99,10 +99,11 @@ class TrainRecord:
     resumed: bool
 
 
-def min_lr_size(spec, crop_lr: int) -> int:
+def min_lr_size(spec, crop_lr: int, context: int | None = None) -> int:
     """The smallest LR side a training image of ``spec`` needs (:func:`.data.min_image_side`): the window when
-    windows may reach the border with zero context (``spec.zero_padding``), else the whole crop."""
-    return min_image_side(crop_lr, spec.halo, spec.zero_padding)
+    windows may reach the border with zero context (``spec.zero_padding``), else the whole crop. ``context``
+    defaults to the spec's halo."""
+    return min_image_side(crop_lr, spec.halo if context is None else context, spec.zero_padding)
 
 
 def progress_bar(step: int, total: int, loss, val_psnr: float, seconds_per_step: float, width: int = 30) -> str:
@@ -184,7 +185,10 @@ def iter_train(
     spec = config.spec
     if train_pairs is None or val_pairs is None:
         train_pairs, val_pairs = load_pairs(
-            config.data, tuple(config.holdout), min_lr_size=min_lr_size(spec, config.crop_lr), scale=spec.scale
+            config.data,
+            tuple(config.holdout),
+            min_lr_size=min_lr_size(spec, config.crop_lr, config.context_lr),
+            scale=spec.scale,
         )
     if not val_pairs:
         raise ValueError(
@@ -192,7 +196,12 @@ def iter_train(
             f"the data folders; include BSD200 in --data"
         )
     sampler = CropSampler(
-        train_pairs, config.crop_lr, seed=config.seed, colour=spec.colour, halo=spec.halo, at_border=spec.zero_padding
+        train_pairs,
+        config.crop_lr,
+        seed=config.seed,
+        colour=spec.colour,
+        halo=config.context_lr,
+        at_border=spec.zero_padding,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     params = spec.to_flax(initial_arrays(config) if not resuming else _zeros(spec))["params"]

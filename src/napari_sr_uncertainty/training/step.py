@@ -2,8 +2,8 @@
 
 Models train through their Flax module (``spec.module()``: ``prefix`` once, ``head`` per dropout sample,
 :class:`~napari_sr_uncertainty.models.dropout.KeyedDropout` keyed on per-crop sample ids), with the loss on
-the crop interior that excludes ``halo * scale`` HR border pixels (there the crop's own "same" zero padding
-would make it unlike the image). Where a crop reaches past its image's border, ``inside`` (from
+the crop interior that excludes ``context * scale`` HR border pixels (``TrainConfig.context_lr``, by default
+the model's halo: there the crop's own "same" zero padding would make it unlike the image). Where a crop reaches past its image's border, ``inside`` (from
 :class:`~napari_sr_uncertainty.training.data.CropSampler`) zeroes it there, at every layer, as the image's
 border is at inference. Models listed in :data:`FAST_PATHS` have a hand-written forward pass that computes
 the same samples faster; the tests hold each equal to the module (loss and gradients).
@@ -27,10 +27,11 @@ def step_seed(config, step):
     return jnp.uint32(config.seed) * jnp.uint32(0x9E3779B9) + jnp.asarray(step).astype(jnp.uint32)
 
 
-def module_samples(spec, params, lr, seed, ids, inside=None):
-    """Dropout samples (K, N, s h - 2 b, s w - 2 b, C) of the crops through the Flax module, ``b = halo * scale``.
+def module_samples(spec, params, lr, seed, ids, inside=None, context=None):
+    """Dropout samples (K, N, s h - 2 b, s w - 2 b, C) of the crops through the Flax module, ``b = context * scale``.
 
-    ``inside`` (N, h, w) is 1 where a crop lies in its image (None: everywhere).
+    ``inside`` (N, h, w) is 1 where a crop lies in its image (None: everywhere); ``context`` (LR pixels a
+    side left out of the samples) defaults to the spec's halo.
     """
     import jax
     import jax.numpy as jnp
@@ -42,18 +43,19 @@ def module_samples(spec, params, lr, seed, ids, inside=None):
     variables = {"params": params}
     h = module.apply(variables, lr, grid, method="prefix")
     out = jax.vmap(lambda i: module.apply(variables, h, grid, i, method="head"))(jnp.asarray(ids, jnp.int32))
-    b = spec.halo * spec.scale
+    b = (spec.halo if context is None else context) * spec.scale
     return out[:, :, b:-b, b:-b] if b else out
 
 
 def dropout_samples(config, params, lr, seed, ids, fast: bool = True, inside=None):
-    """The K x N dropout samples of a batch's crop interiors (fast path where the model has one)."""
+    """The K x N dropout samples of a batch's crop interiors (fast path where the model has one: they crop
+    the halo)."""
     spec = config.spec
-    if fast and spec.id in FAST_PATHS:
+    if fast and spec.id in FAST_PATHS and config.context_lr == spec.halo:
         return import_module(f"{__package__}.{FAST_PATHS[spec.id]}").samples_valid(
             params, lr, seed, ids, spec.dropout_rate, inside
         )
-    return module_samples(spec, params, lr, seed, ids, inside)
+    return module_samples(spec, params, lr, seed, ids, inside, config.context_lr)
 
 
 def sample_ids(k: int, n: int):

@@ -1,0 +1,109 @@
+"""How far can a model with a small receptive field go? The best linear filter on each LR window size.
+
+Usage::
+
+    python bench/linear_ceiling.py [--scale 4] [--radius 1 2 3] [--shared ../shared]
+
+For each LR window radius ``r`` (a (2r+1)^2 window of LR luma pixels, centred on the LR pixel that holds
+the output pixel), one least-squares linear filter plus bias per output phase (``scale``^2 phases) is fitted
+on T91 + BSD200 (the training images, without the 10 held-out BSD200 images), then applied to Set5 and
+Set14 (scored only, never fitted on) under the protocol: Pillow bicubic LR, Y-PSNR with ``scale`` pixels
+shaved. The table puts bicubic (whose kernel reaches 2 LR pixels a side at x4) beside them.
+
+Why: cnn3-x4's three 3x3 convs on the nearest-x4 grid see 7x7 HR pixels, which lie in LR pixels P-1 .. P+1
+of the output's own LR pixel P (``models/cnn3.py``, ``HALO = 1``), so its linear part is one of the radius-1
+filters here (the per-phase fit is more general than its shared 7x7 kernel). The ReLUs add what a
+nonlinearity can, but a radius-1 ceiling far under a goal says what the architecture cannot reach.
+The filter works on luma alone, the measured channel; a cross-channel filter would add little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from napari_sr_uncertainty.core import metrics
+from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, IMAGE_SUFFIXES, list_images, load_rgb
+
+DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def luma_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(LR luma, HR luma, HR uint8) of an image under the protocol; luma float64 in [16, 235]."""
+    hr = metrics.crop_to_scale(load_rgb(path), scale)
+    lr = metrics.make_lr(hr, scale)
+    return metrics.rgb_to_y(lr), metrics.rgb_to_y(hr), hr
+
+
+def windows(lr_y: np.ndarray, radius: int) -> np.ndarray:
+    """(H, W, (2r+1)^2 + 1): each LR pixel's window, edge-replicated at the border, and a constant 1."""
+    padded = np.pad(lr_y, radius, mode="edge")
+    h, w = lr_y.shape
+    side = 2 * radius + 1
+    taps = [padded[t : t + h, s : s + w] for t in range(side) for s in range(side)]
+    return np.stack(taps + [np.ones_like(lr_y)], axis=-1)
+
+
+def phase_targets(hr_y: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W, scale^2): the HR luma of each LR pixel's scale x scale block, phase-major."""
+    h, w = hr_y.shape[0] // scale, hr_y.shape[1] // scale
+    return hr_y.reshape(h, scale, w, scale).transpose(0, 2, 1, 3).reshape(h, w, scale * scale)
+
+
+def fit(paths: list[Path], scale: int, radius: int) -> np.ndarray:
+    """(taps + 1, scale^2) least-squares filters, one column per phase, from the normal equations."""
+    n = (2 * radius + 1) ** 2 + 1
+    xtx, xty = np.zeros((n, n)), np.zeros((n, scale * scale))
+    for path in paths:
+        lr_y, hr_y, _ = luma_pair(path, scale)
+        x = windows(lr_y, radius).reshape(-1, n)
+        y = phase_targets(hr_y, scale).reshape(-1, scale * scale)
+        xtx += x.T @ x
+        xty += x.T @ y
+    return np.linalg.solve(xtx + 1e-6 * np.eye(n), xty)
+
+
+def predict(lr_y: np.ndarray, filters: np.ndarray, scale: int, radius: int) -> np.ndarray:
+    h, w = lr_y.shape
+    phases = windows(lr_y, radius) @ filters  # (H, W, scale^2)
+    return phases.reshape(h, w, scale, scale).transpose(0, 2, 1, 3).reshape(h * scale, w * scale)
+
+
+def y_psnr(y: np.ndarray, hr_y: np.ndarray, scale: int) -> float:
+    """Y-PSNR with ``scale`` px shaved; the prediction is rounded to the 8-bit luma grid of [16, 235]."""
+    y = np.clip(np.round(y), 16.0, 235.0)
+    return metrics.psnr(y[scale:-scale, scale:-scale], hr_y[scale:-scale, scale:-scale])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--radius", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--sets", nargs="+", default=["Set5", "Set14"])
+    args = parser.parse_args(argv)
+    data = args.shared / "datasets"
+    held_out = set(BSD200_VALIDATION_IDS)
+    train = list_images(data / "T91") + [p for p in list_images(data / "BSD200") if p.stem not in held_out]
+    filters = {r: fit(train, args.scale, r) for r in args.radius}
+    print(f"x{args.scale}, luma filters fitted on {len(train)} training images (T91 + BSD200 less the held-out)\n")
+    header = ["bicubic"] + [f"linear r={r} ({2 * r + 1}x{2 * r + 1} LR)" for r in args.radius]
+    print("| set | " + " | ".join(header) + " |")
+    print("|---|" + "---|" * len(header))
+    for name in args.sets:
+        scores = {key: [] for key in header}
+        for path in sorted(p for p in (data / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            lr_y, hr_y, hr = luma_pair(path, args.scale)
+            bicubic = metrics.bicubic_upscale(metrics.make_lr(hr, args.scale), args.scale)
+            scores["bicubic"].append(metrics.psnr_y(bicubic, hr, args.scale))
+            for r, key in zip(args.radius, header[1:]):
+                scores[key].append(y_psnr(predict(lr_y, filters[r], args.scale, r), hr_y, args.scale))
+        print(f"| {name} | " + " | ".join(f"{np.mean(scores[key]):.2f}" for key in header) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
