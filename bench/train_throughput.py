@@ -2,16 +2,20 @@
 
 Usage::
 
-    taskset -c 1 env XLA_FLAGS=--xla_cpu_multi_thread_eigen=false python bench/train_throughput.py \
-        [--model ID ...] [--batch 16] [--crop 32] [--steps 20]
+    python bench/train_throughput.py [--model ID ...] [--batch N --crop N [--context N]] [--steps 20] [--devices N]
 
 For each registered model (or those given), one realistic batch of random LR crops (dropout on, one sample
-per crop), the jitted train step (loss, gradients, Adam) is timed two ways:
+per crop): by default the batch, crop and context of the model's committed training run
+(``training/checkpoints/<id>/checkpoint.msgpack``'s config; batch 16 of 32x32 crops for a model without
+one), or those given. The jitted train step (loss, gradients, Adam) is timed three ways:
 
 * ``module``: the plain path, the model's Flax module ("same" padding on the whole crop, the loss on the
   interior that excludes ``halo * scale`` HR pixels);
 * ``fast``: the model's training fast path (:data:`napari_sr_uncertainty.training.step.FAST_PATHS`), when it
   has one: the same loss and gradients (tests/test_training_models.py).
+* ``data-parallel``: the model's fastest one-device path with the batch split over one host CPU device per
+  core (:mod:`napari_sr_uncertainty.training.parallel`; the trainer's default for models without a fast
+  path).
 
 Two FLOP counts per step (forward plus backward):
 
@@ -36,8 +40,11 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "training" / "checkpoints"
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -60,12 +67,13 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / median_seconds(lambda: f(a).block_until_ready(), repeats) / 1e9
 
 
-def time_step(config, fast: bool, steps: int) -> tuple[float, float]:
-    """(median seconds per step, XLA FLOPs of the step)."""
+def time_step(config, fast: bool, steps: int, split: bool = False) -> tuple[float, float]:
+    """(median seconds per step, XLA FLOPs of the step); ``split``: the batch over every host device."""
     import jax
     import jax.numpy as jnp
 
     from napari_sr_uncertainty.training.initial import random_init
+    from napari_sr_uncertainty.training.parallel import DataParallel
     from napari_sr_uncertainty.training.step import make_optimizer, make_train_step
 
     spec = config.spec
@@ -75,6 +83,10 @@ def time_step(config, fast: bool, steps: int) -> tuple[float, float]:
     c, s, ch = config.crop_lr, spec.scale, spec.channels
     lr = jnp.asarray(rng.random((config.batch, c, c, ch), np.float32))
     hr = jnp.asarray(rng.random((config.batch, s * c, s * c, ch), np.float32))
+    if split:
+        placement = DataParallel(jax.devices())
+        params, opt_state = placement.replicate((params, opt_state))
+        lr, hr = placement.split(lr, hr)
     step_fn = make_train_step(config, fast=fast)
     flops = step_fn.lower(params, opt_state, jnp.int32(0), lr, hr).compile().cost_analysis()
     flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
@@ -133,7 +145,9 @@ def synthetic_sampler(config):
     spec = config.spec
     rng = np.random.default_rng(0)
     pairs = [make_pair(f"syn{i}", (rng.random((320, 480, 3)) * 255).astype(np.uint8), spec.scale) for i in range(4)]
-    return CropSampler(pairs, config.crop_lr, seed=0, colour=spec.colour, halo=spec.halo, at_border=spec.zero_padding)
+    return CropSampler(
+        pairs, config.crop_lr, seed=0, colour=spec.colour, halo=config.context_lr, at_border=spec.zero_padding
+    )
 
 
 def time_fed_steps(config, steps: int) -> float:
@@ -159,32 +173,58 @@ def time_fed_steps(config, steps: int) -> float:
         return median_seconds(one, steps)
 
 
+def recipe(model: str, args):
+    """The model's training-run config (its committed checkpoint's batch, crop and context), overridden by
+    ``args``, from random weights."""
+    from napari_sr_uncertainty.training.checkpoint import read_checkpoint_config
+    from napari_sr_uncertainty.training.config import TrainConfig
+
+    committed = CHECKPOINTS / model / "checkpoint.msgpack"
+    run = read_checkpoint_config(committed) if committed.is_file() else TrainConfig(model=model, batch=16, crop_lr=32)
+    return TrainConfig(
+        model=model,
+        batch=args.batch or run.batch,
+        crop_lr=args.crop or run.crop_lr,
+        context=run.context if args.context is None else args.context,
+        init="random",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from napari_sr_uncertainty.models.registry import model_ids
-    from napari_sr_uncertainty.training.config import TrainConfig
+    from napari_sr_uncertainty.training.parallel import available_cores, request_host_devices
     from napari_sr_uncertainty.training.step import FAST_PATHS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", nargs="+", choices=model_ids(), default=model_ids())
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--crop", type=int, default=32, help="LR crop side")
+    parser.add_argument("--batch", type=int, default=None, help="default: the model's training run's")
+    parser.add_argument("--crop", type=int, default=None, help="LR crop side (default: the run's)")
+    parser.add_argument("--context", type=int, default=None, help="LR context a side (default: the run's)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (median)")
+    parser.add_argument(
+        "--devices", type=int, default=None, help="host devices of the data-parallel rows (default: cores)"
+    )
     args = parser.parse_args(argv)
+    devices = args.devices or available_cores()
+    request_host_devices(devices)  # before JAX starts; the other rows run on the first device
     # the peak is measured before and after the models and the highest is used: on a shared VM it moved by 2x
     # between runs minutes apart, and the highest is the conservative reference
     peaks = [matmul_peak()]
-    rows = []
+    rows, recipes = [], {}
     for model in args.model:
-        config = TrainConfig(model=model, batch=args.batch, crop_lr=args.crop, init="random")
+        config = recipes[model] = recipe(model, args)
         data_ms = time_data(config) * 1e3
         analytic = analytic_flops(config)
-        paths = [False] + ([True] if model in FAST_PATHS else [])
-        results = {fast: time_step(config, fast, args.steps) for fast in paths}
+        fast = model in FAST_PATHS
+        paths = ["module"] + (["fast"] if fast else [])
+        results = {path: time_step(config, path == "fast", args.steps) for path in paths}
+        if devices > 1:
+            results["data-parallel"] = time_step(config, fast, args.steps, split=True)
         fed = time_fed_steps(config, args.steps) / results[paths[-1]][0]
         useful_flops = results[paths[-1]][1]
         rows += [
-            (model, fast, seconds, analytic, useful_flops, data_ms, fed if fast == paths[-1] else None)
-            for fast, (seconds, _) in results.items()
+            (model, path, seconds, analytic, useful_flops, data_ms, fed if path == paths[-1] else None)
+            for path, (seconds, _) in results.items()
         ]
     peaks.append(matmul_peak())
     peak = max(peaks)
@@ -192,16 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         f"matrix-product peak (2048^2 float32, jitted): {peak:.0f} GFLOP/s (before / after the models: "
         f"{peaks[0]:.0f} / {peaks[1]:.0f})"
     )
-    print(f"batch {args.batch} of {args.crop}x{args.crop} LR crops, one dropout sample per crop\n")
+    print(f"one dropout sample per crop; data-parallel: {devices} host devices\n")
     print(
-        "| model | path | ms / step | analytic GFLOP / step | XLA GFLOP / step | GFLOP/s (XLA) | % of peak "
+        "| model | batch x crop (context) | path | ms / step | analytic GFLOP / step | XLA GFLOP / step | GFLOP/s (XLA) | % of peak "
         "| data ms / batch | prefetched / plain step |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for model, fast, seconds, analytic, useful_flops, data_ms, fed in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for model, path, seconds, analytic, useful_flops, data_ms, fed in rows:
+        config = recipes[model]
         rate = useful_flops / seconds / 1e9
         print(
-            f"| {model} | {'fast' if fast else 'module'} | {seconds * 1e3:.1f} | {analytic / 1e9:.2f} | "
+            f"| {model} | {config.batch} x {config.crop_lr} ({config.context_lr}) | {path} | {seconds * 1e3:.1f} | {analytic / 1e9:.2f} | "
             f"{useful_flops / 1e9:.2f} | {rate:.0f} | {100 * rate / peak:.0f} % | {data_ms:.2f} | "
             + (f"{fed:.2f} |" if fed is not None else "- |")
         )

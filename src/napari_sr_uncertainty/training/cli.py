@@ -12,6 +12,7 @@ from .config import TrainConfig
 from .data import list_images
 from .degrade import Degradation
 from .finetune import DEFAULT_HOLDOUT_FRACTION
+from .parallel import default_devices, request_host_devices
 
 
 def default_init(model: str) -> str:
@@ -19,6 +20,13 @@ def default_init(model: str) -> str:
     from .initial import BICUBIC_INITS
 
     return "bicubic" if model in BICUBIC_INITS else "random"
+
+
+def _run_model(args: argparse.Namespace, resuming: bool) -> str:
+    """The model a run trains: the checkpoint's when resuming (``--model`` may be left at its default)."""
+    from .checkpoint import read_checkpoint_config
+
+    return read_checkpoint_config(Path(args.run_dir) / CHECKPOINT_NAME).model if resuming else args.model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--max-seconds", type=float, default=None, help="stop (with a checkpoint) after this")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="CPU devices the batch is split over (default: one per core for models without a fast training "
+        "path, 1 for those with one; see training/parallel.py)",
+    )
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     parser.add_argument(
         "--export",
@@ -244,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
+        request_host_devices(args.devices or default_devices(_run_model(args, resuming)))
         for folder in args.data:
             list_images(folder)  # fails early on evaluation sets and missing folders
         result = train(

@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .data import CropSampler, ImagePair, PrefetchedBatches, load_pairs, min_image_side
 from .evaluate import evaluate_pairs, evaluate_uncertainty
 from .initial import initial_arrays
+from .parallel import data_parallel
 from .step import make_optimizer, make_schedule, make_train_step
 
 BEST_NAME = "best.msgpack"
@@ -210,6 +211,9 @@ def iter_train(
     if resuming:
         params, opt_state, step, sampler_state, _, best = load_checkpoint(checkpoint_path, params, opt_state)
         sampler.set_state(sampler_state)
+    parallel = data_parallel(config.batch)  # the batch split over the host's devices, when it has several
+    if parallel is not None:
+        params, opt_state = parallel.replicate((params, opt_state))
     train_step = make_train_step(config)
     schedule = make_schedule(config)
     start, start_step = time.monotonic(), step
@@ -237,7 +241,8 @@ def iter_train(
                 if stop is not None and stop():
                     checkpoint()
                     break
-                params, opt_state, losses = train_step(params, opt_state, jnp.int32(step), *batches.next())
+                batch = batches.next() if parallel is None else parallel.split(*batches.next())
+                params, opt_state, losses = train_step(params, opt_state, jnp.int32(step), *batch)
                 step += 1
                 losses = np.asarray(losses)
                 window_sum, window_count = window_sum + losses, window_count + 1
