@@ -530,6 +530,23 @@ def test_default_weights_are_bundled_or_the_model_is_import_only(spec):
         spec.check_params(weights.arrays)
 
 
+@pytest.mark.parametrize("spec", [s for s in REGISTERED if s.default_weights], ids=spec_id)
+def test_every_bundled_weights_file_has_a_card_of_a_run_on_training_images_only(spec):
+    """Our weights (not an original's) with their checksum, rate, calibration and the data they saw."""
+    import json
+
+    path = bundled_weights_dir() / spec.default_weights
+    card = json.loads(path.with_suffix(".json").read_text())
+    weights = load_weights(model=spec.id)
+    assert card["sha256"] == weights.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert card.get("model_id", spec.id) == spec.id
+    assert card.get("dropout_rate", spec.dropout_rate) == spec.dropout_rate  # esrcnn-x2's v1 card predates it
+    assert weights.calibration_scale == card["calibration"]["std_scale"] > 0
+    assert set(card["data"]["train"]) <= {"T91", "BSD200"}, card["data"]["train"]
+    assert len(card["data"]["held_out_for_validation_and_calibration"]) >= 10
+    assert card["validation"]["uncertainty"]["mc_samples"] >= 16
+
+
 def _check_suffix_detection(path: Path, model_id: str) -> None:
     """Without ``model``, an original's file is never taken for another model's: it is ``model_id``'s (always
     so when only that model imports its suffix), or the user is asked to choose."""
