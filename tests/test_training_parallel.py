@@ -17,14 +17,24 @@ pytest.importorskip("optax")
 
 
 def test_request_host_devices_sets_one_device_count_flag(monkeypatch):
+    monkeypatch.setattr(parallel, "_backend_started", lambda: False)
     monkeypatch.setenv("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=false {parallel.DEVICES_FLAG}=8")
-    parallel.request_host_devices(2)
+    assert parallel.request_host_devices(2)
     assert os.environ["XLA_FLAGS"] == f"--xla_cpu_multi_thread_eigen=false {parallel.DEVICES_FLAG}=2"
     monkeypatch.delenv("XLA_FLAGS")
     parallel.request_host_devices(3)
     assert os.environ["XLA_FLAGS"] == f"{parallel.DEVICES_FLAG}=3"
     with pytest.raises(ValueError, match="1 or more"):
         parallel.request_host_devices(0)
+
+
+def test_a_started_backend_keeps_its_devices_and_the_environment_is_left_alone(monkeypatch):
+    import jax
+
+    jax.devices()  # the backend of this test process has started
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    assert not parallel.request_host_devices(2)
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
 
 
 def test_fast_path_models_train_on_one_device_by_default_and_the_others_on_every_core():

@@ -171,6 +171,7 @@ def main_from_images(args: argparse.Namespace) -> int:
     from .finetune import fine_tune, print_progress
 
     try:
+        request_host_devices(args.devices or default_devices(args.model))
         degradation = Degradation(
             blur_sigma=args.blur, photons=args.photons, read_noise=args.read_noise, jpeg_quality=args.jpeg
         )

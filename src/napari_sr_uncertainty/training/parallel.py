@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
@@ -36,8 +37,23 @@ def default_devices(model_id: str) -> int:
     return 1 if model_id in FAST_PATHS else available_cores()
 
 
-def request_host_devices(count: int) -> None:
-    """Ask XLA for ``count`` CPU devices (``XLA_FLAGS``); takes effect if JAX's backend has not started.
+def _backend_started() -> bool:
+    """Whether JAX's backends exist already in this process (then the device count is fixed)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # a JAX without the check: assume not started
+        return False
+
+
+def request_host_devices(count: int) -> bool:
+    """Ask XLA for ``count`` CPU devices (``XLA_FLAGS``) before JAX's backend starts.
+
+    Returns False, changing nothing, when the backend has started (e.g. a trainer called inside napari or a
+    test session): the environment would then only reach child processes.
 
     Raises
     ------
@@ -46,8 +62,11 @@ def request_host_devices(count: int) -> None:
     """
     if count < 1:
         raise ValueError(f"the number of devices must be 1 or more, got {count}")
+    if _backend_started():
+        return False
     flags = re.sub(rf"{DEVICES_FLAG}=\S+", "", os.environ.get("XLA_FLAGS", "")).split()
     os.environ["XLA_FLAGS"] = " ".join([*flags, f"{DEVICES_FLAG}={count}"])
+    return True
 
 
 class DataParallel:
