@@ -90,8 +90,8 @@ def test_specs_describe_the_originals(model_id):
     spec = registry.get_spec(model_id)
     assert spec.n_params == PORTS[model_id][3]
     assert spec.halo == HALOS[model_id]
-    # our trained MC version ships for srcnn-gray-x1 (tests/test_restoration.py); the others are import only
-    assert spec.default_weights == {"srcnn-gray-x1": "srcnn_gray_x1.msgpack"}.get(model_id)
+    # our trained MC versions ship (their cards: tests/test_zoo.py)
+    assert spec.default_weights == model_id.replace("-", "_") + ".msgpack"
     expected = {"cnn3-x4": (4, "rgb", ".h5"), "srcnn-gray-x1": (1, "gray", ".pth"), "rdn-x4": (4, "rgb", ".keras")}
     scale, colour, suffix = expected[model_id]
     assert (spec.scale, spec.colour, list(spec.importers)) == (scale, colour, [suffix])

@@ -108,7 +108,7 @@ SPEC = ModelSpec(
     dropout_rate=DROPOUT_RATE,
     param_shapes=PARAM_SHAPES,
     module=lambda: module_class()(),
-    default_weights=None,
+    default_weights="cnn3_x4.msgpack",  # ours: trained here with MC dropout, calibrated (README)
     importers={".h5": import_keras_h5},
     max_channels=64,
 )

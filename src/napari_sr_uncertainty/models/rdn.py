@@ -240,7 +240,7 @@ SPEC = ModelSpec(
     dropout_rate=DROPOUT_RATE,
     param_shapes=PARAM_SHAPES,
     module=lambda: module_class()(),
-    default_weights=None,
+    default_weights="rdn_x4.msgpack",  # ours: trained here with MC dropout, calibrated (README)
     importers={".keras": import_keras},
     max_channels=64,  # widest map on the output grid (the memory estimate's unit); LR concatenations reach 256
 )
