@@ -26,16 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from napari_sr_uncertainty.core import metrics
-from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, IMAGE_SUFFIXES, list_images, load_rgb
+from napari_sr_uncertainty.training.card import load_eval_pairs
+from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, ImagePair, load_pairs
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
-def luma_pair(path: Path, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(LR luma, HR luma, HR uint8) of an image under the protocol; luma float64 in [16, 235]."""
-    hr = metrics.crop_to_scale(load_rgb(path), scale)
-    lr = metrics.make_lr(hr, scale)
-    return metrics.rgb_to_y(lr), metrics.rgb_to_y(hr), hr
+def luma_pair(pair: ImagePair) -> tuple[np.ndarray, np.ndarray]:
+    """(LR luma, HR luma) of a protocol pair, float64 in [16, 235]."""
+    return metrics.rgb_to_y(pair.lr), metrics.rgb_to_y(pair.hr)
 
 
 def windows(lr_y: np.ndarray, radius: int) -> np.ndarray:
@@ -53,12 +52,12 @@ def phase_targets(hr_y: np.ndarray, scale: int) -> np.ndarray:
     return hr_y.reshape(h, scale, w, scale).transpose(0, 2, 1, 3).reshape(h, w, scale * scale)
 
 
-def fit(paths: list[Path], scale: int, radius: int) -> np.ndarray:
+def fit(pairs: list[ImagePair], scale: int, radius: int) -> np.ndarray:
     """(taps + 1, scale^2) least-squares filters, one column per phase, from the normal equations."""
     n = (2 * radius + 1) ** 2 + 1
     xtx, xty = np.zeros((n, n)), np.zeros((n, scale * scale))
-    for path in paths:
-        lr_y, hr_y, _ = luma_pair(path, scale)
+    for pair in pairs:
+        lr_y, hr_y = luma_pair(pair)
         x = windows(lr_y, radius).reshape(-1, n)
         y = phase_targets(hr_y, scale).reshape(-1, scale * scale)
         xtx += x.T @ x
@@ -86,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", default=["Set5", "Set14"])
     args = parser.parse_args(argv)
     data = args.shared / "datasets"
-    held_out = set(BSD200_VALIDATION_IDS)
-    train = list_images(data / "T91") + [p for p in list_images(data / "BSD200") if p.stem not in held_out]
+    train, _ = load_pairs([data / "T91", data / "BSD200"], BSD200_VALIDATION_IDS, scale=args.scale)
     filters = {r: fit(train, args.scale, r) for r in args.radius}
     print(f"x{args.scale}, luma filters fitted on {len(train)} training images (T91 + BSD200 less the held-out)\n")
     header = ["bicubic"] + [f"linear r={r} ({2 * r + 1}x{2 * r + 1} LR)" for r in args.radius]
@@ -95,10 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---|" * len(header))
     for name in args.sets:
         scores = {key: [] for key in header}
-        for path in sorted(p for p in (data / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            lr_y, hr_y, hr = luma_pair(path, args.scale)
-            bicubic = metrics.bicubic_upscale(metrics.make_lr(hr, args.scale), args.scale)
-            scores["bicubic"].append(metrics.psnr_y(bicubic, hr, args.scale))
+        for pair in load_eval_pairs(data / name, args.scale):
+            lr_y, hr_y = luma_pair(pair)
+            scores["bicubic"].append(metrics.psnr_y(metrics.bicubic_upscale(pair.lr, args.scale), pair.hr, args.scale))
             for r, key in zip(args.radius, header[1:]):
                 scores[key].append(y_psnr(predict(lr_y, filters[r], args.scale, r), hr_y, args.scale))
         print(f"| {name} | " + " | ".join(f"{np.mean(scores[key]):.2f}" for key in header) + " |")

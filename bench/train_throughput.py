@@ -180,7 +180,7 @@ def recipe(model: str, args):
     from napari_sr_uncertainty.training.config import TrainConfig
 
     committed = CHECKPOINTS / model / "checkpoint.msgpack"
-    run = read_checkpoint_config(committed) if committed.is_file() else TrainConfig(model=model, batch=16, crop_lr=32)
+    run = read_checkpoint_config(committed) if committed.is_file() else TrainConfig(model=model)
     return TrainConfig(
         model=model,
         batch=args.batch or run.batch,
