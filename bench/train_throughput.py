@@ -13,7 +13,10 @@ one), or those given. The jitted train step (loss, gradients, Adam) is timed thr
   interior that excludes ``halo * scale`` HR pixels);
 * ``fast``: the model's training fast path (:data:`napari_sr_uncertainty.training.step.FAST_PATHS`), when it
   has one: the same loss and gradients (tests/test_training_models.py).
-* ``data-parallel``: the model's fastest one-device path with the batch split over one host CPU device per
+* ``fast, in N pieces``: the fast path with the batch computed as N slices one after another, their gradients
+  averaged (:func:`napari_sr_uncertainty.training.step.batch_pieces`, the trainer's default: a slice's
+  activations stay in the CPU's caches), where N > 1;
+* ``data-parallel``: the model's fast path (or module) with the batch split over one host CPU device per
   core (:mod:`napari_sr_uncertainty.training.parallel`; the trainer's default for models without a fast
   path).
 
@@ -24,14 +27,16 @@ Two FLOP counts per step (forward plus backward):
   (input and kernel gradients), less the input gradient of the first convolution, which no step needs. A
   convolution on nearest-upsampled input counts at the upsampled size (ESRCNN's conv1: 4x the work of its
   exact polyphase form);
-* ``XLA``: XLA's cost analysis of the fast step, the work the fastest path actually does. GFLOP/s and the
-  share of the peak are computed on it (the conservative count), for both rows.
+* ``XLA``: XLA's cost analysis of the fast step in one piece (it counts a loop's body once), the work the
+  fastest path actually does. GFLOP/s and the share of the peak are computed on it (the conservative
+  count), for every row.
 
-The peak is a jitted 2048 x 2048 float32 matrix product measured in the same process, before and after
-the models; the higher of the two is used. Data loading
+The peak is a jitted 2048 x 2048 float32 matrix product. A model's paths and the peak product are timed
+in turn, one call each per round (medians over ``--steps`` rounds): this VM's speed moved by 2x within
+minutes, and so every row and its peak see the machine in the same states. Data loading
 (:class:`CropSampler`) is timed on synthetic 480x320 images, alone, and hidden: the ``prefetched`` column is
-ms per step of the loop's feeding (:class:`PrefetchedBatches`, the next batches drawn on another thread)
-over the plain step's ms, 1.00 when loading costs the step nothing.
+the trainer's step fed as the loop feeds it (:class:`PrefetchedBatches`, the next batches drawn on another
+thread) over the same step on a fixed batch, timed alternately, 1.00 when loading costs the step nothing.
 """
 
 from __future__ import annotations
@@ -56,19 +61,33 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a jitted n x n float32 matrix product."""
+def matmul(n: int = 2048):
+    """A warm callable computing one jitted n x n float32 matrix product, and its FLOPs."""
     import jax
     import jax.numpy as jnp
 
     a = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32))
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
-    return 2 * n**3 / median_seconds(lambda: f(a).block_until_ready(), repeats) / 1e9
+    return lambda: f(a).block_until_ready(), 2.0 * n**3
 
 
-def time_step(config, fast: bool, steps: int, split: bool = False) -> tuple[float, float]:
-    """(median seconds per step, XLA FLOPs of the step); ``split``: the batch over every host device."""
+def round_robin(callables: dict, rounds: int) -> dict:
+    """Median seconds of each callable, timed one call each in turn for ``rounds`` rounds: on a shared VM whose
+    speed moves within minutes, every entry then sees the machine in the same states."""
+    times = {name: [] for name in callables}
+    for _ in range(rounds):
+        for name, fn in callables.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def train_step(config, fast: bool, split: bool = False, pieces: int = 1):
+    """A warm callable doing one training step on a fixed random batch, and XLA's FLOPs of the step in one
+    piece (XLA counts a loop's body once); ``split``: the batch over every host device; ``pieces``: slices of
+    the batch computed one after another."""
     import jax
     import jax.numpy as jnp
 
@@ -83,21 +102,23 @@ def time_step(config, fast: bool, steps: int, split: bool = False) -> tuple[floa
     c, s, ch = config.crop_lr, spec.scale, spec.channels
     lr = jnp.asarray(rng.random((config.batch, c, c, ch), np.float32))
     hr = jnp.asarray(rng.random((config.batch, s * c, s * c, ch), np.float32))
+    inside = jnp.ones((config.batch, c, c), jnp.float32)  # the trainer's steps always mask the image's border
     if split:
         placement = DataParallel(jax.devices())
         params, opt_state = placement.replicate((params, opt_state))
-        lr, hr = placement.split(lr, hr)
-    step_fn = make_train_step(config, fast=fast)
-    flops = step_fn.lower(params, opt_state, jnp.int32(0), lr, hr).compile().cost_analysis()
+        lr, hr, inside = placement.split(lr, hr, inside)
+    step_fn = make_train_step(config, fast=fast, pieces=pieces)
+    whole = make_train_step(config, fast=fast, pieces=1)
+    flops = whole.lower(params, opt_state, jnp.int32(0), lr, hr, inside).compile().cost_analysis()
     flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
     state = [params, opt_state]
 
     def one():
-        state[0], state[1], loss = step_fn(state[0], state[1], jnp.int32(1), lr, hr)
+        state[0], state[1], loss = step_fn(state[0], state[1], jnp.int32(1), lr, hr, inside)
         jax.block_until_ready(loss)
 
     one()
-    return median_seconds(one, steps), flops
+    return one, flops
 
 
 def analytic_flops(config) -> float:
@@ -150,8 +171,10 @@ def synthetic_sampler(config):
     )
 
 
-def time_fed_steps(config, steps: int) -> float:
-    """Median seconds per step of the fast step fed as the training loop feeds it (prefetched batches)."""
+def fed_over_plain(config, steps: int) -> float:
+    """The trainer's step fed as the training loop feeds it (batches drawn ahead on another thread,
+    :class:`PrefetchedBatches`) over the same step on one fixed batch: the ratio of their median times,
+    the two timed alternately so that both see the machine in the same state."""
     import jax
     import jax.numpy as jnp
 
@@ -163,14 +186,19 @@ def time_fed_steps(config, steps: int) -> float:
     params = spec.to_flax(random_init(spec, 0))["params"]
     state = [params, make_optimizer(config).init(params)]
     step_fn = make_train_step(config)
-    with PrefetchedBatches(synthetic_sampler(config), config.batch) as batches:
-
-        def one():
-            state[0], state[1], loss = step_fn(state[0], state[1], jnp.int32(1), *batches.next())
-            jax.block_until_ready(loss)
-
-        one()
-        return median_seconds(one, steps)
+    sampler = synthetic_sampler(config)
+    fixed = tuple(jnp.asarray(a) for a in sampler.batch(config.batch))
+    times = {"fed": [], "plain": []}
+    with PrefetchedBatches(sampler, config.batch) as batches:
+        for i in range(steps + 1):
+            for kind in times:
+                start = time.perf_counter()
+                batch = batches.next() if kind == "fed" else fixed
+                state[0], state[1], loss = step_fn(state[0], state[1], jnp.int32(1), *batch)
+                jax.block_until_ready(loss)
+                if i:  # the first round compiles
+                    times[kind].append(time.perf_counter() - start)
+    return statistics.median(times["fed"]) / statistics.median(times["plain"])
 
 
 def recipe(model: str, args):
@@ -193,7 +221,7 @@ def recipe(model: str, args):
 def main(argv: list[str] | None = None) -> int:
     from napari_sr_uncertainty.models.registry import model_ids
     from napari_sr_uncertainty.training.parallel import available_cores, request_host_devices
-    from napari_sr_uncertainty.training.step import FAST_PATHS
+    from napari_sr_uncertainty.training.step import FAST_PATHS, batch_pieces
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", nargs="+", choices=model_ids(), default=model_ids())
@@ -207,44 +235,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     devices = args.devices or available_cores()
     request_host_devices(devices)  # before JAX starts; the other rows run on the first device
-    # the peak is measured before and after the models and the highest is used: on a shared VM it moved by 2x
-    # between runs minutes apart, and the highest is the conservative reference
-    peaks = [matmul_peak()]
     rows, recipes = [], {}
+    peak_fn, peak_flops = matmul()
     for model in args.model:
         config = recipes[model] = recipe(model, args)
         data_ms = time_data(config) * 1e3
         analytic = analytic_flops(config)
         fast = model in FAST_PATHS
-        paths = ["module"] + (["fast"] if fast else [])
-        results = {path: time_step(config, path == "fast", args.steps) for path in paths}
+        pieces = batch_pieces(config)
+        paths = {"module": (False, False, 1)}
+        if fast:
+            paths["fast"] = (True, False, 1)
+        if pieces > 1:
+            paths[f"fast, in {pieces} pieces"] = (True, False, pieces)
         if devices > 1:
-            results["data-parallel"] = time_step(config, fast, args.steps, split=True)
-        fed = time_fed_steps(config, args.steps) / results[paths[-1]][0]
-        useful_flops = results[paths[-1]][1]
+            paths["data-parallel"] = (fast, True, 1)
+        steps = {path: train_step(config, *how) for path, how in paths.items()}
+        seconds = round_robin({"peak": peak_fn} | {path: fn for path, (fn, _) in steps.items()}, args.steps)
+        peak = peak_flops / seconds.pop("peak") / 1e9
+        # the fastest one-device step (the trainer's, for a model with a fast path)
+        loop_path = list(paths)[-2 if devices > 1 else -1]
+        fed = fed_over_plain(config, args.steps)
+        useful_flops = steps[loop_path][1]
         rows += [
-            (model, path, seconds, analytic, useful_flops, data_ms, fed if path == paths[-1] else None)
-            for path, (seconds, _) in results.items()
+            (model, path, seconds[path], analytic, useful_flops, peak, data_ms, fed if path == loop_path else None)
+            for path in paths
         ]
-    peaks.append(matmul_peak())
-    peak = max(peaks)
-    print(
-        f"matrix-product peak (2048^2 float32, jitted): {peak:.0f} GFLOP/s (before / after the models: "
-        f"{peaks[0]:.0f} / {peaks[1]:.0f})"
-    )
+    print("peak: a jitted 2048^2 float32 matrix product, timed in turn with each model's steps")
     print(f"one dropout sample per crop; data-parallel: {devices} host devices\n")
     print(
-        "| model | batch x crop (context) | path | ms / step | analytic GFLOP / step | XLA GFLOP / step | GFLOP/s (XLA) | % of peak "
-        "| data ms / batch | prefetched / plain step |"
+        "| model | batch x crop (context) | path | ms / step | analytic GFLOP / step | XLA GFLOP / step | GFLOP/s (XLA) "
+        "| peak GFLOP/s | % of peak | data ms / batch | prefetched / plain step |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for model, path, seconds, analytic, useful_flops, data_ms, fed in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for model, path, seconds, analytic, useful_flops, peak, data_ms, fed in rows:
         config = recipes[model]
         rate = useful_flops / seconds / 1e9
         print(
-            f"| {model} | {config.batch} x {config.crop_lr} ({config.context_lr}) | {path} | {seconds * 1e3:.1f} | {analytic / 1e9:.2f} | "
-            f"{useful_flops / 1e9:.2f} | {rate:.0f} | {100 * rate / peak:.0f} % | {data_ms:.2f} | "
-            + (f"{fed:.2f} |" if fed is not None else "- |")
+            f"| {model} | {config.batch} x {config.crop_lr} ({config.context_lr}) | {path} | {seconds * 1e3:.1f} | "
+            f"{analytic / 1e9:.2f} | {useful_flops / 1e9:.2f} | {rate:.0f} | {peak:.0f} | {100 * rate / peak:.0f} % | "
+            f"{data_ms:.2f} | " + (f"{fed:.2f} |" if fed is not None else "- |")
         )
     return 0
 

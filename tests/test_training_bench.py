@@ -98,6 +98,18 @@ def test_train_throughput_counts_espcn_flops_in_closed_form():
     assert bench.analytic_flops(config) == pytest.approx(expected)
 
 
+def test_train_throughput_times_the_trainers_sliced_step_against_its_own_peak(capsys):
+    bench = _bench("train_throughput")
+    # 4 crops of 40x40 LR pixels exceed a slice's limit: the trainer's step takes 2 slices of 2 crops
+    assert bench.main(["--model", "esrcnn-x2", "--batch", "4", "--crop", "40", "--steps", "1", "--devices", "1"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| esrcnn-x2")]
+    assert [row[3].strip() for row in rows] == ["module", "fast", "fast, in 2 pieces"]
+    xla_flops = {float(row[6]) for row in rows[1:]}
+    assert len(xla_flops) == 1 and xla_flops.pop() > 0  # the sliced step counts the whole batch's work
+    assert all(float(row[8]) > 0 and row[9].strip().endswith("%") for row in rows)
+    assert rows[-1][11].strip() != "-" and rows[1][11].strip() == "-"  # the fed step is the trainer's
+
+
 @needs_shared
 def test_holdout_evaluates_weights_as_one_ensemble():
     holdout = _bench("holdout")

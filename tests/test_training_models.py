@@ -76,6 +76,42 @@ def test_fast_path_loss_and_gradients_equal_the_flax_module(model, samples, at_b
         np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
+@pytest.mark.parametrize("model", sorted(step.FAST_PATHS))
+def test_a_step_in_batch_pieces_equals_the_whole_batch_step(model):
+    """Slices of the batch computed in a loop and averaged: the same losses, gradients and update."""
+    crop = 2 * get_spec(model).halo + 5
+    config = TrainConfig(model=model, batch=4, crop_lr=crop, init="random", warmup_steps=1, mc_train_samples=2)
+    spec = config.spec
+    params = spec.to_flax(initial.random_init(spec, 3))["params"]
+    opt_state = step.make_optimizer(config).init(params)
+    lr, hr = _batch(spec, 4, crop, seed=4)
+    inside = _border_inside(4, crop)
+    whole = step.make_train_step(config, pieces=1)(params, opt_state, jnp.int32(2), lr, hr, inside)
+    for pieces in (2, 4):
+        sliced = step.make_train_step(config, pieces=pieces)(params, opt_state, jnp.int32(2), lr, hr, inside)
+        np.testing.assert_allclose(np.asarray(sliced[2]), np.asarray(whole[2]), rtol=1e-5)
+        for a, b in zip(jax.tree_util.tree_leaves(sliced[:2]), jax.tree_util.tree_leaves(whole[:2])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_batch_pieces_keep_a_slice_under_the_pixel_limit_and_only_where_slices_are_exact():
+    limit = step.PIECE_LR_PIXELS
+    assert step.batch_pieces(TrainConfig(model="esrcnn-x2", batch=16, crop_lr=32)) == 4
+    assert step.batch_pieces(TrainConfig(model="srcnn-gray-x1", batch=16, crop_lr=33)) == 4
+    assert step.batch_pieces(TrainConfig(model="espcn-x3", batch=16, crop_lr=32, mc_train_samples=2)) == 8
+    assert step.batch_pieces(TrainConfig(model="esrcnn-x2", batch=6, crop_lr=200)) == 6  # one crop a slice at most
+    small = TrainConfig(model="esrcnn-x2", batch=2, crop_lr=16)
+    assert 2 * 16**2 <= limit and step.batch_pieces(small) == 1
+    for config, kwargs in [
+        (TrainConfig(model="cnn3-x4", batch=16, crop_lr=18), {}),  # a module path: XLA's convs in a loop are slow
+        (TrainConfig(model="esrcnn-x2", batch=16, crop_lr=32, context=1), {}),  # the module path too
+        (TrainConfig(model="esrcnn-x2", batch=16, crop_lr=32, mc_train_samples=2, uncertainty_weight=1e-3), {}),
+        (TrainConfig(model="esrcnn-x2", batch=16, crop_lr=32), {"devices": 2}),
+        (TrainConfig(model="esrcnn-x2", batch=16, crop_lr=32), {"fast": False}),
+    ]:
+        assert step.batch_pieces(config, **kwargs) == 1, (config, kwargs)
+
+
 @pytest.mark.parametrize("spec", [s for s in all_specs() if s.n_params < 200_000], ids=lambda s: s.id)
 def test_every_small_model_trains_through_its_module(spec):
     """Models without a fast path train through spec.module(); the loss is on the crop interior."""

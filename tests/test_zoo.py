@@ -350,6 +350,18 @@ def test_mask_of_a_position_does_not_depend_on_the_window(spec):
         np.testing.assert_array_equal(shifted[:20, :10], full[28:48, 38:48])
 
 
+@pytest.mark.parametrize("channels", [64, 32, 9])
+def test_batched_crop_masks_equal_the_per_position_masks(channels):
+    """The training paths' masks, computed for many crops and phases at once, are the engine's bit for bit."""
+    ids = np.array([3, 7, 40])
+    rows, cols = np.array([[4, 6, 8], [5, 7, 9]]), np.array([[-2, 0], [-1, 1], [30, 31]])
+    batched = dropout.keep_mask_crops(9, ids, 3, rows, cols, channels, 0.3)
+    assert batched.shape == (channels, 2, 3, 3, 3, 2)
+    for p, q, n in itertools.product(range(2), range(3), range(3)):
+        expected = dropout.keep_mask_channel_major(9, ids[n], 3, rows[p], cols[q], channels, 0.3)
+        np.testing.assert_array_equal(batched[:, p, q, n], expected)
+
+
 def test_mask_streams_of_models_with_more_dropout_layers_are_distinct():
     """The masks must stay independent for any number of dropout layers (``ModelSpec.dropout_layers`` is not
     bounded, and the zoo's larger models, RDN and Real-ESRGAN, will have more than two): the (sample, layer)

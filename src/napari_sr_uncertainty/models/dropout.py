@@ -72,16 +72,25 @@ def lane_ids(cols, channels: int):
     return lane * jnp.uint32(0x85EBCA77)
 
 
+def row_keys(key, rows):
+    """The per-row keys of a mask stream ``key``; ``key`` and ``rows`` broadcast against each other."""
+    return _mix32(key + jnp.asarray(rows, jnp.uint32) * jnp.uint32(0x9E3779B1))
+
+
+def hash_bits(row_key, lanes):
+    """The 32-bit hashes of :func:`row_keys` against :func:`lane_ids` (any broadcastable shapes)."""
+    return _mix32(row_key ^ lanes)
+
+
 def mask_bits(key, rows, lanes):
     """One 32-bit hash per (hash group, row, column): shape (groups, len(rows), len(cols)), uint32."""
-    row_key = _mix32(key + jnp.asarray(rows, jnp.uint32) * jnp.uint32(0x9E3779B1))  # (R,)
-    return _mix32(row_key[None, :, None] ^ lanes[:, None, :])
+    return hash_bits(row_keys(key, rows)[None, :, None], lanes[:, None, :])
 
 
 def keep_from_bits(bits, channels: int, threshold: int):
-    """Channel-major keep mask (channels, R, C) from :func:`mask_bits`."""
-    shifts = jnp.arange(0, 10 * UNIFORMS_PER_HASH, 10, dtype=jnp.uint32)[:, None, None, None]
-    keep = ((bits[None] >> shifts) & jnp.uint32(1023)) >= threshold  # (3, groups, R, C)
+    """Channel-major keep mask (channels, ...) from hashes (groups, ...) such as :func:`mask_bits`' (groups, R, C)."""
+    shifts = jnp.arange(0, 10 * UNIFORMS_PER_HASH, 10, dtype=jnp.uint32).reshape(-1, *(1,) * bits.ndim)
+    keep = ((bits[None] >> shifts) & jnp.uint32(1023)) >= threshold  # (3, groups, ...)
     return keep.reshape(-1, *bits.shape[1:])[:channels]
 
 
@@ -91,6 +100,25 @@ def keep_mask_channel_major(seed, sample, layer, rows, cols, channels: int, rate
     The bit of an element depends only on (seed, sample, layer, row, col, channel).
     """
     bits = mask_bits(layer_key(seed, sample, layer), rows, lane_ids(cols, channels))
+    return keep_from_bits(bits, channels, drop_threshold(rate))
+
+
+def keep_mask_crops(seed, samples, layer, rows, cols, channels: int, rate: float):
+    """Keep masks of a batch of crops at once, shape (channels, P, Q, N, R, C): crop ``n`` (sample id
+    ``samples[n]``) at the positions ``rows[p]`` x ``cols[q]`` for every pair of coordinate sets ``rows`` (P, R)
+    and ``cols`` (Q, C) (a few phases of a strided grid, or P = Q = 1).
+
+    Element for element the masks of :func:`keep_mask_channel_major`, computed by broadcasting in the layout
+    the training paths consume rather than per crop and transposed.
+    """
+    keys = layer_key(seed, jnp.asarray(samples), layer)
+    rows, cols = jnp.asarray(rows), jnp.asarray(cols)
+    row_key = row_keys(keys[None, :, None], rows[:, None, :])  # (P, N, R)
+    lanes = lane_ids(cols.reshape(-1), channels).reshape(-1, *cols.shape)  # (groups, Q, C)
+    # one hash group at a time in a loop, so the hashes are stored once: left elementwise, XLA fuses the whole
+    # hash chain (keys included) into every consumer of the mask and recomputes it there (a training step
+    # ran ~15 % slower that way, bench/train_throughput.py)
+    bits = jax.lax.map(lambda lane: hash_bits(row_key[:, None, :, :, None], lane[None, :, None, None, :]), lanes)
     return keep_from_bits(bits, channels, drop_threshold(rate))
 
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models.dropout import keep_mask_channel_major, keep_scale
+from ..models.dropout import keep_mask_crops, keep_scale
 from ..models.esrcnn import SPEC
-from .channel_major import conv_taps_first, conv_taps_last, repeat_for_samples
+from .channel_major import channel_product, conv_taps_first, conv_taps_last, repeat_for_samples
 from .initial import random_init
 
 # Pillow's cubic (a = -0.5) x2 upscaling filter as a 9-tap kernel acting after nearest upsampling.
@@ -163,7 +163,7 @@ def last_layers(params: dict, h1, masks=None, rate: float = SPEC.dropout_rate, i
     factor = keep_scale(rate)
     if masks is not None:
         h1 = jnp.where(masks[0], h1 * factor, 0.0)
-    h2 = params["conv2"]["kernel"][0, 0].T @ h1.reshape(64, -1)
+    h2 = channel_product(params["conv2"]["kernel"][0, 0].T, h1.reshape(64, -1))
     h2 = jax.nn.relu(h2 + params["conv2"]["bias"][:, None]).reshape(32, 4, n, rows, cols)
     if masks is not None:
         h2 = jnp.where(masks[1], h2 * factor, 0.0)
@@ -201,25 +201,14 @@ def dropout_masks(seed, ids, rows: int, rate: float = SPEC.dropout_rate):
     Phase ``2 a + b`` at (r, c) is the crop's HR position (:data:`FIRST_POSITION` + 2 r + a, ... + 2 c + b):
     the masks are keyed on those positions, as the Flax module keys them.
     """
-    import jax
     import jax.numpy as jnp
 
-    coords = [FIRST_POSITION + 2 * jnp.arange(rows, dtype=jnp.int32) + a for a in range(2)]
-
-    def one(i):
-        return tuple(
-            jnp.stack(
-                [
-                    keep_mask_channel_major(seed, i, layer, coords[a], coords[b], ch, rate)
-                    for a in (0, 1)
-                    for b in (0, 1)
-                ],
-                axis=1,
-            )
-            for layer, ch in ((0, 64), (1, 32))
-        )
-
-    return jax.vmap(one, out_axes=2)(jnp.asarray(ids, jnp.int32))
+    coords = FIRST_POSITION + 2 * jnp.arange(rows, dtype=jnp.int32)[None, :] + jnp.arange(2, dtype=jnp.int32)[:, None]
+    ids = jnp.asarray(ids, jnp.int32)
+    return tuple(
+        keep_mask_crops(seed, ids, layer, coords, coords, ch, rate).reshape(ch, 4, len(ids), rows, rows)
+        for layer, ch in ((0, 64), (1, 32))
+    )
 
 
 def samples_valid(params, lr, seed, ids, rate: float, inside=None):

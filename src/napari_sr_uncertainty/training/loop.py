@@ -27,7 +27,7 @@ from .data import CropSampler, ImagePair, PrefetchedBatches, load_pairs, min_ima
 from .evaluate import evaluate_pairs, evaluate_uncertainty
 from .initial import initial_arrays
 from .parallel import data_parallel
-from .step import make_optimizer, make_schedule, make_train_step
+from .step import batch_pieces, make_optimizer, make_schedule, make_train_step
 
 BEST_NAME = "best.msgpack"
 LOG_NAME = "log.jsonl"
@@ -214,7 +214,7 @@ def iter_train(
     parallel = data_parallel(config.batch)  # the batch split over the host's devices, when it has several
     if parallel is not None:
         params, opt_state = parallel.replicate((params, opt_state))
-    train_step = make_train_step(config)
+    train_step = make_train_step(config, pieces=batch_pieces(config, devices=parallel.devices if parallel else 1))
     schedule = make_schedule(config)
     start, start_step = time.monotonic(), step
     window_sum, window_count, window_loss = np.zeros(2), 0, np.full(2, np.nan)

@@ -2,10 +2,10 @@
 
 XLA's CPU convolutions and their gradients use a second core poorly. With two host devices, each computing
 the gradients of half the batch (parameters and optimiser state replicated; XLA's SPMD partitioner adds the
-halves' gradients), a step through a Flax module ran 1.7x (cnn3-x4) and 1.3x (rdn-x4) faster than on one
+halves' gradients), a step through a Flax module ran 1.6x (cnn3-x4) and 1.3x (rdn-x4) faster than on one
 device using both cores (``bench/train_throughput.py``, the ``data-parallel`` rows, README). The
-hand-written fast paths (``step.FAST_PATHS``: ESRCNN, ESPCN, SRCNN-gray) already keep both cores busy and
-lost time split (ESRCNN 75 ms against 59 ms), so they train on one device by default.
+hand-written fast paths (``step.FAST_PATHS``: ESRCNN, ESPCN, SRCNN-gray) gain nothing split (ESRCNN 59 ms
+against 24 ms in slices on one device), so they train on one device by default.
 
 The number of host devices is fixed when JAX's CPU backend starts, from ``XLA_FLAGS``:
 :func:`request_host_devices` sets it, before the first computation (the trainer's entry point calls it).

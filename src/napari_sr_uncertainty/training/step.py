@@ -19,6 +19,9 @@ from importlib import import_module
 #: registry id -> module of this package with ``samples_valid(params, lr, seed, ids, rate, inside)``
 FAST_PATHS = {"esrcnn-x2": "esrcnn", "espcn-x3": "espcn", "srcnn-gray-x1": "srcnn_gray"}
 
+#: Most LR crop pixels in one slice of a fast path's batch (4 crops of 33x33), see :func:`batch_pieces`
+PIECE_LR_PIXELS = 4356
+
 
 def step_seed(config, step):
     """The dropout-mask seed of a step (uint32)."""
@@ -51,7 +54,7 @@ def dropout_samples(config, params, lr, seed, ids, fast: bool = True, inside=Non
     """The K x N dropout samples of a batch's crop interiors (fast path where the model has one: they crop
     the halo)."""
     spec = config.spec
-    if fast and spec.id in FAST_PATHS and config.context_lr == spec.halo:
+    if uses_fast_path(config, fast):
         return import_module(f"{__package__}.{FAST_PATHS[spec.id]}").samples_valid(
             params, lr, seed, ids, spec.dropout_rate, inside
         )
@@ -107,10 +110,34 @@ def make_optimizer(config):
     return optax.chain(adam, optax.stateless(scale_last))
 
 
-def make_train_step(config, fast: bool = True):
+def uses_fast_path(config, fast: bool = True) -> bool:
+    """Whether a step of this run goes through its model's fast path (it crops the model's full halo)."""
+    return fast and config.spec.id in FAST_PATHS and config.context_lr == config.spec.halo
+
+
+def batch_pieces(config, fast: bool = True, devices: int = 1) -> int:
+    """How many equal slices of the batch a step computes one after another, their gradients averaged.
+
+    A fast path's activations stay in the CPU's caches when a slice holds at most :data:`PIECE_LR_PIXELS`
+    LR crop pixels (times the dropout samples per crop): 16 crops of 32x32 (33x33 for SRCNN-gray) in 4 slices ran ESRCNN's step 2.5x, ESPCN's
+    1.2x and SRCNN-gray's 1.3x faster than at once, and 2 or 8 slices no faster (one run of each, this
+    project's 2-core VM; ``bench/train_throughput.py`` shows the ``fast, in pieces`` rows). One slice
+    through a module (XLA's convolutions inside a loop ran over 10x slower), with the uncertainty loss (a
+    statistic of the whole batch) and for a batch split over several devices.
+    """
+    if not uses_fast_path(config, fast) or config.uncertainty_weight > 0 or devices > 1:
+        return 1
+    n, per_crop = config.batch, config.crop_lr**2 * config.mc_train_samples  # every sample has its activations
+    fitting = [p for p in range(1, n + 1) if n % p == 0 and (n // p) * per_crop <= PIECE_LR_PIXELS]
+    return fitting[0] if fitting else n
+
+
+def make_train_step(config, fast: bool = True, pieces: int | None = None):
     """A jitted ``step(params, opt_state, step, lr, hr, inside=None) -> (params, opt_state, losses)`` (dropout on).
 
-    ``lr``, ``hr`` and ``inside`` are a :class:`~napari_sr_uncertainty.training.data.CropBatch`'s.
+    ``lr``, ``hr`` and ``inside`` are a :class:`~napari_sr_uncertainty.training.data.CropBatch`'s. The batch's
+    gradients are computed in ``pieces`` slices (default :func:`batch_pieces`); they equal the whole batch's
+    to float rounding.
 
     ``losses`` is ``[pixel loss, uncertainty loss]`` (the second is 0 without ``config.uncertainty_weight``);
     the optimised loss is ``pixel + uncertainty_weight * uncertainty``.
@@ -121,12 +148,36 @@ def make_train_step(config, fast: bool = True):
 
     optimizer = make_optimizer(config)
 
+    loss_and_grads = jax.value_and_grad(training_loss, has_aux=True)
+    pieces = batch_pieces(config, fast) if pieces is None else pieces
+
+    def batch_gradients(params, lr, hr, seed, inside):
+        """The batch's mean losses and gradients: the means of its ``pieces`` slices', computed in a loop."""
+        n = lr.shape[0]
+        ids = sample_ids(config.mc_train_samples, n)
+        if pieces == 1:
+            (_, (pixel, spread)), grads = loss_and_grads(params, lr, hr, seed, config, ids, fast, inside)
+            return pixel, spread, grads
+
+        def split(x):
+            return None if x is None else x.reshape(pieces, n // pieces, *x.shape[1:])
+
+        piece_ids = ids.reshape(ids.shape[0], pieces, n // pieces).transpose(1, 0, 2)
+
+        def one(total, piece):
+            piece_lr, piece_hr, piece_ids_, piece_inside = piece
+            (_, losses), grads = loss_and_grads(
+                params, piece_lr, piece_hr, seed, config, piece_ids_, fast, piece_inside
+            )
+            return jax.tree_util.tree_map(jnp.add, total, (losses, grads)), None
+
+        zero = ((jnp.zeros(()), jnp.zeros(())), jax.tree_util.tree_map(jnp.zeros_like, params))
+        ((pixel, spread), grads), _ = jax.lax.scan(one, zero, (split(lr), split(hr), piece_ids, split(inside)))
+        return pixel / pieces, spread / pieces, jax.tree_util.tree_map(lambda g: g / pieces, grads)
+
     @jax.jit
     def train_step(params, opt_state, step, lr, hr, inside=None):
-        seed = step_seed(config, step)
-        (_, (pixel, spread)), grads = jax.value_and_grad(training_loss, has_aux=True)(
-            params, lr, hr, seed, config, None, fast, inside
-        )
+        pixel, spread, grads = batch_gradients(params, lr, hr, step_seed(config, step), inside)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, jnp.stack([pixel, spread])
 
