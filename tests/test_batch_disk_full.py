@@ -173,3 +173,45 @@ def test_a_summary_that_cannot_be_written_stops_the_batch_and_a_rerun_resumes(di
     disk.free()
     result = _batch(inputs, outdir, weights, client)
     assert result.exit_code == 0 and result.done == 2
+
+
+def _failing_writes(monkeypatch, failures: set[int]) -> list[int]:
+    """Make the batch's summary writes number ``failures`` (0-based) fail as on a full disk; returns the count."""
+    import napari_sr_uncertainty.batch as batch
+
+    real, calls = batch.write_summary, []
+
+    def write(outdir, rows):
+        calls.append(len(rows))
+        if len(calls) - 1 in failures:
+            raise OutputError(f"cannot write {outdir / SUMMARY_CSV}: [Errno 28] No space left on device")
+        real(outdir, rows)
+
+    monkeypatch.setattr(batch, "write_summary", write)
+    return calls
+
+
+def test_one_failed_summary_write_waits_for_the_next_input(tmp_path, inputs, weights, client, monkeypatch):
+    """Tasks still running can hold a full disk's last space until they fail and remove their files: a summary
+    write that fails once is retried with the next input's row, and the batch records every input."""
+    calls = _failing_writes(monkeypatch, {0})
+    result = _batch(inputs, tmp_path / "out", weights, client)
+    assert result.exit_code == 0 and len(calls) == 2
+    assert [row["status"] for row in read_summary(tmp_path / "out").values()] == ["done", "done"]
+
+
+def test_a_failed_last_summary_write_stops_the_batch_naming_the_unrecorded_inputs(
+    tmp_path, inputs, weights, client, monkeypatch
+):
+    _failing_writes(monkeypatch, {1, 2})
+    with pytest.raises(OutputError, match=r"the batch stopped, .*stack\.npy \(done\) and the inputs still running"):
+        _batch(inputs, tmp_path / "out", weights, client)
+    assert [row["file"] for row in read_summary(tmp_path / "out").values()] == [str(inputs[0])]  # the first write's
+
+
+def test_two_failed_summary_writes_in_a_row_stop_the_batch(tmp_path, inputs, weights, client, monkeypatch):
+    _failing_writes(monkeypatch, {0, 1})
+    message = r"the batch stopped, .*image\.npy \(done\), .*stack\.npy \(done\) and the inputs still running"
+    with pytest.raises(OutputError, match=message):
+        _batch(inputs, tmp_path / "out", weights, client)
+    assert not (tmp_path / "out" / SUMMARY_CSV).exists()

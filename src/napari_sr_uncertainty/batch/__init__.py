@@ -200,15 +200,28 @@ def run_batch(
             clean_leftovers(outdir, item.name)
     order = [item.key for item in items] + [key for key in previous if key not in {i.key for i in items}]
 
-    def record(row: dict) -> None:
-        rows[row["file"]] = row
+    unwritten: list[str] = []  # inputs whose rows the summary on disk lacks: its last write failed
+
+    def write_rows(final: bool) -> None:
+        """Rewrite the summary with every row. On a full disk the space may be held by tasks still running
+        until they fail and remove their files, so a first failed write waits for the next input's; a second
+        in a row (or a failed last write) stops the batch, the summary as it was before."""
         try:
             write_summary(outdir, [rows[key] for key in order if key in rows])
-        except OutputError as exc:  # e.g. the disk is full: the batch stops, its summary as it was before
+        except OutputError as exc:
+            if len(unwritten) == 1 and not final:
+                return
+            missing = ", ".join(f"{key} ({rows[key]['status']})" for key in unwritten)
             raise OutputError(
-                f"{exc}; the batch stopped, {row['file']} ({row['status']}) and the inputs still running are not "
-                "recorded; free some space and run the same command again to resume"
+                f"{exc}; the batch stopped, {missing} and the inputs still running are not recorded; free some "
+                "space and run the same command again to resume"
             ) from exc
+        unwritten.clear()
+
+    def record(row: dict) -> None:
+        rows[row["file"]] = row
+        unwritten.append(row["file"])
+        write_rows(final=False)
 
     bar = Bar(len(items), unit="planes", stream=stream, enabled=progress)
     bar.update(done=result.skipped, label=f"{result.skipped} done before" if result.skipped else "")
@@ -316,9 +329,13 @@ def run_batch(
                 finish(item, row)
                 units_done += 1
                 show(item.name)
+            if unwritten:
+                write_rows(final=True)
     except KeyboardInterrupt:
         result.interrupted = True
         _cancel(jobs)
+        if unwritten:
+            write_rows(final=True)
     except OutputError:  # the summary cannot be written: nothing more could be recorded
         _cancel(jobs)
         raise
