@@ -176,7 +176,8 @@ def test_a_summary_that_cannot_be_written_stops_the_batch_and_a_rerun_resumes(di
 
 
 def _failing_writes(monkeypatch, failures: set[int]) -> list[int]:
-    """Make the batch's summary writes number ``failures`` (0-based) fail as on a full disk; returns the count."""
+    """Make the batch's summary writes number ``failures`` (0-based) fail as on a full disk; returns the list
+    that gets each write's row count."""
     import napari_sr_uncertainty.batch as batch
 
     real, calls = batch.write_summary, []

@@ -116,8 +116,8 @@ def keep_mask_crops(seed, samples, layer, rows, cols, channels: int, rate: float
     row_key = row_keys(keys[None, :, None], rows[:, None, :])  # (P, N, R)
     lanes = lane_ids(cols.reshape(-1), channels).reshape(-1, *cols.shape)  # (groups, Q, C)
     # one hash group at a time in a loop, so the hashes are stored once: left elementwise, XLA fuses the whole
-    # hash chain (keys included) into every consumer of the mask and recomputes it there (a training step
-    # ran ~15 % slower that way, bench/train_throughput.py)
+    # hash chain (keys included) into every consumer of the mask and recomputes it there (ESRCNN's training
+    # step ran ~15 % slower that way, one ad-hoc comparison)
     bits = jax.lax.map(lambda lane: hash_bits(row_key[:, None, :, :, None], lane[None, :, None, None, :]), lanes)
     return keep_from_bits(bits, channels, drop_threshold(rate))
 

@@ -119,11 +119,11 @@ def batch_pieces(config, fast: bool = True, devices: int = 1) -> int:
     """How many equal slices of the batch a step computes one after another, their gradients averaged.
 
     A fast path's activations stay in the CPU's caches when a slice holds at most :data:`PIECE_LR_PIXELS`
-    LR crop pixels (times the dropout samples per crop): 16 crops of 32x32 (33x33 for SRCNN-gray) in 4 slices ran ESRCNN's step 2.5x, ESPCN's
-    1.2x and SRCNN-gray's 1.3x faster than at once, and 2 or 8 slices no faster (one run of each, this
-    project's 2-core VM; ``bench/train_throughput.py`` shows the ``fast, in pieces`` rows). One slice
-    through a module (XLA's convolutions inside a loop ran over 10x slower), with the uncertainty loss (a
-    statistic of the whole batch) and for a batch split over several devices.
+    LR crop pixels (times the dropout samples per crop): ESRCNN's step over 16 crops of 32x32 ran 2.1x
+    faster in 4 slices (``bench/train_throughput.py``, the ``fast, in N pieces`` row; ESPCN's and
+    SRCNN-gray's 1.0x and 1.2x). One slice through a module (XLA's convolutions inside a loop ran far
+    slower), with the uncertainty loss (a statistic of the whole batch) and for a batch split over several
+    devices.
     """
     if not uses_fast_path(config, fast) or config.uncertainty_weight > 0 or devices > 1:
         return 1
@@ -165,9 +165,9 @@ def make_train_step(config, fast: bool = True, pieces: int | None = None):
         piece_ids = ids.reshape(ids.shape[0], pieces, n // pieces).transpose(1, 0, 2)
 
         def one(total, piece):
-            piece_lr, piece_hr, piece_ids_, piece_inside = piece
+            piece_lr, piece_hr, piece_sample_ids, piece_inside = piece
             (_, losses), grads = loss_and_grads(
-                params, piece_lr, piece_hr, seed, config, piece_ids_, fast, piece_inside
+                params, piece_lr, piece_hr, seed, config, piece_sample_ids, fast, piece_inside
             )
             return jax.tree_util.tree_map(jnp.add, total, (losses, grads)), None
 
