@@ -34,9 +34,9 @@ Two FLOP counts per step (forward plus backward):
 The peak is a jitted 2048 x 2048 float32 matrix product. A model's paths and the peak product are timed
 in turn, one call each per round (medians over ``--steps`` rounds): this VM's speed moved by 2x within
 minutes, and so every row and its peak see the machine in the same states. Data loading
-(:class:`CropSampler`) is timed on synthetic 480x320 images, alone, and hidden: the ``prefetched`` column is
-the trainer's step fed as the loop feeds it (:class:`PrefetchedBatches`, the next batches drawn on another
-thread) over the same step on a fixed batch, timed alternately, 1.00 when loading costs the step nothing.
+(:class:`CropSampler`) is timed on synthetic 480x320 images, alone, and hidden: the ``fed / plain`` column is
+the trainer's step fed as the loop feeds it (the next batch drawn while the step computes) over the same step
+on a fixed batch, timed alternately, 1.00 when loading costs the step nothing.
 """
 
 from __future__ import annotations
@@ -172,32 +172,31 @@ def synthetic_sampler(config):
 
 
 def fed_over_plain(config, steps: int) -> float:
-    """The trainer's step fed as the training loop feeds it (batches drawn ahead on another thread,
-    :class:`PrefetchedBatches`) over the same step on one fixed batch: the ratio of their median times,
-    the two timed alternately so that both see the machine in the same state."""
-    import jax
+    """The trainer's step fed as the training loop feeds it (the next batch drawn while the step computes)
+    over the same step on one fixed batch: the ratio of their median times, the two timed alternately so that
+    both see the machine in the same state."""
     import jax.numpy as jnp
 
-    from napari_sr_uncertainty.training.data import PrefetchedBatches
     from napari_sr_uncertainty.training.initial import random_init
-    from napari_sr_uncertainty.training.step import make_optimizer, make_train_step
+    from napari_sr_uncertainty.training.step import batch_pieces, make_optimizer, make_train_step
 
     spec = config.spec
     params = spec.to_flax(random_init(spec, 0))["params"]
     state = [params, make_optimizer(config).init(params)]
-    step_fn = make_train_step(config)
+    step_fn = make_train_step(config, pieces=batch_pieces(config))
     sampler = synthetic_sampler(config)
     fixed = tuple(jnp.asarray(a) for a in sampler.batch(config.batch))
+    batch = sampler.batch(config.batch)
     times = {"fed": [], "plain": []}
-    with PrefetchedBatches(sampler, config.batch) as batches:
-        for i in range(steps + 1):
-            for kind in times:
-                start = time.perf_counter()
-                batch = batches.next() if kind == "fed" else fixed
-                state[0], state[1], loss = step_fn(state[0], state[1], jnp.int32(1), *batch)
-                jax.block_until_ready(loss)
-                if i:  # the first round compiles
-                    times[kind].append(time.perf_counter() - start)
+    for i in range(steps + 1):
+        for kind in times:
+            start = time.perf_counter()
+            state[0], state[1], loss = step_fn(state[0], state[1], jnp.int32(1), *(batch if kind == "fed" else fixed))
+            if kind == "fed":
+                batch = sampler.batch(config.batch)
+            np.asarray(loss)  # the loop reads each step's losses
+            if i:  # the first round compiles
+                times[kind].append(time.perf_counter() - start)
     return statistics.median(times["fed"]) / statistics.median(times["plain"])
 
 
@@ -265,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one dropout sample per crop; data-parallel: {devices} host devices\n")
     print(
         "| model | batch x crop (context) | path | ms / step | analytic GFLOP / step | XLA GFLOP / step | GFLOP/s (XLA) "
-        "| peak GFLOP/s | % of peak | data ms / batch | prefetched / plain step |"
+        "| peak GFLOP/s | % of peak | data ms / batch | fed / plain step |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for model, path, seconds, analytic, useful_flops, peak, data_ms, fed in rows:

@@ -57,7 +57,7 @@ def test_held_out_tiles_never_enter_a_training_batch(tmp_path, monkeypatch):
     fine_tune(images, "esrcnn-x2", Degradation(), 8, run_dir=tmp_path / "run", names=["a", "b"], **QUICK)
     assert seen_pairs == {data.tile_name(t) for t in data.training}
     trained = np.concatenate(seen_hr)
-    # 8 steps of 2 windows of 10 LR = 20 HR px, and the batches drawn ahead by the prefetching thread
+    # 8 steps of 2 windows of 10 LR = 20 HR px, and the batch drawn ahead while the last step computed
     assert trained.size % (2 * 20 * 20) == 0 and trained.size >= 8 * 2 * 20 * 20
     assert not np.isin(trained, held_values).any()
 

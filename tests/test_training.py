@@ -16,7 +16,7 @@ from napari_sr_uncertainty.models.esrcnn import SPEC  # noqa: E402
 from napari_sr_uncertainty.models.weights import load_weights, save_weights  # noqa: E402
 from napari_sr_uncertainty.training import card, checkpoint, cli, data, esrcnn, initial, loop, losses, step  # noqa: E402
 from napari_sr_uncertainty.training.config import TrainConfig  # noqa: E402
-from napari_sr_uncertainty.training.data import CropSampler, augment, list_images, make_pair  # noqa: E402
+from napari_sr_uncertainty.training.data import CropSampler, dihedral, list_images, make_pair  # noqa: E402
 
 
 def _smooth_image(seed: int, size: int) -> np.ndarray:
@@ -79,11 +79,11 @@ def test_bicubic_init_reproduces_pillow_bicubic():
     assert metrics.psnr(metrics.quantize(sr)[inner], metrics.bicubic_upscale(lr)[inner]) > 40.0
 
 
-def test_augment_applies_the_same_transform_to_lr_and_hr():
+def test_a_dihedral_transform_of_lr_and_hr_keeps_them_aligned():
     hr = _smooth_image(3, 16)
     lr = metrics.make_lr(hr)
     for code in range(8):
-        lr_t, hr_t = augment(lr, hr, code)
+        lr_t, hr_t = dihedral(lr, code), dihedral(hr, code)
         # Pillow's fixed-point resampling rounds asymmetrically: flipping commutes up to 1 grey level
         difference = metrics.make_lr(np.ascontiguousarray(hr_t)).astype(int) - lr_t.astype(int)
         assert np.abs(difference).max() <= 1
@@ -95,6 +95,51 @@ def test_crop_sampler_is_aligned_and_reproducible(tiny_pairs):
     b = CropSampler(train_pairs, 12, seed=5).batch(6)
     np.testing.assert_array_equal(a[0], b[0])
     assert a[0].shape == (6, 12, 12, 3) and a[1].shape == (6, 24, 24, 3)
+
+
+def test_dihedral_views_are_numpys_flips_and_rotations():
+    image = np.arange(5 * 7 * 2).reshape(5, 7, 2)
+    for code in range(8):
+        expected = np.rot90(image[:, ::-1] if code & 4 else image, code & 3)
+        np.testing.assert_array_equal(dihedral(image, code), expected)
+        assert np.shares_memory(dihedral(image, code), image)  # a view, not a copy
+
+
+@pytest.mark.parametrize(
+    ("colour", "scale", "halo", "at_border"),
+    [("rgb", 2, 3, True), ("y", 3, 4, True), ("gray", 1, 6, False), ("rgb", 4, 4, True)],
+)
+def test_crop_batches_are_the_padded_and_transformed_windows_the_generator_draws(colour, scale, halo, at_border):
+    """Each crop of a batch is, at the position and orientation a same-seeded generator draws, the image's
+    window with ``halo`` pixels of zero-padded context, its HR window and its inside mask (a reference by
+    np.pad and np.rot90)."""
+    rng = np.random.default_rng(0)
+    pairs = [
+        make_pair(f"a{i}", (rng.random(((30 + 7 * i) * scale, (45 - 5 * i) * scale, 3)) * 255).astype(np.uint8), scale)
+        for i in range(4)
+    ]
+    crop = 2 * halo + 7
+    sampler = CropSampler(pairs, crop, seed=3, colour=colour, halo=halo, at_border=at_border)
+    batch = sampler.batch(40)
+    draws = np.random.default_rng(3)
+    margin = 0 if at_border else halo
+    for i, index in enumerate(draws.choice(len(pairs), size=40, p=sampler.probabilities)):
+        lr_plane, hr_plane = (data.network_planes(image, colour) for image in (pairs[index].lr, pairs[index].hr))
+        height, width = lr_plane.shape[:2]
+        top = int(draws.integers(margin, height - 7 - margin + 1))
+        left = int(draws.integers(margin, width - 7 - margin + 1))
+        code = int(draws.integers(0, 8))
+
+        def transformed(image, code=code):
+            return np.rot90(image[:, ::-1] if code & 4 else image, code & 3)
+
+        window = np.s_[top : top + crop, left : left + crop]
+        np.testing.assert_array_equal(batch.lr[i], transformed(np.pad(lr_plane, [(halo, halo)] * 2 + [(0, 0)])[window]))
+        np.testing.assert_array_equal(batch.inside[i], transformed(np.pad(np.ones((height, width)), halo)[window]))
+        hr = hr_plane[scale * top : scale * (top + 7), scale * left : scale * (left + 7)]
+        np.testing.assert_array_equal(batch.hr[i], transformed(hr))
+    assert all(part.dtype == np.float32 and part.flags.writeable for part in batch)
+    assert not sampler.crop(0, 0, 0).lr.flags.writeable  # views of the sampler's planes cannot be written
 
 
 def test_evaluation_sets_are_refused(tmp_path):
@@ -249,34 +294,3 @@ def test_cli_refuses_uncertainty_loss_with_one_sample(tmp_path, capsys):
 def test_training_without_validation_images_is_refused(tiny_pairs, tmp_path):
     with pytest.raises(ValueError, match="no validation images"):
         loop.train(_tiny_config(), tmp_path, train_pairs=tiny_pairs[0], val_pairs=[], log=open("/dev/null", "w"))
-
-
-def test_prefetched_batches_are_the_samplers_and_resume_exactly(tiny_pairs):
-    from napari_sr_uncertainty.training.data import PrefetchedBatches
-
-    train_pairs = tiny_pairs[0]
-    direct = CropSampler(train_pairs, 12, seed=3)
-    with PrefetchedBatches(CropSampler(train_pairs, 12, seed=3), 4, depth=3) as batches:
-        for _ in range(5):
-            expected = direct.batch(4)
-            for a, b in zip(batches.next(), expected):
-                np.testing.assert_array_equal(a, b)
-            # the state a checkpoint stores is that after the batches used, not the thread's (ahead)
-            assert batches.state() == direct.state()
-    resumed = CropSampler(train_pairs, 12, seed=99)
-    resumed.set_state(direct.state())
-    with PrefetchedBatches(resumed, 4) as batches:
-        for a, b in zip(batches.next(), direct.batch(4)):
-            np.testing.assert_array_equal(a, b)
-
-
-def test_prefetched_batches_raise_the_samplers_error(tiny_pairs):
-    from napari_sr_uncertainty.training.data import PrefetchedBatches
-
-    sampler = CropSampler(tiny_pairs[0], 12, seed=0)
-    sampler.pairs = []  # breaks batch(): no image to draw from
-    sampler.probabilities = np.array([])
-    batches = PrefetchedBatches(sampler, 2)
-    with pytest.raises(ValueError):
-        batches.next()
-    batches.close()

@@ -159,11 +159,23 @@ def load_pairs(
     return train, held_out
 
 
-def augment(lr: np.ndarray, hr: np.ndarray, code: int) -> tuple[np.ndarray, np.ndarray]:
-    """Apply one of the 8 dihedral transforms (``code`` 0..7: 4 rotations x optional flip) to both images."""
+def dihedral(image: np.ndarray, code: int) -> np.ndarray:
+    """One of the 8 dihedral transforms of an (H, W, ...) array, as a view: ``code`` 0..7 is an optional
+    left-right flip (``code & 4``) then ``code & 3`` quarter turns counter-clockwise (``np.rot90``'s).
+
+    Slices and a transpose rather than ``np.rot90``, whose argument handling cost the sampler more than its
+    copying (three arrays a crop).
+    """
     if code & 4:
-        lr, hr = lr[:, ::-1], hr[:, ::-1]
-    return np.rot90(lr, code & 3), np.rot90(hr, code & 3)
+        image = image[:, ::-1]
+    turns = code & 3
+    if turns == 1:
+        return image[:, ::-1].swapaxes(0, 1)
+    if turns == 2:
+        return image[::-1, ::-1]
+    if turns == 3:
+        return image.swapaxes(0, 1)[:, ::-1]
+    return image
 
 
 class CropBatch(NamedTuple):
@@ -246,38 +258,39 @@ class CropSampler:
         # float32 network planes, made once (luma for y / gray models)
         self.planes = [(network_planes(p.lr, colour), network_planes(p.hr, colour)) for p in pairs]
         self.channels = self.planes[0][0].shape[-1]
+        # each LR plane and its inside mask with the halo's zeros around them, so that every crop is a view
+        # (read-only: crops are views of these); a batch is one copy of each crop's views
+        self._padded = [_padded_read_only(lr, halo) for lr, _ in self.planes]
+        self._inside = [_padded_read_only(np.ones(lr.shape[:2], np.float32), halo) for lr, _ in self.planes]
         areas = np.array([p.lr.shape[0] * p.lr.shape[1] for p in pairs], np.float64)
         self.probabilities = areas / areas.sum()
         self.rng = np.random.default_rng(seed)
 
     def batch(self, size: int) -> CropBatch:
         """Draw ``size`` windows (:class:`CropBatch`, float32, values in [0, 1])."""
-        window = self.window
-        crops = []
-        for index in self.rng.choice(len(self.pairs), size=size, p=self.probabilities):
+        window, c, hr_side = self.window, self.crop_lr, self.scale * self.window
+        out = CropBatch(
+            np.empty((size, c, c, self.channels), np.float32),
+            np.empty((size, hr_side, hr_side, self.channels), np.float32),
+            np.empty((size, c, c), np.float32),
+        )
+        for i, index in enumerate(self.rng.choice(len(self.pairs), size=size, p=self.probabilities)):
             height, width = self.planes[index][0].shape[:2]
             top = int(self.rng.integers(self.margin, height - window - self.margin + 1))
             left = int(self.rng.integers(self.margin, width - window - self.margin + 1))
-            crops.append(self.crop(index, top, left, int(self.rng.integers(0, 8))))
-        return CropBatch(*(np.stack(parts) for parts in zip(*crops)))
+            for part, view in zip(out, self.crop(index, top, left, int(self.rng.integers(0, 8)))):
+                part[i] = view
+        return out
 
     def crop(self, index: int, top: int, left: int, code: int = 0) -> CropBatch:
-        """One window (unbatched arrays): image ``index``'s LR window at (``top``, ``left``), dihedral ``code``."""
-        c, s, halo, window = self.crop_lr, self.scale, self.halo, self.window
-        lr_plane, hr_plane = self.planes[index]
-        height, width = lr_plane.shape[:2]
-        rows = slice(max(top - halo, 0), min(top - halo + c, height))
-        cols = slice(max(left - halo, 0), min(left - halo + c, width))
-        in_crop = np.s_[
-            rows.start - top + halo : rows.stop - top + halo, cols.start - left + halo : cols.stop - left + halo
-        ]
-        lr = np.zeros((c, c, self.channels), np.float32)
-        lr[in_crop] = lr_plane[rows, cols]
-        inside = np.zeros((c, c), np.float32)
-        inside[in_crop] = 1.0
-        hr = hr_plane[s * top : s * (top + window), s * left : s * (left + window)]
-        lr, hr = augment(lr, hr, code)
-        return CropBatch(lr, hr, augment(inside, inside, code)[0])
+        """One window, as read-only views: image ``index``'s LR window at (``top``, ``left``), dihedral ``code``."""
+        c, s, window = self.crop_lr, self.scale, self.window
+        # the padded planes start ``halo`` pixels before the image, where a crop's context starts
+        crop = np.s_[top : top + c, left : left + c]
+        hr = self.planes[index][1][s * top : s * (top + window), s * left : s * (left + window)]
+        return CropBatch(
+            dihedral(self._padded[index][crop], code), dihedral(hr, code), dihedral(self._inside[index][crop], code)
+        )
 
     def state(self) -> dict:
         """The generator state (a JSON-compatible dict)."""
@@ -288,57 +301,8 @@ class CropSampler:
         self.rng.bit_generator.state = state
 
 
-class PrefetchedBatches:
-    """A :class:`CropSampler`'s batches, made ``depth`` ahead on a background thread while the step computes.
-
-    The sampler's generator runs ahead of the training, so :meth:`state` is not the sampler's own state but
-    the one it had right after the last batch handed out: a checkpoint taken between steps resumes exactly
-    (the same batches as an uninterrupted run). The batches are those :meth:`CropSampler.batch` draws, in the
-    same order. Use as a context manager, or call :meth:`close`.
-    """
-
-    def __init__(self, sampler: CropSampler, size: int, depth: int = 2):
-        import queue
-        import threading
-
-        self._state = sampler.state()
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._closed = threading.Event()
-
-        def produce() -> None:
-            try:
-                while not self._closed.is_set():
-                    item = (sampler.batch(size), sampler.state())
-                    while not self._closed.is_set():
-                        try:
-                            self._queue.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            pass
-            except BaseException as exc:  # handed to the consumer, raised by next()
-                self._queue.put((exc, None))
-
-        self._thread = threading.Thread(target=produce, name="crop-prefetch", daemon=True)
-        self._thread.start()
-
-    def next(self) -> CropBatch:
-        """The next batch (raises what the sampler raised)."""
-        batch, state = self._queue.get()
-        if isinstance(batch, BaseException):
-            raise batch
-        self._state = state
-        return batch
-
-    def state(self) -> dict:
-        """The sampler's state after the last batch :meth:`next` returned."""
-        return self._state
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join()
-
-    def __enter__(self) -> PrefetchedBatches:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+def _padded_read_only(plane: np.ndarray, pad: int) -> np.ndarray:
+    """``plane`` with ``pad`` zeros around its first two axes, read-only."""
+    padded = np.pad(plane, [(pad, pad), (pad, pad)] + [(0, 0)] * (plane.ndim - 2))
+    padded.setflags(write=False)
+    return padded

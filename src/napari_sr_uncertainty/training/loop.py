@@ -23,7 +23,7 @@ import numpy as np
 from ..core.progress import run_to_end
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, read_checkpoint_config, save_checkpoint
 from .config import TrainConfig
-from .data import CropSampler, ImagePair, PrefetchedBatches, load_pairs, min_image_side
+from .data import CropSampler, ImagePair, load_pairs, min_image_side
 from .evaluate import evaluate_pairs, evaluate_uncertainty
 from .initial import initial_arrays
 from .parallel import data_parallel
@@ -226,12 +226,14 @@ def iter_train(
         arrays = spec.from_flax({"params": jax.device_get(params)})
         return arrays, validation.measure(spec, arrays, val_pairs, config)
 
-    # the next batches are drawn on another thread while a step computes (the sampler's state in a
-    # checkpoint is that after the last batch used, so a resumed run draws what this one would have)
-    batches = PrefetchedBatches(sampler, config.batch)
+    # the next batch is drawn while a step computes (on this thread: a producer thread's draw held the GIL
+    # when the next step was dispatched); a checkpoint stores the sampler's state after the last batch used,
+    # so a resumed run draws what this one would have
+    used_state = sampler.state()
+    batch = sampler.batch(config.batch)
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoint_path, params, opt_state, step, batches.state(), config, best)
+        save_checkpoint(checkpoint_path, params, opt_state, step, used_state, config, best)
 
     try:
         arrays, record = measure() if validate_at_start else (None, None)
@@ -241,9 +243,11 @@ def iter_train(
                 if stop is not None and stop():
                     checkpoint()
                     break
-                batch = batches.next() if parallel is None else parallel.split(*batches.next())
-                params, opt_state, losses = train_step(params, opt_state, jnp.int32(step), *batch)
+                inputs = batch if parallel is None else parallel.split(*batch)
+                params, opt_state, losses = train_step(params, opt_state, jnp.int32(step), *inputs)
                 step += 1
+                used_state = sampler.state()
+                batch = sampler.batch(config.batch)
                 losses = np.asarray(losses)
                 window_sum, window_count = window_sum + losses, window_count + 1
                 mean_loss = window_sum / window_count
@@ -278,8 +282,6 @@ def iter_train(
     except GeneratorExit:  # closed before the end (a GUI worker that quit, Ctrl-C in a driver): keep this step
         checkpoint()
         raise
-    finally:
-        batches.close()
     return {
         "step": step,
         "loss": optimised_loss(window_loss),
