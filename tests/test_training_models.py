@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -379,3 +380,50 @@ def test_resume_can_change_the_schedule_length(data_folders, tmp_path):
     from napari_sr_uncertainty.training.checkpoint import read_checkpoint_config
 
     assert read_checkpoint_config(tmp_path / CHECKPOINT_NAME).steps == 5
+
+
+def test_project_conflict_removes_only_the_opposing_component():
+    main = {"w": jnp.asarray([1.0, 0.0]), "b": jnp.asarray(0.0)}
+    opposing = {"w": jnp.asarray([-1.0, 1.0]), "b": jnp.asarray(2.0)}
+    projected = step.project_conflict(main, opposing)
+    np.testing.assert_allclose(projected["w"], [0.0, 1.0])
+    np.testing.assert_allclose(projected["b"], 2.0)  # orthogonal to main: kept
+    agreeing = {"w": jnp.asarray([1.0, 1.0]), "b": jnp.asarray(-3.0)}
+    for key, value in step.project_conflict(main, agreeing).items():
+        np.testing.assert_array_equal(value, agreeing[key])
+
+
+@pytest.mark.parametrize("model", ["esrcnn-x2", "espcn-x3"])
+def test_projected_gradients_are_the_pixel_gradient_plus_the_projected_uncertainty_gradient(model):
+    spec = get_spec(model)
+    crop = 2 * spec.halo + 9
+    config = TrainConfig(model=model, batch=3, crop_lr=crop, mc_train_samples=2, uncertainty_weight=0.3)
+    params = spec.to_flax(initial.random_init(spec, 2))["params"]
+    lr, hr = _batch(spec, 3, crop, seed=5)
+    ids, seed = step.sample_ids(2, 3), jnp.uint32(7)
+
+    def part(index):
+        return jax.grad(lambda p: step.training_loss(p, lr, hr, seed, config, ids)[1][index])(params)
+
+    pixel_grads, spread_grads = part(0), part(1)
+    pixel, spread, grads = step.projected_gradients(params, lr, hr, seed, config, ids)
+    expected = jax.tree_util.tree_map(
+        lambda a, b: a + 0.3 * b, pixel_grads, step.project_conflict(pixel_grads, spread_grads)
+    )
+    for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_a_run_with_uncertainty_projection_steps_on_the_projected_gradients(monkeypatch):
+    spec = get_spec("esrcnn-x2")
+    crop = 2 * spec.halo + 9
+    config = TrainConfig(model="esrcnn-x2", batch=2, crop_lr=crop, mc_train_samples=2, uncertainty_weight=0.3)
+    params = spec.to_flax(initial.random_init(spec, 2))["params"]
+    lr, hr = _batch(spec, 2, crop, seed=6)
+    traced, original = [], step.projected_gradients
+    monkeypatch.setattr(step, "projected_gradients", lambda *a, **k: traced.append(1) or original(*a, **k))
+    state = (params, step.make_optimizer(config).init(params))
+    step.make_train_step(config)(*state, jnp.int32(1), lr, hr)
+    assert not traced
+    losses = step.make_train_step(replace(config, uncertainty_projection=True))(*state, jnp.int32(1), lr, hr)[2]
+    assert traced and np.isfinite(np.asarray(losses)).all()

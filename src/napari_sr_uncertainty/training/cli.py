@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.uncertainty_window,
         help="window side in HR pixels over which variance and error are compared",
     )
+    parser.add_argument(
+        "--uncertainty-projection",
+        action="store_true",
+        help="remove from the uncertainty loss's gradient its component against the pixel loss's",
+    )
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
     parser.add_argument(
         "--last-layer-lr-scale",
@@ -247,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             uncertainty_weight=args.uncertainty_weight,
             mc_train_samples=args.mc_train_samples,
             uncertainty_window=args.uncertainty_window,
+            uncertainty_projection=args.uncertainty_projection,
             learning_rate=args.lr,
             last_layer_lr_scale=args.last_layer_lr_scale,
             final_lr_fraction=args.final_lr_fraction,

@@ -42,6 +42,8 @@ class TrainConfig:
     mc_train_samples: int = 1
     uncertainty_weight: float = 0.0
     uncertainty_window: int = 8
+    # drop the part of the uncertainty loss's gradient that opposes the pixel loss's (step.project_conflict)
+    uncertainty_projection: bool = False
     val_every: int = 250
     val_mc_samples: int = 16
     checkpoint_every: int = 250

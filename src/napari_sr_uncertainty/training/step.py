@@ -80,6 +80,37 @@ def training_loss(params, lr, hr, seed, config, ids=None, fast: bool = True, ins
     return combined_loss(samples, target_crop(hr, samples.shape[2]), config)
 
 
+def project_conflict(main, other):
+    """``other`` (a gradient pytree) less its component along ``main`` when the two conflict (a negative dot
+    product; "gradient surgery", Yu et al. 2020): a small step along the result does not raise ``main``'s loss
+    to first order. Unchanged when they agree."""
+    import jax
+    import jax.numpy as jnp
+
+    def total(tree):
+        return sum(jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(tree))
+
+    dot = total(jax.tree_util.tree_map(jnp.multiply, main, other))
+    norm = total(jax.tree_util.tree_map(jnp.square, main))
+    factor = jnp.where(dot < 0, dot / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny), 0.0)
+    return jax.tree_util.tree_map(lambda o, m: o - factor * m, other, main)
+
+
+def projected_gradients(params, lr, hr, seed, config, ids, fast: bool = True, inside=None):
+    """``(pixel, uncertainty, gradients)`` of :func:`training_loss` with the uncertainty loss's gradient less
+    its part against the pixel loss's (:func:`project_conflict`): the heatmap is shaped without trading the
+    prediction, to first order. One forward pass, one backward pass per loss."""
+    import jax
+    import jax.numpy as jnp
+
+    (pixel, spread), pullback = jax.vjp(lambda p: training_loss(p, lr, hr, seed, config, ids, fast, inside)[1], params)
+    (pixel_grads,) = pullback((jnp.ones(()), jnp.zeros(())))
+    (spread_grads,) = pullback((jnp.zeros(()), jnp.ones(())))
+    spread_grads = project_conflict(pixel_grads, spread_grads)
+    weight = config.uncertainty_weight
+    return pixel, spread, jax.tree_util.tree_map(lambda a, b: a + weight * b, pixel_grads, spread_grads)
+
+
 def make_schedule(config):
     """Linear warmup to ``learning_rate``, then cosine decay to ``final_lr_fraction`` of it at ``steps``."""
     import optax
@@ -155,6 +186,8 @@ def make_train_step(config, fast: bool = True, pieces: int | None = None):
         """The batch's mean losses and gradients: the means of its ``pieces`` slices', computed in a loop."""
         n = lr.shape[0]
         ids = sample_ids(config.mc_train_samples, n)
+        if pieces == 1 and config.uncertainty_projection:
+            return projected_gradients(params, lr, hr, seed, config, ids, fast, inside)
         if pieces == 1:
             (_, (pixel, spread)), grads = loss_and_grads(params, lr, hr, seed, config, ids, fast, inside)
             return pixel, spread, grads
