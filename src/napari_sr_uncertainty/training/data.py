@@ -255,13 +255,17 @@ class CropSampler:
         self.window = crop_lr - 2 * halo  # LR side of the output window
         self.margin = 0 if at_border else halo  # LR pixels kept between a window and the image's border
         self.colour = colour
-        # float32 network planes, made once (luma for y / gray models)
-        self.planes = [(network_planes(p.lr, colour), network_planes(p.hr, colour)) for p in pairs]
+        # float32 network planes, made once (luma for y / gray models); each LR plane and its inside mask are
+        # kept with the halo's zeros around them, so that every crop is a view (read-only: crops are views of
+        # these), and a batch is one copy of each crop's views
+        self._padded = [_padded_read_only(network_planes(p.lr, colour), halo) for p in pairs]
+        self._inside = [_padded_read_only(np.ones(p.lr.shape[:2], np.float32), halo) for p in pairs]
+        # (LR, HR) planes of each image; the LR plane is a view of its padded plane
+        self.planes = [
+            (padded[halo : padded.shape[0] - halo, halo : padded.shape[1] - halo], network_planes(p.hr, colour))
+            for padded, p in zip(self._padded, pairs)
+        ]
         self.channels = self.planes[0][0].shape[-1]
-        # each LR plane and its inside mask with the halo's zeros around them, so that every crop is a view
-        # (read-only: crops are views of these); a batch is one copy of each crop's views
-        self._padded = [_padded_read_only(lr, halo) for lr, _ in self.planes]
-        self._inside = [_padded_read_only(np.ones(lr.shape[:2], np.float32), halo) for lr, _ in self.planes]
         areas = np.array([p.lr.shape[0] * p.lr.shape[1] for p in pairs], np.float64)
         self.probabilities = areas / areas.sum()
         self.rng = np.random.default_rng(seed)
