@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -277,6 +279,38 @@ def test_export_last_writes_the_latest_weights_with_a_card(tiny_pairs, tmp_path,
     assert "uncertainty loss" in result["loss"]
     assert set(result["validation"]["uncertainty"]) == {"mc_samples", "mc_psnr_y", "pixel_spearman", "patch_spearman"}
     assert result["sha256"] == exported.sha256
+
+
+def test_pixel_loss_of_the_mean_charges_one_kth_of_the_sample_variance():
+    # each sample's MSE = the mean's MSE + the samples' (ddof 0) variance: the mean's loss drops that term
+    rng = np.random.default_rng(3)
+    samples = jnp.asarray(rng.normal(size=(4, 2, 8, 8, 1)).astype(np.float32))
+    target = jnp.asarray(rng.normal(size=(2, 8, 8, 1)).astype(np.float32))
+    per_sample = TrainConfig(mc_train_samples=4, uncertainty_weight=0.0)
+    of_mean = TrainConfig(mc_train_samples=4, uncertainty_weight=0.0, pixel_loss_of="mean")
+    sample_loss = float(losses.combined_loss(samples, target, per_sample)[1][0])
+    mean_loss = float(losses.combined_loss(samples, target, of_mean)[1][0])
+    expected_mean = float(np.mean((np.asarray(samples).mean(axis=0) - np.asarray(target)) ** 2))
+    variance = float(np.asarray(samples).var(axis=0).mean())
+    np.testing.assert_allclose(mean_loss, expected_mean, rtol=1e-5)
+    np.testing.assert_allclose(sample_loss, expected_mean + variance, rtol=1e-5)
+    # the uncertainty term does not depend on which pixel loss is used
+    with_spread = [replace(c, uncertainty_weight=0.5) for c in (per_sample, of_mean)]
+    spreads = [float(losses.combined_loss(samples, target, c)[1][1]) for c in with_spread]
+    assert spreads[0] == spreads[1] > 0
+
+
+def test_pixel_loss_of_must_be_samples_or_mean():
+    with pytest.raises(ValueError, match="pixel_loss_of"):
+        TrainConfig(pixel_loss_of="median")
+
+
+def test_card_names_a_mean_pixel_loss_and_the_projection():
+    config = TrainConfig(mc_train_samples=2, uncertainty_weight=1e-3, uncertainty_projection=True, pixel_loss_of="mean")
+    text = card.loss_description(config, config.spec)
+    assert "projection" in text and "mean of the 2 dropout samples" in text
+    plain = card.loss_description(TrainConfig(), TrainConfig().spec)
+    assert "projection" not in plain and "mean of" not in plain
 
 
 def test_uncertainty_loss_with_one_sample_is_refused():

@@ -52,6 +52,10 @@ def loss_description(config, spec) -> str:
             f"{config.uncertainty_window} HR windows of log(MC variance / squared error), "
             f"{config.mc_train_samples} dropout samples per crop)"
         )
+        if config.uncertainty_projection:
+            text += "; its gradient's part against the pixel loss's removed (projection)"
+    if config.pixel_loss_of == "mean":
+        text += f"; the pixel loss is that of the mean of the {config.mc_train_samples} dropout samples"
     return text
 
 

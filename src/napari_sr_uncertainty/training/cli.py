@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="dropout samples per crop (>= 2 with --uncertainty-weight)",
     )
     parser.add_argument(
+        "--pixel-loss-of",
+        choices=("samples", "mean"),
+        default=defaults.pixel_loss_of,
+        help="the pixel loss of each dropout sample, or of their mean (the MC mean: variance costs 1/K)",
+    )
+    parser.add_argument(
         "--uncertainty-window",
         type=int,
         default=defaults.uncertainty_window,
@@ -251,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             dropout_rate=args.dropout_rate,
             uncertainty_weight=args.uncertainty_weight,
             mc_train_samples=args.mc_train_samples,
+            pixel_loss_of=args.pixel_loss_of,
             uncertainty_window=args.uncertainty_window,
             uncertainty_projection=args.uncertainty_projection,
             learning_rate=args.lr,

@@ -40,6 +40,9 @@ class TrainConfig:
     signal_copies_conv2: int = 4
     signal_offset: float = 0.1
     mc_train_samples: int = 1
+    # "samples": the pixel loss of each dropout sample (it also penalises their variance in full);
+    # "mean": the pixel loss of the K samples' mean, the product's MC mean (variance penalised by 1/K)
+    pixel_loss_of: str = "samples"
     uncertainty_weight: float = 0.0
     uncertainty_window: int = 8
     # drop the part of the uncertainty loss's gradient that opposes the pixel loss's (step.project_conflict)
@@ -57,6 +60,8 @@ class TrainConfig:
             )
         if self.context is not None and self.context < 0:
             raise ValueError(f"context must be 0 or more LR pixels, got {self.context}")
+        if self.pixel_loss_of not in ("samples", "mean"):
+            raise ValueError(f"pixel_loss_of must be 'samples' or 'mean', got {self.pixel_loss_of!r}")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
 

@@ -58,10 +58,16 @@ def uncertainty_loss(samples, target, window: int, eps: float = 1e-6):
 
 
 def combined_loss(samples, target, config):
-    """``(pixel + uncertainty_weight * uncertainty, (pixel, uncertainty))`` of K samples (K, N, H, W, C)."""
+    """``(pixel + uncertainty_weight * uncertainty, (pixel, uncertainty))`` of K samples (K, N, H, W, C).
+
+    The pixel loss is that of each sample, or of the samples' mean (``config.pixel_loss_of``). Each sample's
+    MSE is the mean's plus the samples' variance, so it fights the uncertainty loss wherever that loss asks
+    for more variance; the mean's MSE, the error of what the product shows, charges 1/K of the variance.
+    """
     import jax.numpy as jnp
 
-    pixel = pixel_loss(samples, target[None], config.loss)
+    predicted = samples.mean(axis=0, keepdims=True) if config.pixel_loss_of == "mean" else samples
+    pixel = pixel_loss(predicted, target[None], config.loss)
     if config.uncertainty_weight > 0:
         spread = uncertainty_loss(samples, target, config.uncertainty_window)
     else:
