@@ -286,8 +286,8 @@ def test_pixel_loss_of_the_mean_charges_one_kth_of_the_sample_variance():
     rng = np.random.default_rng(3)
     samples = jnp.asarray(rng.normal(size=(4, 2, 8, 8, 1)).astype(np.float32))
     target = jnp.asarray(rng.normal(size=(2, 8, 8, 1)).astype(np.float32))
-    per_sample = TrainConfig(mc_train_samples=4, uncertainty_weight=0.0)
-    of_mean = TrainConfig(mc_train_samples=4, uncertainty_weight=0.0, pixel_loss_of="mean")
+    per_sample = TrainConfig(mc_train_samples=4)
+    of_mean = TrainConfig(mc_train_samples=4, pixel_loss_of="mean")
     sample_loss = float(losses.combined_loss(samples, target, per_sample)[1][0])
     mean_loss = float(losses.combined_loss(samples, target, of_mean)[1][0])
     expected_mean = float(np.mean((np.asarray(samples).mean(axis=0) - np.asarray(target)) ** 2))
@@ -303,6 +303,13 @@ def test_pixel_loss_of_the_mean_charges_one_kth_of_the_sample_variance():
 def test_pixel_loss_of_must_be_samples_or_mean():
     with pytest.raises(ValueError, match="pixel_loss_of"):
         TrainConfig(pixel_loss_of="median")
+
+
+def test_options_that_would_do_nothing_are_refused():
+    with pytest.raises(ValueError, match="two or more"):
+        TrainConfig(pixel_loss_of="mean")
+    with pytest.raises(ValueError, match="--uncertainty-weight"):
+        TrainConfig(uncertainty_projection=True)
 
 
 def test_card_names_a_mean_pixel_loss_and_the_projection():

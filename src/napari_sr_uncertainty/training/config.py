@@ -62,6 +62,10 @@ class TrainConfig:
             raise ValueError(f"context must be 0 or more LR pixels, got {self.context}")
         if self.pixel_loss_of not in ("samples", "mean"):
             raise ValueError(f"pixel_loss_of must be 'samples' or 'mean', got {self.pixel_loss_of!r}")
+        if self.pixel_loss_of == "mean" and self.mc_train_samples < 2:
+            raise ValueError("the pixel loss of the samples' mean needs two or more: set --mc-train-samples 2 or more")
+        if self.uncertainty_projection and self.uncertainty_weight <= 0:
+            raise ValueError("the projection acts on the uncertainty loss: set --uncertainty-weight too")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
 
