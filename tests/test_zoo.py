@@ -32,6 +32,7 @@ import pytest
 from napari_sr_uncertainty.models import dropout, mc, registry
 from napari_sr_uncertainty.models.weights import (
     FORMAT_V1,
+    FORMAT_V2,
     WeightsError,
     bundled_weights_dir,
     load_weights,
@@ -727,7 +728,7 @@ def test_v1_msgpack_still_loads_as_esrcnn_x2(tmp_path):
     # the bundled file, a v2 file since the trainer exports v2, loads as the same model
     bundled = bundled_weights_dir() / spec.default_weights
     if bundled.is_file():
-        assert serialization.msgpack_restore(bundled.read_bytes())["format"] != FORMAT_V1
+        assert serialization.msgpack_restore(bundled.read_bytes())["format"] == FORMAT_V2
         assert load_weights().model == "esrcnn-x2"
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME
-from .config import TrainConfig
+from .config import LOSSES, PIXEL_LOSS_OF, TrainConfig
 from .data import list_images
 from .degrade import Degradation
 from .finetune import DEFAULT_HOLDOUT_FRACTION
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--crop", type=int, default=defaults.crop_lr, help="LR crop size in pixels")
-    parser.add_argument("--loss", choices=("mse", "l1"), default=defaults.loss)
+    parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
     parser.add_argument(
         "--context",
         type=int,
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--pixel-loss-of",
-        choices=("samples", "mean"),
+        choices=PIXEL_LOSS_OF,
         default=defaults.pixel_loss_of,
         help="the pixel loss of each dropout sample, or of their mean (the MC mean: variance costs 1/K)",
     )

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 from .data import BSD200_VALIDATION_IDS
 
+LOSSES = ("mse", "l1")
+# what the pixel loss is taken of: each dropout sample, or their mean (see TrainConfig.pixel_loss_of)
+PIXEL_LOSS_OF = ("samples", "mean")
+
 
 @dataclass
 class TrainConfig:
@@ -60,14 +64,14 @@ class TrainConfig:
             )
         if self.context is not None and self.context < 0:
             raise ValueError(f"context must be 0 or more LR pixels, got {self.context}")
-        if self.pixel_loss_of not in ("samples", "mean"):
-            raise ValueError(f"pixel_loss_of must be 'samples' or 'mean', got {self.pixel_loss_of!r}")
+        if self.pixel_loss_of not in PIXEL_LOSS_OF:
+            raise ValueError(f"pixel_loss_of must be one of {PIXEL_LOSS_OF}, got {self.pixel_loss_of!r}")
         if self.pixel_loss_of == "mean" and self.mc_train_samples < 2:
             raise ValueError("the pixel loss of the samples' mean needs two or more: set --mc-train-samples 2 or more")
         if self.uncertainty_projection and self.uncertainty_weight <= 0:
             raise ValueError("the projection acts on the uncertainty loss: set --uncertainty-weight too")
-        if self.loss not in ("mse", "l1"):
-            raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
 
     @property
     def context_lr(self) -> int:
