@@ -23,7 +23,9 @@ over RGB for ``rgb`` models, the luma or gray plane for ``y`` / ``gray`` models)
 in [0, 1], ``s`` pixels shaved (:mod:`napari_sr_uncertainty.core.uncertainty_metrics`):
 
 * pixel Spearman: per image, Spearman rank correlation of heatmap and |error|, averaged;
-* patch Spearman: per image, Spearman of patch scores (mean heatmap per 128x128 HR patch: 64 LR px at x2, 42 at x3, 32 at x4) and patch RMSE;
+* patch Spearman: per image, Spearman of patch scores and patch RMSE, 128x128 HR patches (64 LR px at x2, 42
+  at x3, 32 at x4) scored as the product ranks them (:func:`napari_sr_uncertainty.core.patches.uncertainty_scores`:
+  the root mean variance, the padding frame left out of scores and RMSEs);
 * least/most RMSE ratio: mean RMSE of the 5 least-certain patches / of the 5 most-certain, images with
   at least 10 patches; the "ceiling" row ranks the patches by their true RMSE instead;
 * AUSE (Ilg et al. 2018): area between the RMSE sparsification curve and the oracle's; "random" is the same
@@ -54,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sr_uncertainty.core.pipeline import patch_border
 from napari_sr_uncertainty.core.uncertainty_metrics import calibration_scale, image_uncertainty_stats
 from napari_sr_uncertainty.models.registry import DEFAULT_MODEL, get_spec, model_ids
 from napari_sr_uncertainty.models.weights import load_weights
@@ -188,7 +191,13 @@ def run(
                 outputs[METHOD_ROWS[name]] = to_rgb(spec, result.mean, lr)
                 if set_name in UNCERTAINTY_SETS:
                     stats = image_uncertainty_stats(
-                        result.mean, result.std, truth, patch=patch_lr(s), scale=s, std_scale=std_scales.get(name)
+                        result.mean,
+                        result.std,
+                        truth,
+                        patch=patch_lr(s),
+                        scale=s,
+                        border=patch_border(spec),
+                        std_scale=std_scales.get(name),
                     )
                     per_image[name].append(stats | {"seconds": seconds})
             for row, sr in outputs.items():

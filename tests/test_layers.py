@@ -220,7 +220,7 @@ INPUT_TRANSLATE = (10.0, -3.0)
 def fake_result(model: str, lr_shape=(10, 13), crop_offset=(0, 0), patch=4):
     """An SRResult as the pipeline returns it at ``model``'s scale, with random outputs (no network run)."""
     from napari_sr_uncertainty.core.imaging import Normalization
-    from napari_sr_uncertainty.core.patches import score_patches, select_patches
+    from napari_sr_uncertainty.core.patches import select_patches, uncertainty_scores
     from napari_sr_uncertainty.core.pipeline import SROptions, SRResult
     from napari_sr_uncertainty.models.registry import get_spec
 
@@ -229,7 +229,7 @@ def fake_result(model: str, lr_shape=(10, 13), crop_offset=(0, 0), patch=4):
     rng = np.random.default_rng(s)
     mean = rng.random((s * h, s * w)).astype(np.float32)
     std = (0.1 * rng.random((s * h, s * w))).astype(np.float32)
-    scores = score_patches(std, patch, s)
+    scores = uncertainty_scores(std, patch, s)
     most, least = select_patches(scores, (h, w), 2, patch, s)
     return SRResult(
         mean=mean,

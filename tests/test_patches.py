@@ -9,6 +9,7 @@ from napari_sr_uncertainty.core.patches import (
     partial_patches,
     score_patches,
     select_patches,
+    uncertainty_scores,
 )
 
 
@@ -17,6 +18,27 @@ def test_scores_are_block_means_of_known_values():
     values = np.arange(6, dtype=float).reshape(3, 2) / 10
     heatmap = np.kron(values, np.ones((8, 8)))
     np.testing.assert_allclose(score_patches(heatmap, patch=4, scale=2), values)
+
+
+def test_uncertainty_scores_are_the_root_mean_variance_over_channels():
+    rng = np.random.default_rng(1)
+    std = rng.random((16, 24, 3))  # LR 8x12, patch 4, x2: a 2x3 grid of 8x8 HR squares
+    expected = np.sqrt((std**2).mean(axis=-1).reshape(2, 8, 3, 8).mean(axis=(1, 3)))
+    np.testing.assert_allclose(uncertainty_scores(std, patch=4, scale=2), expected)
+    np.testing.assert_allclose(
+        uncertainty_scores(std[..., 0], patch=4, scale=2), np.sqrt(score_patches(std[..., 0] ** 2, 4, 2))
+    )
+
+
+def test_uncertainty_scores_rank_by_variance_not_mean_std():
+    """A patch of a few very uncertain pixels holds more squared error than a uniformly uncertain one of larger
+    mean std: its predicted RMSE, and its rank, is the higher one."""
+    std = np.zeros((8, 16))  # two 8x8 HR patches (patch 4, x2)
+    std[:, :8] = 0.1  # uniform: mean std 0.1, root mean variance 0.1
+    std[0, 8:12] = 1.5  # 4 of 64 pixels: mean std 0.094, root mean variance 0.375
+    assert score_patches(std, 4, 2)[0, 0] > score_patches(std, 4, 2)[0, 1]
+    scores = uncertainty_scores(std, 4, 2)
+    np.testing.assert_allclose(scores, [[0.1, 0.375]])
 
 
 def test_partial_edge_patches_are_scored_over_their_inside_area():

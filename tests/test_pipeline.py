@@ -46,7 +46,7 @@ def test_rgba_alpha_is_dropped_and_noted(random_weights):
     assert "alpha channel dropped" in result.normalization.notes
 
 
-def test_heatmap_is_channel_mean_of_std_and_scores_follow(random_weights):
+def test_heatmap_is_channel_mean_of_std_and_scores_are_root_mean_variance(random_weights):
     image = np.random.default_rng(6).random((70, 90, 3), dtype=np.float32)
     result = super_resolve(image, random_weights, SROptions(n_samples=6, patch_size=16, n_patches=3))
     np.testing.assert_allclose(result.heatmap, result.std.mean(-1))
@@ -54,9 +54,11 @@ def test_heatmap_is_channel_mean_of_std_and_scores_follow(random_weights):
     # scores leave out the padding frame (halo x scale output pixels) and full patches rank first
     border = result.options.spec.halo * result.scale
     inner = result.heatmap[border:-border, border:-border]
-    patch = result.heatmap[32 * r : 32 * r + 32, 32 * c : 32 * c + 32]
-    if 1 <= r <= 2 and 1 <= c <= 3:  # a patch away from every edge: the plain mean
-        np.testing.assert_allclose(result.scores[r, c], patch.mean())
+    # a patch away from every edge (rows 1-3, cols 1-4 of the 5x6 grid): the root of the mean variance
+    for row in range(1, 4):
+        for col in range(1, 5):
+            patch_std = result.std[32 * row : 32 * row + 32, 32 * col : 32 * col + 32]
+            np.testing.assert_allclose(result.scores[row, col], np.sqrt(np.mean(patch_std**2)), rtol=1e-6)
     assert inner.size and not result.least_certain[0].partial
     assert result.scores[:4, :5].max() == pytest.approx(result.least_certain[0].score)
     assert result.metadata["samples"] == 6 and result.metadata["seed"] == 0

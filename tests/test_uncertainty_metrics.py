@@ -46,6 +46,26 @@ def test_image_stats_closed_form():
     assert reverse["ause"] > stats["ause_random"]
 
 
+def test_patch_scores_predict_the_patch_rmse_and_leave_out_the_padding_frame():
+    """Errors exactly +-std with an uneven std inside each patch: the patch score (root mean variance) is the
+    patch RMSE itself, so the ranking is the oracle's; a bright std frame without error (the padding
+    artefact the product leaves out) does not change it when ``border`` is given."""
+    rng = np.random.default_rng(3)
+    std = rng.gamma(0.5, 0.05, size=(256, 384, 1)) * np.linspace(0.2, 1.0, 384)[None, :, None]
+    sign = np.where(rng.random(std.shape) < 0.5, -1.0, 1.0)
+    truth = np.zeros_like(std)
+    stats = um.image_uncertainty_stats(truth + sign * std, std, truth, patch=32, scale=2)
+    assert stats["patch_spearman"] == pytest.approx(1.0)
+    assert stats["least_most_ratio"] == pytest.approx(stats["oracle_least_most_ratio"])
+    framed = std.copy()
+    framed[:6], framed[-6:], framed[:, :6], framed[:, -6:] = 5.0, 5.0, 5.0, 5.0
+    error = sign * std
+    framed_stats = um.image_uncertainty_stats(truth + error, framed, truth, patch=32, scale=2, border=6)
+    assert framed_stats["patch_spearman"] == pytest.approx(1.0)
+    unframed = um.image_uncertainty_stats(truth + error, framed, truth, patch=32, scale=2)
+    assert unframed["patch_spearman"] < 0.9
+
+
 def test_least_most_ratio_needs_ten_patches():
     assert np.isnan(um.least_most_ratio(np.arange(9.0), np.arange(1.0, 10.0)))
     scores = np.arange(10.0)

@@ -4,13 +4,18 @@ The low-resolution image is divided into a grid of ``patch`` x ``patch`` LR patc
 top-left corner. Patches at the right and bottom edges may be *partial* (the image is not a multiple of
 the patch size).
 
-The ranking rule (:func:`score_patches`, :func:`select_patches`):
+The ranking rule (:func:`uncertainty_scores`, :func:`select_patches`):
 
+* **A patch's score is its predicted RMSE.** It is the root of the mean variance (the MC std squared,
+  averaged over channels) over the patch: the counterpart of the patch's RMSE, the root of its mean squared
+  error, so the calibrated score (``std_scale`` x score) is the patch's predicted RMSE. A mean of the std
+  would weigh the few high-std pixels (edges) that dominate a patch's squared error less than its RMSE does;
+  the root mean variance ranked held-out patches better (``bench/patch_score_rule.md``).
 * **Scores leave out the padding frame.** A network sees zeros beyond the image edge, so the outputs
   within its receptive field of the edge (``border`` = the model's halo x its scale output pixels) show a
-  bright frame of uncertainty that is an artefact of the padding, not of the content. A patch's score is
-  the mean of the heatmap over its pixels inside the image *and* outside that frame; a patch that lies
-  entirely in the frame (a strip narrower than it) is scored over all its in-image pixels.
+  bright frame of uncertainty that is an artefact of the padding, not of the content. A patch is scored
+  over its pixels inside the image *and* outside that frame; a patch that lies entirely in the frame (a
+  strip narrower than it) is scored over all its in-image pixels.
 * **Full patches are ranked first.** A partial patch is a strip of a few pixels: its mean is noisy and it
   sits on the padding frame. Partial patches are ranked after every full patch (flagged ``partial``), so
   they are marked only when there are too few full patches (an image smaller than ``2k`` patches, or
@@ -57,7 +62,7 @@ def score_patches(
     top: int = 0,
     total_rows: int | None = None,
 ) -> np.ndarray:
-    """Mean of ``heatmap`` (HR grid) over each LR patch's ``patch*scale`` square output area.
+    """Mean of ``heatmap`` (HR grid) over each LR patch's ``patch*scale`` square output area (outside ``border``).
 
     Parameters
     ----------
@@ -102,6 +107,34 @@ def score_patches(
     in_sum, in_count = block_sums(heatmap * interior), block_sums(interior)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(in_count > 0, in_sum / np.maximum(in_count, 1), all_sum / all_count)
+
+
+def uncertainty_scores(
+    std: np.ndarray,
+    patch: int = 64,
+    scale: int = 2,
+    border: int = 0,
+    *,
+    top: int = 0,
+    total_rows: int | None = None,
+) -> np.ndarray:
+    """The patch scores of the ranking rule: the root of the mean variance over each patch.
+
+    Parameters
+    ----------
+    std : ndarray, shape (H*scale, W*scale) or (H*scale, W*scale, C)
+        Per-pixel (and per-channel) std on the high-resolution grid; the variance is averaged over channels.
+    patch, scale, border, top, total_rows
+        As for :func:`score_patches`.
+
+    Returns
+    -------
+    scores : ndarray, shape (ceil(H / patch), ceil(W / patch)), float64
+        In the units of ``std``; times a calibration factor, the patch's predicted RMSE.
+    """
+    std = np.asarray(std, dtype=np.float64)
+    variance = np.square(std) if std.ndim == 2 else np.square(std).mean(axis=-1)
+    return np.sqrt(score_patches(variance, patch, scale, border, top=top, total_rows=total_rows))
 
 
 def partial_patches(grid_shape: tuple[int, int], lr_shape: tuple[int, int], patch: int) -> np.ndarray:

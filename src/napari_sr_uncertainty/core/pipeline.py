@@ -32,7 +32,7 @@ from ..models.tta import N_TRANSFORMS, iter_tta_predict
 from ..models.weights import Weights, load_weights
 from .colour import chroma_differences, luma_to_rgb, network_input
 from .imaging import InputError, Normalization, image_layout, scan_values, to_model_input, to_output_layout
-from .patches import PatchMark, score_patches, select_patches
+from .patches import PatchMark, select_patches, uncertainty_scores
 from .progress import Progress, map_progress, run_to_end
 
 DEFAULT_PATCH = 64
@@ -345,14 +345,15 @@ def _allocate(shape: tuple[int, ...], scratch_dir: str | None, name: str) -> np.
     return array
 
 
-def _score_in_bands(heatmap: np.ndarray, patch: int, scale: int, border: int = 0) -> np.ndarray:
-    """:func:`score_patches` over bands of patch rows, so a huge (disk-backed) heatmap is read piecewise."""
+def _score_in_bands(std: np.ndarray, patch: int, scale: int, border: int = 0) -> np.ndarray:
+    """:func:`uncertainty_scores` over bands of patch rows, so a huge (disk-backed) std is read piecewise."""
     side = patch * scale
-    band = max(1, (64 << 20) // max(side * heatmap.shape[1] * 48, 1)) * side  # float64 work arrays x6
-    rows = heatmap.shape[0]
+    row_bytes = side * int(np.prod(std.shape[1:])) * 48  # float64 work arrays x6
+    band = max(1, (64 << 20) // max(row_bytes, 1)) * side
+    rows = std.shape[0]
     return np.concatenate(
         [
-            score_patches(np.asarray(heatmap[r : r + band]), patch, scale, border, top=r, total_rows=rows)
+            uncertainty_scores(np.asarray(std[r : r + band]), patch, scale, border, top=r, total_rows=rows)
             for r in range(0, rows, band)
         ]
     )
@@ -459,7 +460,7 @@ def iter_super_resolve(
     t_done = time.perf_counter()
     # the ranking rule (core.patches): scores leave out the padding frame (halo x scale output pixels
     # along the edges) and partial edge patches rank after the full ones
-    scores = _score_in_bands(heatmap, options.patch_size, spec.scale, patch_border(spec))
+    scores = _score_in_bands(std, options.patch_size, spec.scale, patch_border(spec))
     most, least = select_patches(scores, region.shape[:2], options.n_patches, options.patch_size, spec.scale)
     lr_view = to_output_layout(region, normalization)
     if spec.colour == "gray" and lr_view.ndim == 3:

@@ -319,9 +319,9 @@ def _plane_summary(result: SRResult, display: DisplayedHeatmap | None = None) ->
             "border_px": patch_border(result.options.spec),
             "edge_patches": "partial patches (cut by the image edge) rank after every full patch",
             "partial": partial_patches(result.scores.shape, lr_shape, patch).tolist(),
-            "score": "mean of the uncertainty heatmap (std averaged over channels, model units) over the patch's "
-            "pixels outside the padding frame (border_px output pixels along the image edges); a patch "
-            "entirely in the frame is scored over all its pixels",
+            "score": "root of the mean variance (std squared, averaged over channels, model units) over the "
+            "patch's pixels outside the padding frame (border_px output pixels along the image edges); a patch "
+            "entirely in the frame is scored over all its pixels; times std_scale, the patch's predicted RMSE",
             "median_score": median,
         },
         "scores": np.round(result.scores, 8).tolist(),

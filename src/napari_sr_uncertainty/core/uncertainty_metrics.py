@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .patches import score_patches
+from .patches import score_patches, uncertainty_scores
 
 SPARSIFICATION_FRACTIONS = np.arange(0.0, 1.0, 0.02)
 MARKED_PATCHES = 5
@@ -102,6 +102,7 @@ def image_uncertainty_stats(
     *,
     patch: int = 64,
     scale: int,
+    border: int = 0,
     std_scale: float | None = None,
 ) -> dict:
     """Uncertainty metrics of one MC result against its ground truth.
@@ -113,9 +114,13 @@ def image_uncertainty_stats(
     truth : ndarray, (H, W, C)
         Ground truth in the same units.
     patch : int
-        Patch side in LR pixels (patches as the product marks them, :func:`patches.score_patches`).
+        Patch side in LR pixels. Patches are scored as the product ranks them
+        (:func:`patches.uncertainty_scores`, the root mean variance) and compared with their RMSE.
     scale : int
         Upscaling factor; ``scale`` border pixels are left out of the pixel-level metrics.
+    border : int
+        The padding frame the product's patch scores leave out (``pipeline.patch_border``), output pixels;
+        the patch scores and patch RMSEs both leave it out.
     std_scale : float, optional
         Calibration factor; when given, the counts of pixel-channel errors inside ``±1.96 std_scale std``.
 
@@ -140,8 +145,8 @@ def image_uncertainty_stats(
         "pixel_spearman": spearman(heatmap[shave], abs_error),
         "pixel_pearson": pearson(heatmap[shave], abs_error),
     }
-    scores = score_patches(heatmap, patch=patch, scale=scale).ravel()
-    patch_rmse = np.sqrt(score_patches(sq_error, patch=patch, scale=scale)).ravel()
+    scores = uncertainty_scores(std, patch, scale, border).ravel()
+    patch_rmse = np.sqrt(score_patches(sq_error, patch, scale, border)).ravel()
     enough = scores.size > 2
     stats["patch_spearman"] = spearman(scores, patch_rmse) if enough else float("nan")
     stats["patch_pearson"] = pearson(scores, patch_rmse) if enough else float("nan")

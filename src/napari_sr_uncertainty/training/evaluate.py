@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core import metrics, uncertainty_metrics
 from ..core.colour import chroma_differences, luma_to_rgb
+from ..core.pipeline import patch_border
 from .data import ImagePair, network_planes
 
 PATCH_HR = 128  # patch side in output pixels for patch statistics: 64 LR px at x2 (the product's default)
@@ -173,14 +174,21 @@ def evaluate_pairs(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 
 
 def image_stats(spec, pairs: list[ImagePair], predictor, std_scale: float | None = None) -> list[dict]:
     """Per image of ``pairs``: :func:`uncertainty_metrics.image_uncertainty_stats` of ``predictor(lr_uint8)``
-    (an ``MCResult``: a mean and an std on the network's channels; 128x128 HR patches), plus ``psnr_y``, the
+    (an ``MCResult``: a mean and an std on the network's channels; 128x128 HR patches scored as the product
+    ranks them, the padding frame left out), plus ``psnr_y``, the
     protocol PSNR of its mean (:func:`protocol_psnr`)."""
     rows = []
     for pair in pairs:
         result = predictor(pair.lr)
         truth = network_planes(pair.hr, spec.colour)
         stats = uncertainty_metrics.image_uncertainty_stats(
-            result.mean, result.std, truth, patch=patch_lr(spec.scale), scale=spec.scale, std_scale=std_scale
+            result.mean,
+            result.std,
+            truth,
+            patch=patch_lr(spec.scale),
+            scale=spec.scale,
+            border=patch_border(spec),
+            std_scale=std_scale,
         )
         stats["psnr_y"] = protocol_psnr(spec, to_rgb(spec, result.mean, pair.lr), pair.hr)
         rows.append(stats)

@@ -39,7 +39,7 @@ import numpy as np
 from ..core import metrics, uncertainty_metrics
 from ..core.colour import bicubic_upscale, network_input
 from ..core.imaging import InputError, array_layout, read_image, scan_values, to_model_input
-from ..core.patches import score_patches
+from ..core.patches import score_patches, uncertainty_scores
 from ..core.pipeline import patch_border
 from ..core.progress import Progress, map_progress, run_to_end
 from .config import TrainConfig
@@ -316,7 +316,7 @@ def evaluate_held_out(
     Returns ``psnr`` and ``bicubic_psnr`` (dB, peak 1 = the image's value range, all held-out pixels pooled,
     ``scale`` pixels shaved per tile), and with ``n_samples`` >= 2 the uncertainty's ``pixel_spearman`` (mean
     over tiles), ``patch_spearman`` (patches of :data:`HELD_OUT_PATCH_HR` output pixels of all tiles pooled,
-    the padding frame left out of the scores as in the product) and, with ``std_scale``, the ``coverage`` of
+    scored as the product ranks them, the padding frame left out) and, with ``std_scale``, the ``coverage`` of
     ``mean ± 1.96 std_scale std``.
     """
     from .evaluate import predict
@@ -333,13 +333,13 @@ def evaluate_held_out(
         truth.append(pair.hr[shave].ravel())
         if n_samples >= 2:
             stats = uncertainty_metrics.image_uncertainty_stats(
-                result.mean, result.std, pair.hr, patch=patch, scale=s, std_scale=std_scale
+                result.mean, result.std, pair.hr, patch=patch, scale=s, border=border, std_scale=std_scale
             )
             pixel_rho.append(stats["pixel_spearman"])
             covered, count = covered + stats.get("covered", 0), count + stats.get("count", 0)
-            scores.append(score_patches(result.std.mean(axis=-1), patch=patch, scale=s, border=border).ravel())
+            scores.append(uncertainty_scores(result.std, patch, s, border).ravel())
             sq_error = ((result.mean - pair.hr) ** 2).mean(axis=-1)
-            patch_rmse.append(np.sqrt(score_patches(sq_error, patch=patch, scale=s)).ravel())
+            patch_rmse.append(np.sqrt(score_patches(sq_error, patch, s, border)).ravel())
     truth_all = np.concatenate(truth)
     record = {
         "tiles": len(pairs),
