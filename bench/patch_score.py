@@ -7,7 +7,7 @@ Usage::
 On the 10 held-out BSD200 training images (never Set5, Set14 or BSD100), the shipped weights of each model,
 MC mean and std of ``--samples`` dropout samples (seed 0), 128 px HR patches scored without the padding frame
 (``pipeline.patch_border``, as the product marks them): per image, the Spearman correlation of each score with
-the patch RMSE of the MC mean, and the RMSE ratio of the 5 least / 5 most certain patches; means over the
+the RMSE of the MC mean over the whole patch, and the RMSE ratio of the 5 least / 5 most certain patches; means over the
 images. The decision this measures and its rule: ``bench/patch_score_rule.md``.
 """
 
@@ -43,7 +43,8 @@ def model_rows(model_id: str, shared: Path, n_samples: int) -> dict:
     for pair in pairs:
         result = predict(spec, arrays, pair.lr, n_samples, 0)
         error = result.mean - network_planes(pair.hr, spec.colour)
-        patch_rmse = np.sqrt(score_patches((error * error).mean(axis=-1), **kw)).ravel()
+        # the RMSE of the whole patch, as a marked box shows it (the frame is left out of the scores only)
+        patch_rmse = np.sqrt(score_patches((error * error).mean(axis=-1), kw["patch"], kw["scale"])).ravel()
         for name, score in SCORES.items():
             scores = score(result.std, **kw).ravel()
             per_score[name]["spearman"].append(spearman(scores, patch_rmse))

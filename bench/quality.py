@@ -25,7 +25,7 @@ in [0, 1], ``s`` pixels shaved (:mod:`napari_sr_uncertainty.core.uncertainty_met
 * pixel Spearman: per image, Spearman rank correlation of heatmap and |error|, averaged;
 * patch Spearman: per image, Spearman of patch scores and patch RMSE, 128x128 HR patches (64 LR px at x2, 42
   at x3, 32 at x4) scored as the product ranks them (:func:`napari_sr_uncertainty.core.patches.uncertainty_scores`:
-  the root mean variance, the padding frame left out of scores and RMSEs);
+  the root mean variance, the padding frame left out) against the RMSE of the whole patch;
 * least/most RMSE ratio: mean RMSE of the 5 least-certain patches / of the 5 most-certain, images with
   at least 10 patches; the "ceiling" row ranks the patches by their true RMSE instead;
 * AUSE (Ilg et al. 2018): area between the RMSE sparsification curve and the oracle's; "random" is the same

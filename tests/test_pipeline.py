@@ -50,7 +50,6 @@ def test_heatmap_is_channel_mean_of_std_and_scores_are_root_mean_variance(random
     image = np.random.default_rng(6).random((70, 90, 3), dtype=np.float32)
     result = super_resolve(image, random_weights, SROptions(n_samples=6, patch_size=16, n_patches=3))
     np.testing.assert_allclose(result.heatmap, result.std.mean(-1))
-    r, c = result.least_certain[0].grid_row, result.least_certain[0].grid_col
     # scores leave out the padding frame (halo x scale output pixels) and full patches rank first
     border = result.options.spec.halo * result.scale
     inner = result.heatmap[border:-border, border:-border]

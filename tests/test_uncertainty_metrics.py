@@ -46,24 +46,32 @@ def test_image_stats_closed_form():
     assert reverse["ause"] > stats["ause_random"]
 
 
-def test_patch_scores_predict_the_patch_rmse_and_leave_out_the_padding_frame():
+def test_patch_scores_predict_the_patch_rmse():
     """Errors exactly +-std with an uneven std inside each patch: the patch score (root mean variance) is the
-    patch RMSE itself, so the ranking is the oracle's; a bright std frame without error (the padding
-    artefact the product leaves out) does not change it when ``border`` is given."""
+    patch RMSE itself, so the ranking is the oracle's (a mean std would not be)."""
     rng = np.random.default_rng(3)
     std = rng.gamma(0.5, 0.05, size=(256, 384, 1)) * np.linspace(0.2, 1.0, 384)[None, :, None]
-    sign = np.where(rng.random(std.shape) < 0.5, -1.0, 1.0)
+    error = np.where(rng.random(std.shape) < 0.5, -1.0, 1.0) * std
     truth = np.zeros_like(std)
-    stats = um.image_uncertainty_stats(truth + sign * std, std, truth, patch=32, scale=2)
+    stats = um.image_uncertainty_stats(truth + error, std, truth, patch=32, scale=2)
     assert stats["patch_spearman"] == pytest.approx(1.0)
     assert stats["least_most_ratio"] == pytest.approx(stats["oracle_least_most_ratio"])
+
+
+def test_patch_scores_leave_out_the_padding_frame_and_the_rmse_does_not():
+    """A bright std frame (the padding artefact) is left out of the scores with ``border``; the patch RMSE is
+    the whole patch's. One std level per patch and errors +-std: the ranking is exact only with the border."""
+    rng = np.random.default_rng(4)
+    levels = rng.permutation(24).reshape(4, 6) / 100 + 0.01  # 4x6 patches of 64x64 output pixels
+    std = np.kron(levels, np.ones((64, 64)))[..., None]
+    error = np.where(rng.random(std.shape) < 0.5, -1.0, 1.0) * std
     framed = std.copy()
     framed[:6], framed[-6:], framed[:, :6], framed[:, -6:] = 5.0, 5.0, 5.0, 5.0
-    error = sign * std
-    framed_stats = um.image_uncertainty_stats(truth + error, framed, truth, patch=32, scale=2, border=6)
-    assert framed_stats["patch_spearman"] == pytest.approx(1.0)
-    unframed = um.image_uncertainty_stats(truth + error, framed, truth, patch=32, scale=2)
-    assert unframed["patch_spearman"] < 0.9
+    truth = np.zeros_like(std)
+    stats = um.image_uncertainty_stats(truth + error, framed, truth, patch=32, scale=2, border=6)
+    assert stats["patch_spearman"] == pytest.approx(1.0)
+    assert stats["least_most_ratio"] == pytest.approx(stats["oracle_least_most_ratio"])
+    assert um.image_uncertainty_stats(truth + error, framed, truth, patch=32, scale=2)["patch_spearman"] < 0.6
 
 
 def test_least_most_ratio_needs_ten_patches():

@@ -119,8 +119,8 @@ def image_uncertainty_stats(
     scale : int
         Upscaling factor; ``scale`` border pixels are left out of the pixel-level metrics.
     border : int
-        The padding frame the product's patch scores leave out (``pipeline.patch_border``), output pixels;
-        the patch scores and patch RMSEs both leave it out.
+        The padding frame the product's patch scores leave out (``pipeline.patch_border``), output pixels.
+        The patch RMSE is that of the whole patch, as a marked box shows it.
     std_scale : float, optional
         Calibration factor; when given, the counts of pixel-channel errors inside ``±1.96 std_scale std``.
 
@@ -146,7 +146,7 @@ def image_uncertainty_stats(
         "pixel_pearson": pearson(heatmap[shave], abs_error),
     }
     scores = uncertainty_scores(std, patch, scale, border).ravel()
-    patch_rmse = np.sqrt(score_patches(sq_error, patch, scale, border)).ravel()
+    patch_rmse = np.sqrt(score_patches(sq_error, patch, scale)).ravel()
     enough = scores.size > 2
     stats["patch_spearman"] = spearman(scores, patch_rmse) if enough else float("nan")
     stats["patch_pearson"] = pearson(scores, patch_rmse) if enough else float("nan")

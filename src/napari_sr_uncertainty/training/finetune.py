@@ -316,7 +316,7 @@ def evaluate_held_out(
     Returns ``psnr`` and ``bicubic_psnr`` (dB, peak 1 = the image's value range, all held-out pixels pooled,
     ``scale`` pixels shaved per tile), and with ``n_samples`` >= 2 the uncertainty's ``pixel_spearman`` (mean
     over tiles), ``patch_spearman`` (patches of :data:`HELD_OUT_PATCH_HR` output pixels of all tiles pooled,
-    scored as the product ranks them, the padding frame left out) and, with ``std_scale``, the ``coverage`` of
+    scored as the product ranks them, the padding frame left out of the scores, not of the RMSEs) and, with ``std_scale``, the ``coverage`` of
     ``mean ± 1.96 std_scale std``.
     """
     from .evaluate import predict
@@ -339,7 +339,7 @@ def evaluate_held_out(
             covered, count = covered + stats.get("covered", 0), count + stats.get("count", 0)
             scores.append(uncertainty_scores(result.std, patch, s, border).ravel())
             sq_error = ((result.mean - pair.hr) ** 2).mean(axis=-1)
-            patch_rmse.append(np.sqrt(score_patches(sq_error, patch, s, border)).ravel())
+            patch_rmse.append(np.sqrt(score_patches(sq_error, patch, s)).ravel())
     truth_all = np.concatenate(truth)
     record = {
         "tiles": len(pairs),
