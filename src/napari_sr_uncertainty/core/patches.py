@@ -109,23 +109,15 @@ def score_patches(
         return np.where(in_count > 0, in_sum / np.maximum(in_count, 1), all_sum / all_count)
 
 
-def uncertainty_scores(
-    std: np.ndarray,
-    patch: int = 64,
-    scale: int = 2,
-    border: int = 0,
-    *,
-    top: int = 0,
-    total_rows: int | None = None,
-) -> np.ndarray:
+def uncertainty_scores(std: np.ndarray, patch: int = 64, scale: int = 2, border: int = 0, **band) -> np.ndarray:
     """The patch scores of the ranking rule: the root of the mean variance over each patch.
 
     Parameters
     ----------
     std : ndarray, shape (H*scale, W*scale) or (H*scale, W*scale, C)
         Per-pixel (and per-channel) std on the high-resolution grid; the variance is averaged over channels.
-    patch, scale, border, top, total_rows
-        As for :func:`score_patches`.
+    patch, scale, border, **band
+        As for :func:`score_patches` (``band``: its ``top`` and ``total_rows``).
 
     Returns
     -------
@@ -134,7 +126,7 @@ def uncertainty_scores(
     """
     std = np.asarray(std, dtype=np.float64)
     variance = np.square(std) if std.ndim == 2 else np.square(std).mean(axis=-1)
-    return np.sqrt(score_patches(variance, patch, scale, border, top=top, total_rows=total_rows))
+    return np.sqrt(score_patches(variance, patch, scale, border, **band))
 
 
 def partial_patches(grid_shape: tuple[int, int], lr_shape: tuple[int, int], patch: int) -> np.ndarray:
