@@ -7,8 +7,8 @@ Usage::
 On the 10 held-out BSD200 training images (never Set5, Set14 or BSD100), the shipped weights of each model,
 MC mean and std of ``--samples`` dropout samples (seed 0), 128 px HR patches scored without the padding frame
 (``pipeline.patch_border``, as the product marks them): per image, the Spearman correlation of each score with
-the RMSE of the MC mean over the whole patch, and the RMSE ratio of the 5 least / 5 most certain patches; means over the
-images. The decision this measures and its rule: ``bench/patch_score_rule.md``.
+the RMSE of the MC mean over the whole patch, and the RMSE ratio of the 5 least / 5 most certain patches;
+means over the images. The decision this measures and its rule: ``bench/patch_score_rule.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sr_uncertainty.core.patches import score_patches, uncertainty_scores
+from napari_sr_uncertainty.core.patches import rmse_per_patch, score_patches, uncertainty_scores
 from napari_sr_uncertainty.core.pipeline import patch_border
 from napari_sr_uncertainty.core.uncertainty_metrics import least_most_ratio, spearman
 from napari_sr_uncertainty.models.registry import get_spec, model_ids
@@ -30,7 +30,7 @@ from napari_sr_uncertainty.training.evaluate import patch_lr, predict
 DROPOUT_MODELS = ("esrcnn-x2", "espcn-x3", "cnn3-x4", "srcnn-gray-x1", "rdn-x4")
 SCORES = {
     "mean std": lambda std, **kw: score_patches(std.mean(axis=-1), **kw),  # the score before this rule
-    "root mean variance": lambda std, **kw: uncertainty_scores(std, **kw),
+    "root mean variance": uncertainty_scores,
 }
 
 
@@ -44,7 +44,7 @@ def model_rows(model_id: str, shared: Path, n_samples: int) -> dict:
         result = predict(spec, arrays, pair.lr, n_samples, 0)
         error = result.mean - network_planes(pair.hr, spec.colour)
         # the RMSE of the whole patch, as a marked box shows it (the frame is left out of the scores only)
-        patch_rmse = np.sqrt(score_patches((error * error).mean(axis=-1), kw["patch"], kw["scale"])).ravel()
+        patch_rmse = rmse_per_patch(error, kw["patch"], kw["scale"]).ravel()
         for name, score in SCORES.items():
             scores = score(result.std, **kw).ravel()
             per_score[name]["spearman"].append(spearman(scores, patch_rmse))

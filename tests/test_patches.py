@@ -7,6 +7,7 @@ from napari_sr_uncertainty.core.patches import (
     median_score,
     nearly_uniform,
     partial_patches,
+    rmse_per_patch,
     score_patches,
     select_patches,
     uncertainty_scores,
@@ -28,6 +29,13 @@ def test_uncertainty_scores_are_the_root_mean_variance_over_channels():
     np.testing.assert_allclose(
         uncertainty_scores(std[..., 0], patch=4, scale=2), np.sqrt(score_patches(std[..., 0] ** 2, 4, 2))
     )
+
+
+def test_rmse_per_patch_is_over_the_whole_patch_and_its_channels():
+    error = np.zeros((8, 16, 2))  # two 8x8 HR patches (patch 4, x2), two channels
+    error[:, 8:, 0] = 0.3  # the second patch: one channel off by 0.3 everywhere
+    error[0, 0, :] = 4.0  # the first: one pixel off by 4 in both channels
+    np.testing.assert_allclose(rmse_per_patch(error, 4, 2), [[0.5, np.sqrt(0.045)]])
 
 
 def test_uncertainty_scores_rank_by_variance_not_mean_std():

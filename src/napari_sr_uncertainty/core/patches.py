@@ -129,6 +129,12 @@ def uncertainty_scores(std: np.ndarray, patch: int = 64, scale: int = 2, border:
     return np.sqrt(score_patches(variance, patch, scale, border, **band))
 
 
+def rmse_per_patch(error: np.ndarray, patch: int = 64, scale: int = 2) -> np.ndarray:
+    """The RMSE of each whole patch (over its pixels and channels), as a marked box shows it: what
+    :func:`uncertainty_scores` predicts. ``error`` is (H*scale, W*scale, C); the result is on the patch grid."""
+    return np.sqrt(score_patches(np.square(error).mean(axis=-1), patch, scale))
+
+
 def partial_patches(grid_shape: tuple[int, int], lr_shape: tuple[int, int], patch: int) -> np.ndarray:
     """Boolean grid: True where a patch is cut by the image's bottom or right edge."""
     rows, cols = grid_shape

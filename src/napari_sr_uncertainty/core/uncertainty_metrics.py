@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .patches import score_patches, uncertainty_scores
+from .patches import rmse_per_patch, uncertainty_scores
 
 SPARSIFICATION_FRACTIONS = np.arange(0.0, 1.0, 0.02)
 MARKED_PATCHES = 5
@@ -146,7 +146,7 @@ def image_uncertainty_stats(
         "pixel_pearson": pearson(heatmap[shave], abs_error),
     }
     scores = uncertainty_scores(std, patch, scale, border).ravel()
-    patch_rmse = np.sqrt(score_patches(sq_error, patch, scale)).ravel()
+    patch_rmse = rmse_per_patch(error, patch, scale).ravel()
     enough = scores.size > 2
     stats["patch_spearman"] = spearman(scores, patch_rmse) if enough else float("nan")
     stats["patch_pearson"] = pearson(scores, patch_rmse) if enough else float("nan")

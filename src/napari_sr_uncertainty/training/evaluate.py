@@ -175,8 +175,8 @@ def evaluate_pairs(spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 
 def image_stats(spec, pairs: list[ImagePair], predictor, std_scale: float | None = None) -> list[dict]:
     """Per image of ``pairs``: :func:`uncertainty_metrics.image_uncertainty_stats` of ``predictor(lr_uint8)``
     (an ``MCResult``: a mean and an std on the network's channels; 128x128 HR patches scored as the product
-    ranks them, the padding frame left out), plus ``psnr_y``, the
-    protocol PSNR of its mean (:func:`protocol_psnr`)."""
+    ranks them, the padding frame left out), plus ``psnr_y``, the protocol PSNR of its mean
+    (:func:`protocol_psnr`)."""
     rows = []
     for pair in pairs:
         result = predictor(pair.lr)

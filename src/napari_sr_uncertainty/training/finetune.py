@@ -39,7 +39,7 @@ import numpy as np
 from ..core import metrics, uncertainty_metrics
 from ..core.colour import bicubic_upscale, network_input
 from ..core.imaging import InputError, array_layout, read_image, scan_values, to_model_input
-from ..core.patches import score_patches, uncertainty_scores
+from ..core.patches import rmse_per_patch, uncertainty_scores
 from ..core.pipeline import patch_border
 from ..core.progress import Progress, map_progress, run_to_end
 from .config import TrainConfig
@@ -316,8 +316,8 @@ def evaluate_held_out(
     Returns ``psnr`` and ``bicubic_psnr`` (dB, peak 1 = the image's value range, all held-out pixels pooled,
     ``scale`` pixels shaved per tile), and with ``n_samples`` >= 2 the uncertainty's ``pixel_spearman`` (mean
     over tiles), ``patch_spearman`` (patches of :data:`HELD_OUT_PATCH_HR` output pixels of all tiles pooled,
-    scored as the product ranks them, the padding frame left out of the scores, not of the RMSEs) and, with ``std_scale``, the ``coverage`` of
-    ``mean ± 1.96 std_scale std``.
+    scored as the product ranks them, the padding frame left out of the scores, not of the RMSEs) and, with
+    ``std_scale``, the ``coverage`` of ``mean ± 1.96 std_scale std``.
     """
     from .evaluate import predict
 
@@ -338,8 +338,7 @@ def evaluate_held_out(
             pixel_rho.append(stats["pixel_spearman"])
             covered, count = covered + stats.get("covered", 0), count + stats.get("count", 0)
             scores.append(uncertainty_scores(result.std, patch, s, border).ravel())
-            sq_error = ((result.mean - pair.hr) ** 2).mean(axis=-1)
-            patch_rmse.append(np.sqrt(score_patches(sq_error, patch, s)).ravel())
+            patch_rmse.append(rmse_per_patch(result.mean - pair.hr, patch, s).ravel())
     truth_all = np.concatenate(truth)
     record = {
         "tiles": len(pairs),
