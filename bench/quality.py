@@ -41,6 +41,8 @@ in [0, 1], ``s`` pixels shaved (:mod:`napari_sr_uncertainty.core.uncertainty_met
 Each uncertainty method gets the same columns, on the same network and images:
 
 * ``mc``: ours, the MC dropout std of ``--samples`` samples (the product's heatmap);
+* ``mc_tta``: ours, the product's MC dropout x TTA (``--uncertainty mc-tta``): the same number of dropout
+  samples spread over the 8 dihedral views;
 * ``tta``: the product's TTA spread (:mod:`napari_sr_uncertainty.models.tta`), the std over the 8 dihedral
   transforms (flips and quarter turns) of the deterministic network;
 * ``ensemble``: the std over independently trained members (``--ensemble``; by default the exported members
@@ -66,6 +68,7 @@ from napari_sr_uncertainty.training.evaluate import (
     baseline_image,
     ensemble_predict,
     errors_and_stds,
+    mc_tta_predict,
     patch_lr,
     predict,
     protocol_psnr,
@@ -78,9 +81,14 @@ SETS = ("Set5", "Set14", "BSD100")
 UNCERTAINTY_SETS = ("Set14", "BSD100")
 REPO = Path(__file__).resolve().parents[1]
 #: uncertainty methods -> column title (the module docstring says what each is)
-METHODS = {"mc": "MC dropout (ours)", "tta": "dihedral TTA x8", "ensemble": "deep ensemble"}
+METHODS = {
+    "mc": "MC dropout (ours)",
+    "mc_tta": "MC dropout x TTA (ours)",
+    "tta": "dihedral TTA x8",
+    "ensemble": "deep ensemble",
+}
 #: method -> its row in the PSNR table (the prediction its mean makes)
-METHOD_ROWS = {"mc": "ours_mc", "tta": "ours_tta", "ensemble": "ensemble"}
+METHOD_ROWS = {"mc": "ours_mc", "mc_tta": "ours_mc_tta", "tta": "ours_tta", "ensemble": "ensemble"}
 #: [0, 1] squared units -> 8-bit grey levels squared
 GREY_LEVELS_SQ = 255.0**2
 #: the original projects' weights in ``<shared>/reference`` (imported through the model's importer)
@@ -122,15 +130,17 @@ def default_ensemble(model: str) -> list[Path]:
     return sorted((REPO / "training" / "checkpoints" / f"{model}-ensemble").glob("member-*.msgpack"))
 
 
-def uncertainty_methods(spec, ours: dict, n_samples: int, members: list[dict]) -> dict:
-    """Method name (:data:`METHODS`) -> function of a uint8 LR image returning mean and std as an ``MCResult``."""
+def uncertainty_methods(spec, ours: dict, n_samples: int, members: list[dict], names=tuple(METHODS)) -> dict:
+    """Method name (:data:`METHODS`, those of ``names`` and always ``mc``) -> function of a uint8 LR image
+    returning mean and std as an ``MCResult``."""
     methods = {
         "mc": lambda lr: predict(spec, ours, lr, n_samples, seed=0),
+        "mc_tta": lambda lr: mc_tta_predict(spec, ours, lr, n_samples, seed=0),
         "tta": lambda lr: tta_predict(spec, ours, lr),
     }
     if members:
         methods["ensemble"] = lambda lr: ensemble_predict(spec, members, lr)
-    return methods
+    return {name: method for name, method in methods.items() if name == "mc" or name in names}
 
 
 def fit_std_scales(spec, methods: dict, pairs) -> dict[str, float]:
@@ -148,8 +158,10 @@ def run(
     sets: tuple[str, ...] = SETS,
     log=sys.stderr,
     ensemble: list[str | Path] | None = None,
+    method_names: tuple[str, ...] = tuple(METHODS),
 ) -> str:
-    """Run the benchmark and return the report text (``ensemble``: member weights; None = the committed ones)."""
+    """Run the benchmark and return the report text (``ensemble``: member weights; None = the committed ones;
+    ``method_names``: the uncertainty methods to compare, :data:`METHODS`; MC dropout always runs)."""
     spec = get_spec(model)
     s = spec.scale
     datasets = shared / "datasets"
@@ -160,12 +172,12 @@ def run(
         models["original"] = load_weights(original, model=spec.id).arrays
     member_paths = default_ensemble(spec.id) if ensemble is None else [Path(p) for p in ensemble]
     members = [load_weights(p, model=spec.id).arrays for p in member_paths]
-    methods = uncertainty_methods(spec, ours.arrays, n_samples, members)
+    methods = uncertainty_methods(spec, ours.arrays, n_samples, members, method_names)
     std_scales = {}
     if any(name in sets for name in UNCERTAINTY_SETS) and (datasets / "BSD200").is_dir():
         _, held_out = load_pairs([datasets / "BSD200"], BSD200_VALIDATION_IDS, scale=s)
         std_scales = fit_std_scales(spec, methods, held_out)
-    rows = {name: {} for name in ("baseline", "original", "ours_det", "ours_mc", "ours_tta", "ensemble")}
+    rows = {name: {} for name in ("baseline", "original", "ours_det", "ours_mc", "ours_mc_tta", "ours_tta", "ensemble")}
     uncertainty = {}
     for set_name in sets:
         folder = datasets / set_name
@@ -230,6 +242,7 @@ def format_report(
         "original": f"original project's weights ({original_name}), deterministic",
         "ours_det": "ours, deterministic (dropout off)",
         "ours_mc": f"ours, MC mean of {n_samples}",
+        "ours_mc_tta": f"ours, MC x TTA mean of {n_samples} (samples over the 8 dihedral views)",
         "ours_tta": "ours, mean of the 8 dihedral transforms (TTA)",
         "ensemble": f"deep ensemble of {len(member_names)}, mean",
     }
@@ -334,6 +347,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="weights of the deep ensemble's members (default: training/checkpoints/<model>-ensemble/member-*.msgpack)",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=list(METHODS),
+        help="uncertainty methods to compare (default: all; mc always runs)",
+    )
     args = parser.parse_args(argv)
     if not (args.shared / "datasets").is_dir():
         parser.error(f"{args.shared / 'datasets'} not found (pass --shared)")
@@ -347,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.samples,
                 tuple(args.sets),
                 ensemble=args.ensemble,
+                method_names=tuple(args.methods),
             )
         )
     except ValueError as exc:

@@ -68,7 +68,7 @@ def test_holdout_evaluates_at_the_model_scale():
 
 
 @needs_shared
-def test_quality_compares_mc_dropout_with_tta_and_an_ensemble():
+def test_quality_compares_mc_dropout_with_mc_tta_tta_and_an_ensemble():
     quality = _bench("quality")
     members = [SHARED / "reference" / "seed000" / "modelesrcnn8.h5", REPO / "weights" / "esrcnn_x2.msgpack"]
     report = quality.run(
@@ -79,11 +79,19 @@ def test_quality_compares_mc_dropout_with_tta_and_an_ensemble():
     assert all(title in header for title in quality.METHODS.values())
     for label in ("UCE of the calibrated std", "Pearson(patch score, patch RMSE)", "cost, seconds per image"):
         cells = next(line for line in report.splitlines() if label in line).split("|")[2:-1]
-        assert len(cells) == 3 and all("(n=1)" in c for c in cells)
+        assert len(cells) == 4 and all("(n=1)" in c for c in cells)
     coverage = [line for line in report.splitlines() if line.startswith("BSD100 coverage")]
-    assert len(coverage) == 3 and all("s = " in line for line in coverage)
+    assert len(coverage) == 4 and all("s = " in line for line in coverage)
     rows = {line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")}
-    assert {"ours, mean of the 8 dihedral transforms (TTA)", "deep ensemble of 2, mean"} <= rows
+    assert {
+        "ours, mean of the 8 dihedral transforms (TTA)",
+        "ours, MC x TTA mean of 2 (samples over the 8 dihedral views)",
+        "deep ensemble of 2, mean",
+    } <= rows
+    only_mc = quality.run(
+        SHARED, "esrcnn-x2", None, quick=1, n_samples=2, sets=("Set5",), log=open("/dev/null", "w"), method_names=()
+    )
+    assert "TTA" not in only_mc and "ours, MC mean of 2" in only_mc
 
 
 def test_train_throughput_counts_espcn_flops_in_closed_form():

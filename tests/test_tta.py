@@ -7,7 +7,15 @@ from napari_sr_uncertainty.core.imaging import InputError
 from napari_sr_uncertainty.core.pipeline import SROptions, super_resolve
 from napari_sr_uncertainty.models.esrcnn import PARAM_SHAPES, SPEC
 from napari_sr_uncertainty.models.mc import Engine
-from napari_sr_uncertainty.models.tta import N_TRANSFORMS, dihedral, dihedral_inverse, iter_tta_predict
+from napari_sr_uncertainty.models.tta import (
+    N_TRANSFORMS,
+    dihedral,
+    dihedral_inverse,
+    iter_mc_tta_predict,
+    iter_tta_predict,
+    view_samples,
+    view_seed,
+)
 from napari_sr_uncertainty.models.weights import Weights
 
 
@@ -112,3 +120,103 @@ def test_auto_gives_an_imported_original_without_dropout_the_tta_spread(random_a
     # ESRCNN's original trained with its dropout layers: MC dropout is meaningful on the imported file
     keras = Weights(arrays=random_arrays, source="modelesrcnn8.h5", sha256="0" * 64, imported=True)
     assert resolve_weights(keras, SROptions())[1].uncertainty_method == "mc-dropout"
+
+
+# --- MC dropout x TTA: the MC samples spread over the dihedral views ---
+
+
+def test_views_get_the_samples_round_robin_with_distinct_seeds():
+    assert view_samples(40) == [5] * N_TRANSFORMS
+    assert view_samples(12) == [2, 2, 2, 2, 1, 1, 1, 1] and sum(view_samples(13)) == 13
+    assert view_samples(3) == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert view_seed(7, 0) == 7  # the untransformed view keeps the seed: its first sample is an MC run's
+    for seed in (0, 1, 2**32 - 1):
+        assert len({view_seed(seed, t) for t in range(N_TRANSFORMS)}) == N_TRANSFORMS
+
+
+def test_mc_tta_pools_every_sample_of_every_view(random_arrays):
+    """Closed form: with 1 or 2 samples per view every sample is known (the first is ``single``, the second
+    is 2 mean - single), so the pooled mean and population std are those of the 12 samples themselves,
+    views of unequal sample counts included."""
+    from napari_sr_uncertainty.core.progress import run_to_end
+
+    lr = np.random.default_rng(3).random((18, 23, 3), dtype=np.float32)
+    engine, seed = Engine(SPEC, random_arrays), 5
+    samples = []
+    for t, k in enumerate(view_samples(12)):
+        view = engine.predict(np.ascontiguousarray(dihedral(lr, t)), n_samples=k, seed=view_seed(seed, t))
+        first = dihedral_inverse(view.single, t).astype(np.float64)
+        samples += [first] if k == 1 else [first, 2 * dihedral_inverse(view.mean, t).astype(np.float64) - first]
+    samples = np.stack(samples)
+    result = run_to_end(iter_mc_tta_predict(lr, engine, n_samples=12, seed=seed, chunk=3))
+    assert result.n_samples == 12
+    np.testing.assert_allclose(result.mean, samples.mean(0), atol=2e-6)
+    np.testing.assert_allclose(result.std, samples.std(0), atol=2e-5)
+    plain = engine.predict(lr, n_samples=2, seed=seed)
+    np.testing.assert_array_equal(result.single, plain.single)  # the untransformed view's first sample
+    # both dropout and the views spread the samples: more than the untransformed view's dropout alone
+    assert result.std.mean() > plain.std.mean() > 1e-3
+
+
+def test_pipeline_runs_mc_tta_with_its_own_calibration(random_arrays):
+    card = {"calibration": {"std_scale": 3.0}, "calibration_mc_tta": {"std_scale": 2.5}}
+    weights = Weights(arrays=random_arrays, source="random", sha256="0" * 64, card=card)
+    image = np.random.default_rng(4).integers(0, 256, (20, 26, 3), dtype=np.uint8)
+    result = super_resolve(image, weights, SROptions(uncertainty="mc-tta", n_samples=16))
+    assert result.metadata["uncertainty"].startswith("MC dropout x TTA: std over 16 MC dropout samples")
+    assert result.metadata["uncertainty_method"] == "mc-tta" and result.metadata["samples"] == 16
+    assert result.std_scale == 2.5  # not the MC std's 3.0
+    assert result.mean.shape == (40, 52, 3) and result.std.min() >= 0 and result.std.mean() > 0
+    uncalibrated = Weights(arrays=random_arrays, source="w.msgpack", sha256="0" * 64, card=card["calibration"])
+    bare = super_resolve(image, uncalibrated, SROptions(uncertainty="mc-tta", n_samples=8))
+    with pytest.raises(InputError, match="carry no calibration of the MC x TTA std"):
+        bare.calibrated_sigma(bare.std)
+
+
+def test_mc_tta_needs_dropout(monkeypatch):
+    from dataclasses import replace
+
+    from napari_sr_uncertainty.models import registry
+
+    registry._load()
+    no_dropout = replace(SPEC, id="test-no-dropout-2", dropout_layers=0, dropout_rate=0.0)
+    monkeypatch.setitem(registry._SPECS, no_dropout.id, no_dropout)
+    with pytest.raises(InputError, match="has no dropout layers"):
+        SROptions(model=no_dropout.id, uncertainty="mc-tta").validate()
+
+
+def test_the_std_is_named_by_its_method_everywhere():
+    from napari_sr_uncertainty.plugin.layers import uncertainty_kind
+    from napari_sr_uncertainty.plugin.reader import summary_method
+
+    assert [uncertainty_kind(m, False) for m in ("mc-dropout", "tta", "mc-tta")] == [
+        "MC std",
+        "TTA std",
+        "MC x TTA std",
+    ]
+    assert uncertainty_kind("mc-tta", True) == "calibrated sigma"
+    assert summary_method({"uncertainty_method": "mc-tta", "uncertainty": "MC dropout x TTA: ..."}) == "mc-tta"
+    # summaries written before the method was recorded
+    assert summary_method({"uncertainty": "TTA spread: std over the 8 dihedral transforms"}) == "tta"
+    assert summary_method({"uncertainty": "MC dropout std over 40 samples"}) == "mc-dropout"
+
+
+def test_the_widget_checks_the_chosen_methods_calibration_before_running(tmp_path, random_arrays):
+    import json
+
+    from napari_sr_uncertainty.models.weights import save_weights
+    from napari_sr_uncertainty.plugin.widget import RunJob, run_job
+
+    path = tmp_path / "w.msgpack"
+    card = {"sha256": save_weights(random_arrays, path), "calibration": {"std_scale": 2.0}}
+    path.with_suffix(".json").write_text(json.dumps(card))
+
+    def job(uncertainty: str) -> RunJob:
+        image = np.zeros((8, 8, 3), np.uint8)
+        options = SROptions(uncertainty=uncertainty, n_samples=2)
+        return RunJob([image], (), None, options, path, "magma", calibrated=True)
+
+    with pytest.raises(InputError, match="carry no calibration of the MC x TTA std"):
+        next(run_job(job("mc-tta")))  # refused before any computing: the card calibrates the MC std only
+    with pytest.raises(InputError, match="the TTA spread is not calibrated"):
+        next(run_job(job("tta")))

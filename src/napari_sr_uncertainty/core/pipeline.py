@@ -28,7 +28,7 @@ from ..models.mc import DEFAULT_CHUNK, DEFAULT_SAMPLES, Engine, MCResult, workin
 from ..models.registry import DEFAULT_MODEL, get_spec
 from ..models.spec import ModelSpec
 from ..models.tta import LABEL as TTA_LABEL
-from ..models.tta import N_TRANSFORMS, iter_tta_predict
+from ..models.tta import MC_TTA_LABEL, N_TRANSFORMS, iter_mc_tta_predict, iter_tta_predict
 from ..models.weights import Weights, load_weights
 from .colour import chroma_differences, luma_to_rgb, network_input
 from .imaging import InputError, Normalization, image_layout, scan_values, to_model_input, to_output_layout
@@ -36,7 +36,9 @@ from .patches import PatchMark, select_patches, uncertainty_scores
 from .progress import Progress, map_progress, run_to_end
 
 DEFAULT_PATCH = 64
-UNCERTAINTY_METHODS = ("auto", "mc-dropout", "tta")
+UNCERTAINTY_METHODS = ("auto", "mc-dropout", "tta", "mc-tta")
+#: what each method's std is called on layers, colorbars and in summaries
+STD_KINDS = {"mc-dropout": "MC std", "tta": "TTA std", "mc-tta": "MC x TTA std"}
 SEED_LIMIT = 2**32  # seeds are uint32: the dropout hash's key
 # An uncertainty is a spread: one sample has std 0 everywhere, which would read as "certain".
 MIN_SAMPLES, MAX_SAMPLES = 2, 10_000
@@ -58,7 +60,8 @@ class SROptions:
     #: folder for disk-backed output arrays (``.npy`` memmaps); None keeps them in RAM
     scratch_dir: str | None = None
     #: "auto" (MC dropout; the TTA spread for a model without dropout, or for an original's imported weights
-    #: when the original trained without dropout), "mc-dropout" or "tta"
+    #: when the original trained without dropout), "mc-dropout", "tta", or "mc-tta" (the MC samples spread
+    #: over the 8 dihedral views: :mod:`napari_sr_uncertainty.models.tta`)
     uncertainty: str = "auto"
 
     def validate(self) -> None:
@@ -83,12 +86,12 @@ class SROptions:
             raise InputError(str(exc.args[0])) from None
         if self.uncertainty not in UNCERTAINTY_METHODS:
             raise InputError(f"uncertainty must be one of {', '.join(UNCERTAINTY_METHODS)}, got {self.uncertainty!r}")
-        if self.uncertainty == "mc-dropout" and spec.dropout_layers == 0:
+        if self.uncertainty in ("mc-dropout", "mc-tta") and spec.dropout_layers == 0:
             raise InputError(f"{spec.id} has no dropout layers: use uncertainty 'tta' (the TTA spread)")
 
     @property
     def uncertainty_method(self) -> str | None:
-        """ "mc-dropout" or "tta" for this model; None for a deterministic run."""
+        """ "mc-dropout", "tta" or "mc-tta" for this model; None for a deterministic run."""
         if self.deterministic:
             return None
         if self.uncertainty == "auto":
@@ -97,13 +100,22 @@ class SROptions:
 
     @property
     def effective_samples(self) -> int:
-        """Predictions the statistics are over: 0 (deterministic), the MC samples, or the 8 TTA views."""
+        """Predictions the statistics are over: 0 (deterministic), the MC samples (over the views for "mc-tta"),
+        or the 8 TTA views."""
         method = self.uncertainty_method
         return 0 if method is None else N_TRANSFORMS if method == "tta" else self.n_samples
 
     @property
     def spec(self) -> ModelSpec:
         return get_spec(self.model)
+
+
+def uncalibrated_message(weights_source: str, method: str | None) -> str:
+    """Why a calibrated sigma cannot be shown for ``method``'s std of these weights."""
+    kind = STD_KINDS.get(method, "uncertainty")
+    if method == "tta":
+        return f"the TTA spread is not calibrated: only the raw {kind} can be shown"
+    return f"the weights {weights_source} carry no calibration of the {kind} (training card): only the raw {kind} can be shown"
 
 
 def resolve_weights(weights: Weights | None, options: SROptions | None) -> tuple[Weights, SROptions]:
@@ -157,10 +169,7 @@ class SRResult:
             If the weights carry no calibration.
         """
         if self.std_scale is None:
-            raise InputError(
-                f"the weights {self.weights_source} carry no calibration (training card with "
-                "calibration.std_scale): only the raw MC std can be shown"
-            )
+            raise InputError(uncalibrated_message(self.weights_source, self.options.uncertainty_method))
         return std * np.float32(self.std_scale)
 
     @property
@@ -184,7 +193,10 @@ class SRResult:
                 None: "none (deterministic pass)",
                 "mc-dropout": f"MC dropout std over {self.options.n_samples} samples",
                 "tta": f"{TTA_LABEL}: std over the {N_TRANSFORMS} dihedral transforms (flips and 90-degree rotations)",
+                "mc-tta": f"{MC_TTA_LABEL}: std over {self.options.n_samples} MC dropout samples spread over the "
+                f"{N_TRANSFORMS} dihedral transforms (flips and 90-degree rotations)",
             }[self.options.uncertainty_method],
+            "uncertainty_method": self.options.uncertainty_method,
             "weights": self.weights_source,
             "weights_sha256": self.weights_sha256,
             "input_shape": list(self.input_shape),
@@ -449,12 +461,13 @@ def iter_super_resolve(
     t_compute = time.perf_counter()
     yield Progress(0, 1, "compiling and starting")
     net_input = network_input(region, spec.colour, normalization.grayscale)
+    chunk = options.chunk or DEFAULT_CHUNK
     if method == "tta":
         steps = iter_tta_predict(net_input, engine, out=out)
+    elif method == "mc-tta":
+        steps = iter_mc_tta_predict(net_input, engine, n_samples=n_samples, seed=options.seed, chunk=chunk, out=out)
     else:
-        steps = engine.iter_predict(
-            net_input, n_samples=n_samples, seed=options.seed, chunk=options.chunk or DEFAULT_CHUNK, out=out
-        )
+        steps = engine.iter_predict(net_input, n_samples=n_samples, seed=options.seed, chunk=chunk, out=out)
     for done, total in steps:
         yield Progress(done, total, f"block {done}/{total}")
     t_done = time.perf_counter()
@@ -483,7 +496,7 @@ def iter_super_resolve(
         weights_source=weights.source,
         weights_sha256=weights.sha256,
         timings={"prepare": t_compute - t_start, "compute": t_done - t_compute, "total": time.perf_counter() - t_start},
-        std_scale=weights.calibration_scale if method == "mc-dropout" else None,
+        std_scale=weights.calibration_scale_for(method),
     )
 
 

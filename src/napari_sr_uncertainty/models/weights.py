@@ -12,7 +12,7 @@ Formats read, none of which can execute code:
   restricted unpickler in :mod:`.pth`.
 
 A training card (``<name>.json`` beside a ``.msgpack``) records the file's sha256 (checked) and the
-calibration.
+calibrations (:data:`CALIBRATION_KEYS`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from .spec import ModelSpec
 
 FORMAT_V1 = "napari-sr-uncertainty/esrcnn-x2/v1"
 FORMAT_V2 = "napari-sr-uncertainty/weights/v2"
+#: the training card's entry holding the calibration of each uncertainty method's std
+CALIBRATION_KEYS = {"mc-dropout": "calibration", "mc-tta": "calibration_mc_tta"}
 
 
 class WeightsError(ValueError):
@@ -58,7 +60,13 @@ class Weights:
     @property
     def calibration_scale(self) -> float | None:
         """Factor mapping raw MC std to expected absolute error, if the training card has one."""
-        value = self.card.get("calibration", {}).get("std_scale")
+        return self.calibration_scale_for("mc-dropout")
+
+    def calibration_scale_for(self, method: str | None) -> float | None:
+        """The card's factor for the std of uncertainty ``method`` (:data:`CALIBRATION_KEYS`); None when the
+        card has none for it (the TTA spread is never calibrated)."""
+        key = CALIBRATION_KEYS.get(method)
+        value = self.card.get(key, {}).get("std_scale") if key else None
         return None if value is None else float(value)
 
 

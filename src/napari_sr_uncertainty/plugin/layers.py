@@ -186,8 +186,11 @@ def value_unit(dtype: str) -> str:
 
 
 def uncertainty_kind(method: str | None, calibrated: bool) -> str:
-    """``"MC std"``, ``"TTA std"`` or ``"calibrated sigma"`` (metadata ``uncertainty_units``)."""
-    return "calibrated sigma" if calibrated else "TTA std" if method == "tta" else "MC std"
+    """``"calibrated sigma"``, or what ``method``'s std is called (:data:`.pipeline.STD_KINDS`: ``"MC std"``,
+    ``"TTA std"``, ...; metadata ``uncertainty_units``)."""
+    from ..core.pipeline import STD_KINDS
+
+    return "calibrated sigma" if calibrated else STD_KINDS.get(method, STD_KINDS["mc-dropout"])
 
 
 def uncertainty_title(kind: str, unit: str) -> str:
@@ -264,7 +267,7 @@ def build_layer_data(
     names = output_names(geometry.name)
     scale, translate = output_scale_translate(geometry, first.crop_offset, first.scale)
     metadata = combined_metadata(results)
-    # what the std is over: the MC dropout samples, or (models without dropout) the TTA views
+    # what the std is over: the MC dropout samples, the TTA views, or both
     method = getattr(first.options, "uncertainty_method", "mc-dropout")
     kind = uncertainty_kind(method, calibrated)
     unit = value_unit(first.normalization.dtype)

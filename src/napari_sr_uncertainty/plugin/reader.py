@@ -27,6 +27,7 @@ from .layers import (
     UNCERTAINTY_OPACITY,
     uncertainty_colormap,
     uncertainty_contrast_limits,
+    uncertainty_kind,
 )
 
 SUMMARY_NAME = "summary.json"
@@ -40,6 +41,15 @@ def _summary(path: Any) -> dict | None:
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) and summary.get("package") == "napari-sr-uncertainty" else None
+
+
+def summary_method(summary: dict) -> str:
+    """The uncertainty method of a report: its ``uncertainty_method``, or, in summaries written before that was
+    recorded (MC dropout and the TTA spread only), the one its description names."""
+    method = summary.get("uncertainty_method")
+    if method:
+        return str(method)
+    return "tta" if str(summary.get("uncertainty", "")).startswith("TTA") else "mc-dropout"
 
 
 def get_reader(path: Any) -> Callable[[Any], list[tuple]] | None:
@@ -100,7 +110,7 @@ def read_report(path: Any) -> list[tuple]:
         if heat.ndim - n_lead == 3:  # RGB std: the heatmap is its channel mean, as in napari
             heat = heat.mean(axis=-1).astype(np.float32)
         border = int(summary.get("patch_grid", planes[0].get("patch_grid", {})).get("border_px", 0))
-        kind = "TTA std" if "TTA" in str(summary.get("uncertainty", "")) else "MC std"
+        kind = uncertainty_kind(summary_method(summary), calibrated=False)
         layers.append(
             (
                 heat,

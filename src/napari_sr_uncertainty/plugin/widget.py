@@ -179,13 +179,18 @@ def run_job(
     only has to add (or update) the layers. Runs in the worker thread: loading the weights and building the
     engine import JAX (on the first run).
     """
-    from ..core.pipeline import iter_super_resolve  # looked up at run time (tests replace it)
+    from ..core.pipeline import (
+        iter_super_resolve,  # looked up at run time (tests replace it)
+        resolve_weights,
+        uncalibrated_message,
+    )
     from ..core.progress import map_progress
     from ..models.weights import load_weights
 
     weights = load_weights(job.weights_path, model=job.options.model)
-    if job.calibrated and weights.calibration_scale is None:  # say so before minutes of computing
-        raise InputError(f"the weights {weights.source} carry no calibration: show the uncertainty as MC std")
+    method = resolve_weights(weights, job.options)[1].uncertainty_method
+    if job.calibrated and weights.calibration_scale_for(method) is None:  # say so before minutes of computing
+        raise InputError(uncalibrated_message(weights.source, method))
     results = []
     try:
         for index, image in enumerate(job.images):
@@ -409,11 +414,17 @@ class SuperResolveWidget(Container):
         )
         self.uncertainty_method = ComboBox(
             label="uncertainty",
-            choices=[("auto", "auto"), ("MC dropout", "mc-dropout"), ("TTA spread (baseline)", "tta")],
+            choices=[
+                ("auto", "auto"),
+                ("MC dropout", "mc-dropout"),
+                ("MC dropout x TTA", "mc-tta"),
+                ("TTA spread (baseline)", "tta"),
+            ],
             value=defaults.uncertainty,
-            tooltip="MC dropout: the spread of the dropout samples. TTA spread: the spread of the model's outputs "
-            "on the 8 flips and 90-degree rotations of the image (a baseline; the only one for a model without "
-            "dropout, and what auto gives an original's imported weights that never trained with dropout).",
+            tooltip="MC dropout: the spread of the dropout samples. MC dropout x TTA: the same samples spread over "
+            "the 8 flips and 90-degree rotations of the image (a slightly better mean, same cost). TTA spread: the "
+            "spread of the model's outputs on the 8 flips and rotations (a baseline; the only one for a model "
+            "without dropout, and what auto gives an original's imported weights that never trained with dropout).",
         )
         self.colormap = ComboBox(
             label="uncertainty colormap",

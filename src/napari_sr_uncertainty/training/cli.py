@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="napari-sr-uncertainty-train",
         description="Train a registered model with MC dropout (resumable), or export a run's weights.",
     )
-    parser.add_argument("--run-dir", required=True, help="folder for checkpoint, best weights and log")
+    parser.add_argument(
+        "--run-dir", default=None, help="folder for checkpoint, best weights and log (all but --recalibrate)"
+    )
     parser.add_argument("--model", choices=model_ids(), default=DEFAULT_MODEL, help="registry id of the model")
     parser.add_argument(
         "--data",
@@ -146,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --export: the latest weights instead of those with the best validation Y-PSNR",
     )
+    parser.add_argument(
+        "--recalibrate",
+        metavar="MSGPACK",
+        default=None,
+        help="do not train: refit every calibration of these weights' training card on its held-out images "
+        "(found in --data) and rewrite the card",
+    )
     parser.add_argument("--set5", default=None, help="Set5 folder, measured for the training card on export")
     parser.add_argument("--mc-samples", type=int, default=40, help="MC samples for export numbers")
     parser.add_argument("--note", action="append", default=None, help="with --export: a line kept in the card")
@@ -214,13 +223,22 @@ def main_from_images(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``napari-sr-uncertainty-train``."""
-    from .card import export
+    from ..models.weights import CALIBRATION_KEYS
+    from .card import export, recalibrate
     from .loop import train
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.run_dir and not args.recalibrate:
+        parser.error("--run-dir is required")
     if args.from_images:
         return main_from_images(args)
+    if args.recalibrate:
+        if not args.data:
+            parser.error("--recalibrate needs --data: the training folders holding the card's held-out images")
+        card = recalibrate(args.recalibrate, args.data, args.mc_samples)
+        print(json.dumps({key: card[key] for key in CALIBRATION_KEYS.values()}, indent=2))
+        return 0
     if args.export:
         card = export(
             args.run_dir,
