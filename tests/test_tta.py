@@ -220,3 +220,15 @@ def test_the_widget_checks_the_chosen_methods_calibration_before_running(tmp_pat
         next(run_job(job("mc-tta")))  # refused before any computing: the card calibrates the MC std only
     with pytest.raises(InputError, match="the TTA spread is not calibrated"):
         next(run_job(job("tta")))
+
+
+def test_the_memory_estimate_counts_the_views_combination():
+    from napari_sr_uncertainty.core.pipeline import estimate_memory
+    from napari_sr_uncertainty.models.tta import VIEW_BYTES_PER_OUTPUT_VALUE
+
+    shape = (100, 60, 3)
+    mc = estimate_memory(shape, SROptions())
+    views = VIEW_BYTES_PER_OUTPUT_VALUE * (2 * 100) * (2 * 60) * 3  # x2, RGB network output
+    assert estimate_memory(shape, SROptions(uncertainty="mc-tta")) == mc + views
+    assert estimate_memory(shape, SROptions(uncertainty="tta")) == mc + views
+    assert estimate_memory(shape, SROptions(deterministic=True)) == mc  # one pass, written in place

@@ -28,7 +28,13 @@ from ..models.mc import DEFAULT_CHUNK, DEFAULT_SAMPLES, Engine, MCResult, workin
 from ..models.registry import DEFAULT_MODEL, get_spec
 from ..models.spec import ModelSpec
 from ..models.tta import LABEL as TTA_LABEL
-from ..models.tta import MC_TTA_LABEL, N_TRANSFORMS, iter_mc_tta_predict, iter_tta_predict
+from ..models.tta import (
+    MC_TTA_LABEL,
+    N_TRANSFORMS,
+    VIEW_BYTES_PER_OUTPUT_VALUE,
+    iter_mc_tta_predict,
+    iter_tta_predict,
+)
 from ..models.weights import Weights, load_weights
 from .colour import chroma_differences, luma_to_rgb, network_input
 from .imaging import InputError, Normalization, image_layout, scan_values, to_model_input, to_output_layout
@@ -254,15 +260,19 @@ def estimate_memory(lr_shape: tuple[int, ...], options: SROptions | None = None,
 
     The LR-sized buffers (40 bytes per LR pixel), the outputs when they are kept in RAM
     (:func:`output_bytes` times ``n_planes``, the planes of a stack whose results are all kept; none with
-    ``options.scratch_dir``) and the engine's per-block working memory (:func:`.mc.working_bytes`, per
-    model). Writing a report adds its 8-bit views.
+    ``options.scratch_dir``), the engine's per-block working memory (:func:`.mc.working_bytes`, per
+    model) and, for the dihedral-view methods, the views' combination (always in RAM). Writing a report adds
+    its 8-bit views.
     """
     options = options or SROptions()
+    spec = options.spec
     h, w, _ = image_layout(tuple(lr_shape))
     total = _LR_BYTES_PER_PIXEL * h * w
     if options.scratch_dir is None:
-        total += n_planes * output_bytes(lr_shape, options.spec)
-    return total + working_bytes(options.spec, options.chunk or DEFAULT_CHUNK)
+        total += n_planes * output_bytes(lr_shape, spec)
+    if options.uncertainty_method in ("tta", "mc-tta"):  # the views are combined in RAM (models.tta)
+        total += VIEW_BYTES_PER_OUTPUT_VALUE * spec.scale * spec.scale * h * w * spec.channels
+    return total + working_bytes(spec, options.chunk or DEFAULT_CHUNK)
 
 
 def format_size(n_bytes: int) -> str:

@@ -42,6 +42,9 @@ def dihedral_inverse(y: np.ndarray, t: int) -> np.ndarray:
 
 
 MC_TTA_LABEL = "MC dropout x TTA"
+#: RAM per network output value while views are combined: one view's result (mean, single, std: 3 float32),
+#: the two float64 sums, and up to three float64 temporaries (the view's mean, its difference, its variance)
+VIEW_BYTES_PER_OUTPUT_VALUE = 3 * 4 + 2 * 8 + 3 * 8
 # Odd, so view t's dropout seed differs from every other view's for any user seed; view 0 keeps the seed.
 _VIEW_SEED_STRIDE = 0x9E3779B9
 
