@@ -1,5 +1,5 @@
 """Export: a run's weights in the bundled format plus its training card (data, schedule, validation,
-Set5 numbers, calibrations); refitting a card's calibrations."""
+Set5 numbers, calibrations); adding the calibrations an older card lacks."""
 
 from __future__ import annotations
 
@@ -20,31 +20,37 @@ def load_eval_pairs(folder: str | Path, scale: int = 2) -> list[ImagePair]:
     return [make_pair(p.stem, load_rgb(p), scale) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() == ".png"]
 
 
-def calibrations(spec, arrays: dict, pairs: list[ImagePair], n_samples: int) -> dict:
-    """The card's calibration entries: the std of each calibrated uncertainty method (MC dropout, MC dropout x
-    TTA; :data:`napari_sr_uncertainty.models.weights.CALIBRATION_KEYS`) fitted on ``pairs``."""
+def calibrations(spec, arrays: dict, pairs: list[ImagePair], n_samples: int, methods=None) -> dict:
+    """The card's calibration entries: the std of each calibrated uncertainty method (``methods``; by default
+    all: MC dropout, MC dropout x TTA; :data:`napari_sr_uncertainty.models.weights.CALIBRATION_KEYS`) fitted
+    on ``pairs``."""
     from ..models.weights import CALIBRATION_KEYS
 
-    return {key: calibrate_std_scale(spec, arrays, pairs, n_samples, method=m) for m, key in CALIBRATION_KEYS.items()}
+    methods = CALIBRATION_KEYS if methods is None else methods
+    return {CALIBRATION_KEYS[m]: calibrate_std_scale(spec, arrays, pairs, n_samples, method=m) for m in methods}
 
 
-def recalibrate(weights_path: str | Path, data: list[str], n_samples: int = 40) -> dict:
-    """Refit every calibration of a card (``<weights>.json``) on its held-out images, found in ``data`` (the
-    training folders), and rewrite the card; the weights and every other entry stay as they are.
+def add_calibrations(weights_path: str | Path, data: list[str], n_samples: int = 40) -> dict:
+    """Fit the calibrations a card (``<weights>.json``) lacks on its held-out images, found in ``data`` (the
+    training folders), and rewrite the card; the weights and every other entry, the calibrations it has
+    included (the record of its export), stay as they are.
 
     Cards written before a method existed get its calibration this way without retraining or re-exporting.
     """
-    from ..models.weights import load_weights
+    from ..models.weights import CALIBRATION_KEYS, load_weights
 
     weights = load_weights(weights_path)
     card_path = Path(weights_path).with_suffix(".json")
     if not weights.card:
-        raise ValueError(f"{weights_path} has no training card ({card_path.name}) to recalibrate")
+        raise ValueError(f"{weights_path} has no training card ({card_path.name}) to add calibrations to")
+    missing = [method for method, key in CALIBRATION_KEYS.items() if key not in weights.card]
+    if not missing:
+        return weights.card
     holdout = tuple(weights.card["data"]["held_out_for_validation_and_calibration"])
     _, pairs = _data.load_pairs(data, holdout, scale=weights.spec.scale)
     if len(pairs) != len(holdout):
         raise ValueError(f"found {len(pairs)} of the card's {len(holdout)} held-out images in {', '.join(data)}")
-    card = {**weights.card, **calibrations(weights.spec, weights.arrays, pairs, n_samples)}
+    card = {**weights.card, **calibrations(weights.spec, weights.arrays, pairs, n_samples, missing)}
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     return card
 

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a registered model with MC dropout (resumable), or export a run's weights.",
     )
     parser.add_argument(
-        "--run-dir", default=None, help="folder for checkpoint, best weights and log (all but --recalibrate)"
+        "--run-dir", default=None, help="folder for checkpoint, best weights and log (all but --add-calibrations)"
     )
     parser.add_argument("--model", choices=model_ids(), default=DEFAULT_MODEL, help="registry id of the model")
     parser.add_argument(
@@ -149,11 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --export: the latest weights instead of those with the best validation Y-PSNR",
     )
     parser.add_argument(
-        "--recalibrate",
+        "--add-calibrations",
         metavar="MSGPACK",
         default=None,
-        help="do not train: refit every calibration of these weights' training card on its held-out images "
-        "(found in --data) and rewrite the card",
+        help="do not train: fit the calibrations these weights' training card lacks (e.g. of a newer "
+        "uncertainty method) on its held-out images, found in --data, and add them to the card",
     )
     parser.add_argument("--set5", default=None, help="Set5 folder, measured for the training card on export")
     parser.add_argument("--mc-samples", type=int, default=40, help="MC samples for export numbers")
@@ -224,19 +224,19 @@ def main_from_images(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``napari-sr-uncertainty-train``."""
     from ..models.weights import CALIBRATION_KEYS
-    from .card import export, recalibrate
+    from .card import add_calibrations, export
     from .loop import train
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.run_dir and not args.recalibrate:
+    if not args.run_dir and not args.add_calibrations:
         parser.error("--run-dir is required")
     if args.from_images:
         return main_from_images(args)
-    if args.recalibrate:
+    if args.add_calibrations:
         if not args.data:
-            parser.error("--recalibrate needs --data: the training folders holding the card's held-out images")
-        card = recalibrate(args.recalibrate, args.data, args.mc_samples)
+            parser.error("--add-calibrations needs --data: the training folders holding the card's held-out images")
+        card = add_calibrations(args.add_calibrations, args.data, args.mc_samples)
         print(json.dumps({key: card[key] for key in CALIBRATION_KEYS.values()}, indent=2))
         return 0
     if args.export:
