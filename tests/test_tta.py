@@ -232,3 +232,16 @@ def test_the_memory_estimate_counts_the_views_combination():
     assert estimate_memory(shape, SROptions(uncertainty="mc-tta")) == mc + views
     assert estimate_memory(shape, SROptions(uncertainty="tta")) == mc + views
     assert estimate_memory(shape, SROptions(deterministic=True)) == mc  # one pass, written in place
+
+
+def test_every_bundled_dropout_model_has_an_mc_tta_calibration():
+    from napari_sr_uncertainty.models.registry import all_specs
+    from napari_sr_uncertainty.models.weights import load_weights
+
+    bundled = [spec for spec in all_specs() if spec.default_weights and spec.dropout_layers]
+    assert len(bundled) == 5
+    for spec in bundled:
+        weights = load_weights(model=spec.id)
+        mc, mc_tta = weights.calibration_scale_for("mc-dropout"), weights.calibration_scale_for("mc-tta")
+        assert mc > 0 and mc_tta > 0 and mc_tta != mc, spec.id
+        assert "spread over the 8 dihedral views" in weights.card["calibration_mc_tta"]["data"]
