@@ -68,13 +68,13 @@ from napari_sr_uncertainty.training.evaluate import (
     baseline_image,
     ensemble_predict,
     errors_and_stds,
-    mc_tta_predict,
     patch_lr,
     predict,
     protocol_psnr,
     protocol_ssim,
     to_rgb,
     tta_predict,
+    uncertainty_predictor,
 )
 
 SETS = ("Set5", "Set14", "BSD100")
@@ -134,8 +134,8 @@ def uncertainty_methods(spec, ours: dict, n_samples: int, members: list[dict], n
     """Method name (:data:`METHODS`, those of ``names`` and always ``mc``) -> function of a uint8 LR image
     returning mean and std as an ``MCResult``."""
     methods = {
-        "mc": lambda lr: predict(spec, ours, lr, n_samples, seed=0),
-        "mc_tta": lambda lr: mc_tta_predict(spec, ours, lr, n_samples, seed=0),
+        "mc": uncertainty_predictor(spec, ours, "mc-dropout", n_samples),
+        "mc_tta": uncertainty_predictor(spec, ours, "mc-tta", n_samples),
         "tta": lambda lr: tta_predict(spec, ours, lr),
     }
     if members:

@@ -45,6 +45,13 @@ DEFAULT_PATCH = 64
 UNCERTAINTY_METHODS = ("auto", "mc-dropout", "tta", "mc-tta")
 #: what each method's std is called on layers, colorbars and in summaries
 STD_KINDS = {"mc-dropout": "MC std", "tta": "TTA std", "mc-tta": "MC x TTA std"}
+
+
+def std_kind(method: str | None) -> str:
+    """What ``method``'s std is called (:data:`STD_KINDS`); a deterministic run's (all-zero) std is an MC std."""
+    return STD_KINDS.get(method, STD_KINDS["mc-dropout"])
+
+
 SEED_LIMIT = 2**32  # seeds are uint32: the dropout hash's key
 # An uncertainty is a spread: one sample has std 0 everywhere, which would read as "certain".
 MIN_SAMPLES, MAX_SAMPLES = 2, 10_000
@@ -118,7 +125,7 @@ class SROptions:
 
 def uncalibrated_message(weights_source: str, method: str | None) -> str:
     """Why a calibrated sigma cannot be shown for ``method``'s std of these weights."""
-    kind = STD_KINDS.get(method, "uncertainty")
+    kind = STD_KINDS.get(method, "uncertainty")  # a deterministic run has none to calibrate
     if method == "tta":
         return f"the TTA spread is not calibrated: only the raw {kind} can be shown"
     return f"the weights {weights_source} carry no calibration of the {kind} (training card): only the raw {kind} can be shown"

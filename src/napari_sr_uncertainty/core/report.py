@@ -52,7 +52,7 @@ import numpy as np
 
 from .imaging import ArrayLayout, PixelSize, image_layout, row_blocks
 from .patches import median_score, nearly_uniform, partial_patches
-from .pipeline import STD_KINDS, SRResult, format_size, patch_border
+from .pipeline import SRResult, format_size, patch_border, std_kind
 
 #: provenance keys that differ between the planes of a stack: kept per plane in a stack's summary
 _PLANE_KEYS = ("normalization", "timings_s")
@@ -274,7 +274,7 @@ def _displayed(result: SRResult, display: DisplayedHeatmap | None) -> DisplayedH
         display = replace(display, calibrated=False, title="")
     if not display.title:
         method = result.options.uncertainty_method
-        kind = "calibrated σ" if display.calibrated else STD_KINDS.get(method, STD_KINDS["mc-dropout"])
+        kind = "calibrated σ" if display.calibrated else std_kind(method)
         display = replace(display, title=f"{kind}, {_value_unit(result.normalization.dtype)}")
     return replace(display, contrast_limits=shown_contrast_limits(result, display))
 

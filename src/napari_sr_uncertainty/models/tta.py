@@ -81,14 +81,15 @@ def _iter_views(lr, engine: Engine, samples: list[int], *, seed: int, chunk: int
     """Run the views with ``samples[t]`` MC samples each (0: one deterministic pass) and combine them, each
     weighted by its number of predictions: the pooled mean and population std of all predictions."""
     spec = engine.spec
-    weights = [max(k, 1) for k in samples]
+    # predictions per view: its MC samples, or its one deterministic pass
+    counts = [max(k, 1) for k in samples]
     views = [t for t in range(N_TRANSFORMS) if samples[t] > 0 or not any(samples)]
-    n_total = sum(weights[t] for t in views)
+    n_total = sum(counts[t] for t in views)
     if out is None:
         out = allocate_result(lr.shape, n_total, seed, scale=spec.scale, channels=spec.channels)
     out.n_samples = n_total
     shape = (spec.scale * lr.shape[0], spec.scale * lr.shape[1], spec.channels)
-    # sums of w * (mean - shift) and of w * (var + (mean - shift)^2) over the views
+    # sums of count * (mean - shift) and of count * (var + (mean - shift)^2) over the views
     sums = np.zeros(shape, np.float64), np.zeros(shape, np.float64)
     shift = None
     done, total = 0, None
@@ -106,8 +107,8 @@ def _iter_views(lr, engine: Engine, samples: list[int], *, seed: int, chunk: int
             out.single[...] = dihedral_inverse(one.single, t)
         d = y - shift
         var = np.square(dihedral_inverse(one.std, t).astype(np.float64)) if samples[t] else 0.0
-        sums[0][...] += weights[t] * d
-        sums[1][...] += weights[t] * (var + d * d)
+        sums[0][...] += counts[t] * d
+        sums[1][...] += counts[t] * (var + d * d)
     mean_d = sums[0] / n_total
     out.mean[...] = (shift + mean_d).astype(np.float32)
     out.std[...] = np.sqrt(np.maximum(sums[1] / n_total - mean_d * mean_d, 0.0)).astype(np.float32)

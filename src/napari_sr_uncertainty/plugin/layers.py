@@ -186,11 +186,11 @@ def value_unit(dtype: str) -> str:
 
 
 def uncertainty_kind(method: str | None, calibrated: bool) -> str:
-    """``"calibrated sigma"``, or what ``method``'s std is called (:data:`.pipeline.STD_KINDS`: ``"MC std"``,
+    """``"calibrated sigma"``, or what ``method``'s std is called (:func:`.pipeline.std_kind`: ``"MC std"``,
     ``"TTA std"``, ...; metadata ``uncertainty_units``)."""
-    from ..core.pipeline import STD_KINDS
+    from ..core.pipeline import std_kind
 
-    return "calibrated sigma" if calibrated else STD_KINDS.get(method, STD_KINDS["mc-dropout"])
+    return "calibrated sigma" if calibrated else std_kind(method)
 
 
 def uncertainty_title(kind: str, unit: str) -> str:
