@@ -93,6 +93,15 @@ def test_weights_carry_a_card_with_the_refitted_calibration(tmp_path):
     weights = load_weights(result.weights_path, model="esrcnn-x2")  # the card's sha256 is checked
     card = weights.card
     assert weights.calibration_scale == card["calibration"]["std_scale"] > 0
+    # every calibrated method's factor, fitted on the held-out tiles, so mc-tta runs calibrated too
+    mc_tta = card["calibration_mc_tta"]
+    assert weights.calibration_scale_for("mc-tta") == mc_tta["std_scale"] > 0
+    assert mc_tta["std_scale"] != card["calibration"]["std_scale"]
+    assert mc_tta["coverage_1.96"] == pytest.approx(0.95, abs=0.01)
+    assert (
+        mc_tta["data"].startswith("1 held-out tile(s) of the training images, MC mean of")
+        and "dihedral views" in mc_tta["data"]
+    )
     assert card["degradation"] == Degradation(blur_sigma=1.0).as_dict()
     assert card["data"]["tiles"] == 12 and card["data"]["held_out_tiles"] == 1
     assert "Gaussian blur sigma 1" in card["data"]["lr_degradation"]

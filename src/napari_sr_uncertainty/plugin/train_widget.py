@@ -8,7 +8,7 @@ thread only draws what the worker yields: the progress bar, the live plot (train
 the bicubic line) and the live preview layer (the current model's MC mean on one held-out tile).
 
 Cancel asks the run to stop before its next step; it writes a checkpoint of that step, and Train with the
-same model name and data resumes from it. At the end the calibration is refitted on the held-out tiles,
+same model name and data resumes from it. At the end the calibrations (MC dropout, MC dropout x TTA) are refitted on the held-out tiles,
 the weights and their training card are saved in the trained-models folder
 (:func:`.train_models.trained_models_dir`), and the super-resolution widget lists the new model at once.
 

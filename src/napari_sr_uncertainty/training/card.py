@@ -20,14 +20,21 @@ def load_eval_pairs(folder: str | Path, scale: int = 2) -> list[ImagePair]:
     return [make_pair(p.stem, load_rgb(p), scale) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() == ".png"]
 
 
-def calibrations(spec, arrays: dict, pairs: list[ImagePair], n_samples: int, methods=None) -> dict:
+def calibrations(
+    spec, arrays: dict, pairs: list[ImagePair], n_samples: int, methods=None, *, pairs_description=None
+) -> dict:
     """The card's calibration entries: the std of each calibrated uncertainty method (``methods``; by default
     all: MC dropout, MC dropout x TTA; :data:`napari_sr_uncertainty.models.weights.CALIBRATION_KEYS`) fitted
-    on ``pairs``."""
+    on ``pairs`` (named in the record by ``pairs_description``, see :func:`.evaluate.calibrate_std_scale`)."""
     from ..models.weights import CALIBRATION_KEYS
 
     methods = CALIBRATION_KEYS if methods is None else methods
-    return {CALIBRATION_KEYS[m]: calibrate_std_scale(spec, arrays, pairs, n_samples, method=m) for m in methods}
+    return {
+        CALIBRATION_KEYS[m]: calibrate_std_scale(
+            spec, arrays, pairs, n_samples, method=m, pairs_description=pairs_description
+        )
+        for m in methods
+    }
 
 
 def add_calibrations(weights_path: str | Path, data: list[str], n_samples: int = 40) -> dict:

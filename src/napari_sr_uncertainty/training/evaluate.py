@@ -251,10 +251,17 @@ def errors_and_stds(spec, pairs: list[ImagePair], predictor) -> tuple[np.ndarray
 
 
 def calibrate_std_scale(
-    spec, arrays: dict, pairs: list[ImagePair], n_samples: int = 40, *, method: str = "mc-dropout"
+    spec,
+    arrays: dict,
+    pairs: list[ImagePair],
+    n_samples: int = 40,
+    *,
+    method: str = "mc-dropout",
+    pairs_description: str | None = None,
 ) -> dict:
     """Fit the factor ``s`` so that ``mean ± 1.96 s std`` covers 95% of per-pixel errors of the MC mean
     (of uncertainty ``method``: "mc-dropout", or "mc-tta", the samples spread over the dihedral views).
+    ``pairs_description`` names the images in the record (default: held-out BSD200 training images, by name).
 
     ``s`` is the 95th percentile of ``|error| / (1.96 std)`` over all pixels and network channels of
     ``pairs`` (RGB or luma in [0, 1], the MC mean unrounded, a ``scale``-pixel border shaved as in the
@@ -268,8 +275,10 @@ def calibrate_std_scale(
     return {
         "std_scale": scale,
         "method": f"95th percentile of |MC-mean error| / (1.96 * std), per pixel and {channels}",
-        "data": f"{len(pairs)} held-out BSD200 training images ({', '.join(p.name for p in pairs)}), "
-        f"MC mean of {n_samples} samples"
+        "data": (
+            pairs_description or f"{len(pairs)} held-out BSD200 training images ({', '.join(p.name for p in pairs)})"
+        )
+        + f", MC mean of {n_samples} samples"
         + (" spread over the 8 dihedral views" if method == "mc-tta" else "")
         + ", seed 0",
         "coverage_1.96": float(np.mean(err <= uncertainty_metrics.COVERAGE_Z * scale * std)),

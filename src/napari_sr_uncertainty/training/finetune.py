@@ -14,8 +14,8 @@ worker drives and stops). The steps:
    the model's fast path, optimiser and schedule, checkpoints) on the training tiles; every ``val_every``
    steps the held-out tiles are evaluated (MC mean PSNR over the image's range, with the bicubic baseline)
    and a checkpoint is written (atomically: a stopped or crashed run leaves the previous one).
-3. **The end**: the calibration factor is refitted on the held-out tiles
-   (:func:`.evaluate.calibrate_std_scale`), and the weights are saved with a training card (data summary,
+3. **The end**: the calibration factors (MC dropout, and MC dropout x TTA: :func:`.card.calibrations`) are
+   refitted on the held-out tiles, and the weights are saved with a training card (data summary,
    degradation, steps, held-out PSNR and uncertainty metrics before and after).
 
 Held-out evaluation works on float planes in [0, 1] (a 16-bit image keeps its precision): PSNR with peak 1,
@@ -436,9 +436,9 @@ def iter_fine_tune(
     the generator before its end (a GUI worker that quits with its viewer) writes a checkpoint too. Calling it
     again with the same ``run_dir`` resumes from there. ``config.init`` names the starting weights.
     """
-    from ..models.weights import load_weights, save_weights
+    from ..models.weights import CALIBRATION_KEYS, load_weights, save_weights
+    from .card import calibrations
     from .checkpoint import CHECKPOINT_NAME
-    from .evaluate import calibrate_std_scale
     from .initial import initial_arrays
     from .loop import Validation, iter_train
 
@@ -490,15 +490,20 @@ def iter_fine_tune(
     if trained["stopped"]:
         report = {"stopped_at_step": step, "steps": config.steps, "run_dir": str(run_dir)}
         return FineTuneResult(None, report, stopped=True)
-    yield FineTuneProgress(step, config.steps, "refitting the calibration on the held-out tiles")
+    yield FineTuneProgress(step, config.steps, "refitting the calibrations on the held-out tiles")
     arrays = trained["arrays"]
-    calibration = calibrate_std_scale(spec, arrays, held_pairs, final_mc_samples)
-    calibration["data"] = (
-        f"{len(held_pairs)} held-out tiles of the training images, MC mean of {final_mc_samples} samples, seed 0"
+    # every calibrated method's, as an exported card has: weights fine-tuned here run calibrated with any
+    fitted = calibrations(
+        spec,
+        arrays,
+        held_pairs,
+        final_mc_samples,
+        pairs_description=f"{len(held_pairs)} held-out tile(s) of the training images",
     )
-    after = evaluate_held_out(spec, arrays, held_pairs, final_mc_samples, std_scale=calibration["std_scale"])
+    mc_scale = fitted[CALIBRATION_KEYS["mc-dropout"]]["std_scale"]
+    after = evaluate_held_out(spec, arrays, held_pairs, final_mc_samples, std_scale=mc_scale)
     card = training_card(
-        data, config, degradation, before, after, calibration, trained["steps_this_session"], trained["seconds"]
+        data, config, degradation, before, after, fitted, trained["steps_this_session"], trained["seconds"]
     )
     yield FineTuneProgress(step, config.steps, f"saving {output.name}")
     card["sha256"] = save_weights(arrays, output, model=spec.id)
@@ -518,7 +523,7 @@ def training_card(
     degradation: Degradation,
     before: dict,
     after: dict,
-    calibration: dict,
+    calibrations: dict,
     steps_this_session: int,
     seconds: float,
 ) -> dict:
@@ -552,7 +557,7 @@ def training_card(
             "training_seconds": round(seconds, 1),
             "steps_this_session": steps_this_session,
         },
-        "calibration": calibration,
+        **calibrations,
     }
 
 
