@@ -26,7 +26,7 @@ import numpy as np
 from napari_sr_uncertainty.models.registry import DEFAULT_MODEL, model_ids
 from napari_sr_uncertainty.models.weights import load_weights
 from napari_sr_uncertainty.training.config import TrainConfig
-from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_pairs
+from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_held_out
 from napari_sr_uncertainty.training.evaluate import (
     baseline_image,
     baseline_name,
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if not bsd200.is_dir():
         parser.error(f"{bsd200} not found (pass --shared)")
     spec = TrainConfig(model=args.model, dropout_rate=args.dropout_rate).spec
-    _, pairs = load_pairs([bsd200], BSD200_VALIDATION_IDS, scale=spec.scale)
+    pairs = load_held_out([bsd200], BSD200_VALIDATION_IDS, scale=spec.scale)
     print(
         f"{spec.id} (dropout {spec.dropout_rate:g}); held-out BSD200 training images: {len(pairs)}; "
         f"{'MC x TTA' if args.uncertainty == 'mc-tta' else 'MC'} mean of {args.samples}, seed 0\n"

@@ -24,7 +24,7 @@ from napari_sr_uncertainty.core.pipeline import patch_border
 from napari_sr_uncertainty.core.uncertainty_metrics import least_most_ratio, spearman
 from napari_sr_uncertainty.models.registry import get_spec, model_ids
 from napari_sr_uncertainty.models.weights import default_weights_path, load_weights
-from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_pairs, network_planes
+from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_held_out, network_planes
 from napari_sr_uncertainty.training.evaluate import patch_lr, predict
 
 DROPOUT_MODELS = ("esrcnn-x2", "espcn-x3", "cnn3-x4", "srcnn-gray-x1", "rdn-x4")
@@ -37,7 +37,7 @@ SCORES = {
 def model_rows(model_id: str, shared: Path, n_samples: int) -> dict:
     spec = get_spec(model_id)
     arrays = load_weights(default_weights_path(spec), model=spec.id).arrays
-    _, pairs = load_pairs([shared / "datasets" / "BSD200"], BSD200_VALIDATION_IDS, scale=spec.scale)
+    pairs = load_held_out([shared / "datasets" / "BSD200"], BSD200_VALIDATION_IDS, scale=spec.scale)
     per_score = {name: {"spearman": [], "least_most": []} for name in SCORES}
     kw = {"patch": patch_lr(spec.scale), "scale": spec.scale, "border": patch_border(spec)}
     for pair in pairs:

@@ -63,7 +63,7 @@ from napari_sr_uncertainty.core.uncertainty_metrics import calibration_scale, im
 from napari_sr_uncertainty.models.registry import DEFAULT_MODEL, get_spec, model_ids
 from napari_sr_uncertainty.models.weights import load_weights
 from napari_sr_uncertainty.training.card import load_eval_pairs
-from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_pairs, network_planes
+from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, load_held_out, network_planes
 from napari_sr_uncertainty.training.evaluate import (
     baseline_image,
     ensemble_predict,
@@ -175,7 +175,7 @@ def run(
     methods = uncertainty_methods(spec, ours.arrays, n_samples, members, method_names)
     std_scales = {}
     if any(name in sets for name in UNCERTAINTY_SETS) and (datasets / "BSD200").is_dir():
-        _, held_out = load_pairs([datasets / "BSD200"], BSD200_VALIDATION_IDS, scale=s)
+        held_out = load_held_out([datasets / "BSD200"], BSD200_VALIDATION_IDS, scale=s)
         std_scales = fit_std_scales(spec, methods, held_out)
     rows = {name: {} for name in ("baseline", "original", "ours_det", "ours_mc", "ours_mc_tta", "ours_tta", "ensemble")}
     uncertainty = {}

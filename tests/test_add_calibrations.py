@@ -94,3 +94,19 @@ def test_add_calibrations_refuses_missing_held_out_images_and_bare_weights(bundl
         cli.main(["--add-calibrations", str(path)])  # the held-out images are needed
     with pytest.raises(SystemExit):
         cli.main(["--steps", "1"])  # training still needs --run-dir
+
+
+def test_held_out_pairs_load_alone_as_load_pairs_splits_them(bundle, monkeypatch):
+    """load_held_out gives load_pairs's held-out pairs, in order, and decodes no training image."""
+    from napari_sr_uncertainty.training import data as data_module
+
+    _, data = bundle
+    _, expected = data_module.load_pairs([data], ("c", "b"), scale=2)
+    decoded = []
+    original = data_module.load_rgb
+    monkeypatch.setattr(data_module, "load_rgb", lambda path: decoded.append(path.stem) or original(path))
+    pairs = data_module.load_held_out([data], ("c", "b"), scale=2)
+    assert decoded == ["b", "c"] and [p.name for p in pairs] == [p.name for p in expected] == ["b", "c"]
+    for got, want in zip(pairs, expected, strict=True):
+        np.testing.assert_array_equal(got.lr, want.lr)
+        np.testing.assert_array_equal(got.hr, want.hr)

@@ -57,10 +57,10 @@ def test_quality_measures_restoration_against_the_degraded_input():
 def test_holdout_evaluates_at_the_model_scale():
     holdout = _bench("holdout")
     from napari_sr_uncertainty.training.config import TrainConfig
-    from napari_sr_uncertainty.training.data import load_pairs
+    from napari_sr_uncertainty.training.data import load_held_out
 
     spec = TrainConfig(model="espcn-x3", dropout_rate=0.1).spec
-    _, pairs = load_pairs([SHARED / "datasets" / "BSD200"], ("100075",), scale=3)
+    pairs = load_held_out([SHARED / "datasets" / "BSD200"], ("100075",), scale=3)
     result = holdout.evaluate(spec, str(ESPCN_PTH), pairs, 2)
     assert pairs[0].scale == 3 and pairs[0].lr.shape[:2] == (pairs[0].hr.shape[0] // 3, pairs[0].hr.shape[1] // 3)
     assert 25.0 < result["baseline_psnr"] < 40.0  # (the original weights never saw dropout: their MC mean is poor)
@@ -122,10 +122,10 @@ def test_train_throughput_times_the_trainers_sliced_step_against_its_own_peak(ca
 def test_holdout_evaluates_weights_as_one_ensemble():
     holdout = _bench("holdout")
     from napari_sr_uncertainty.models.registry import get_spec
-    from napari_sr_uncertainty.training.data import load_pairs
+    from napari_sr_uncertainty.training.data import load_held_out
 
     spec = get_spec("esrcnn-x2")
-    _, pairs = load_pairs([SHARED / "datasets" / "BSD200"], ("100075",), scale=2)
+    pairs = load_held_out([SHARED / "datasets" / "BSD200"], ("100075",), scale=2)
     shipped = str(REPO / "weights" / "esrcnn_x2.msgpack")
     twice = holdout.evaluate_ensemble(spec, [shipped, shipped], pairs)
     assert np.isnan(twice["patch_spearman"])  # one network twice: no spread to rank by

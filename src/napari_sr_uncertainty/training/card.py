@@ -54,7 +54,7 @@ def add_calibrations(weights_path: str | Path, data: list[str], n_samples: int =
     if not missing:
         return weights.card
     holdout = tuple(weights.card["data"]["held_out_for_validation_and_calibration"])
-    _, pairs = _data.load_pairs(data, holdout, scale=weights.spec.scale)
+    pairs = _data.load_held_out(data, holdout, scale=weights.spec.scale)
     if len(pairs) != len(holdout):
         raise ValueError(f"found {len(pairs)} of the card's {len(holdout)} held-out images in {', '.join(data)}")
     card = {**weights.card, **calibrations(weights.spec, weights.arrays, pairs, n_samples, missing)}
@@ -146,7 +146,7 @@ def export(
     else:
         arrays = load_weights(run_dir / BEST_NAME, model=spec.id).arrays
         exported_step = best["step"]
-    _, val_pairs = _data.load_pairs(config.data, tuple(config.holdout), scale=spec.scale)  # held-out images only
+    val_pairs = _data.load_held_out(config.data, tuple(config.holdout), scale=spec.scale)
     validation = evaluate_pairs(spec, arrays, val_pairs)
     card = {
         "model": f"{spec.id}: {spec.description} (dropout rate {spec.dropout_rate:g})",

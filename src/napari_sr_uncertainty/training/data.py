@@ -159,6 +159,19 @@ def load_pairs(
     return train, held_out
 
 
+def load_held_out(
+    folders: list[str | Path], holdout_ids: tuple[str, ...] = BSD200_VALIDATION_IDS, scale: int = 2
+) -> list[ImagePair]:
+    """The held-out pairs of :func:`load_pairs`, in its order, without decoding the training images: what
+    calibration and held-out evaluation read."""
+    return [
+        make_pair(path.stem, load_rgb(path), scale)
+        for folder in folders
+        for path in list_images(folder)
+        if path.stem in holdout_ids
+    ]
+
+
 def dihedral(image: np.ndarray, code: int) -> np.ndarray:
     """One of the 8 dihedral transforms of an (H, W, ...) array, as a view: ``code`` 0..7 is an optional
     left-right flip (``code & 4``) then ``code & 3`` quarter turns counter-clockwise (``np.rot90``'s).
