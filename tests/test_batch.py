@@ -337,6 +337,68 @@ def test_block_regions_equal_the_whole_image_for_both_engines(weights, random_es
             np.testing.assert_array_equal(heatmap, whole.heatmap[window])
 
 
+def test_huge_image_block_tasks_run_mc_tta_identical_to_the_single_run(client, weights, weights_path, tmp_path):
+    """MC dropout x TTA in block tasks: every view's blocks at their places in that view, pooled as the single
+    run pools them, so the OME-Zarr outputs equal ``napari-sr-uncertainty IMAGE --uncertainty mc-tta``'s TIFFs,
+    sigma with the method's own calibration."""
+    rng = np.random.default_rng(4)
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "gray.npy", rng.integers(0, 4000, (150, 200)).astype(np.uint16))
+    np.save(src / "rgb.npy", rng.integers(0, 255, (100, 130, 3)).astype(np.uint8))
+    outdir = tmp_path / "out"
+    options = SROptions(n_samples=10, seed=SEED, uncertainty="mc-tta")  # 10: all 8 views
+    result = run_batch([src], outdir, options, weights=weights, client=client, huge_pixels=0, tile=64, progress=False)
+    assert result.exit_code == 0, result.rows
+    for name in ("gray", "rgb"):
+        single = tmp_path / f"single_{name}"
+        argv = [str(src / f"{name}.npy"), "-o", str(single), "--samples", "10", "--seed", str(SEED)]
+        assert cli.main([*argv, "--weights", str(weights_path), "--uncertainty", "mc-tta", "--quiet"]) == 0
+        outputs = ("mean", "std") + (("sigma",) if weights.calibration_scale_for("mc-tta") else ())
+        for output in outputs:
+            level0 = zarr.open_array(str(outdir / name / f"{output}.ome.zarr" / "0"), mode="r")[:]
+            if level0.ndim == 3:
+                level0 = np.moveaxis(level0, 0, -1)
+            np.testing.assert_array_equal(level0, tifffile.imread(single / f"{output}.tif"))
+        summary = json.loads((outdir / name / "summary.json").read_text())
+        assert summary["uncertainty_method"] == "mc-tta" and summary["samples"] == 10
+        expected = weights.calibration_scale_for("mc-tta")
+        assert summary["calibration"] == (None if expected is None else {"std_scale": expected})
+
+
+@pytest.mark.parametrize("method", ["mc-tta", "tta"])
+def test_block_regions_of_the_view_methods_equal_the_whole_image(weights, method):
+    """predict_region with the dihedral-view methods, at 64-aligned offsets of an image whose sides are not
+    multiples of the block (so a tile's views start off the tile grid), equals the whole-image run."""
+    from napari_sr_uncertainty.batch.zarr_out import predict_region
+    from napari_sr_uncertainty.core.colour import network_input
+    from napari_sr_uncertainty.core.imaging import to_model_input
+    from napari_sr_uncertainty.core.progress import run_to_end
+    from napari_sr_uncertainty.models.mc import Engine
+    from napari_sr_uncertainty.models.tta import iter_mc_tta_predict, iter_tta_predict
+
+    rgb = np.random.default_rng(6).integers(0, 255, (90, 140, 3)).astype(np.uint8)
+    model_input, norm = to_model_input(rgb)
+    options = SROptions(model=weights.model, n_samples=10, seed=2, uncertainty=method)  # 10: every view, 1-2 each
+    engine = Engine(weights.spec, weights.arrays)
+    net = network_input(model_input, weights.spec.colour, False)
+    steps = (
+        iter_tta_predict(net, engine)
+        if method == "tta"
+        else iter_mc_tta_predict(net, engine, n_samples=10, seed=2, chunk=options.chunk or 8)
+    )
+    whole = run_to_end(steps)
+    s = weights.spec.scale
+    for r0, c0, rows, cols in ((0, 0, 64, 128), (64, 64, 26, 76), (0, 128, 90, 12)):
+        mean, std, heatmap = predict_region(
+            engine, lambda y0, y1, x0, x1: rgb[y0:y1, x0:x1], rgb.shape[:2], r0, c0, rows, cols, norm, options
+        )
+        window = np.s_[s * r0 : s * (r0 + rows), s * c0 : s * (c0 + cols)]
+        np.testing.assert_array_equal(mean, whole.mean[window])
+        np.testing.assert_array_equal(std, whole.std[window])
+        np.testing.assert_array_equal(heatmap, whole.std[window].mean(axis=-1))
+
+
 def test_disk_full_fails_the_input_with_its_name_and_leaves_nothing(tmp_path, weights, monkeypatch):
     """ENOSPC while the folder is written: a failed row naming the input's folder, no partial folder."""
     from napari_sr_uncertainty.batch import tasks

@@ -8,13 +8,16 @@ from napari_sr_uncertainty.core.pipeline import SROptions, super_resolve
 from napari_sr_uncertainty.models.esrcnn import PARAM_SHAPES, SPEC
 from napari_sr_uncertainty.models.mc import Engine
 from napari_sr_uncertainty.models.tta import (
+    INVERSE_VIEW,
     N_TRANSFORMS,
     dihedral,
     dihedral_inverse,
     iter_mc_tta_predict,
     iter_tta_predict,
+    view_box,
     view_samples,
     view_seed,
+    view_shape,
 )
 from napari_sr_uncertainty.models.weights import Weights
 
@@ -25,6 +28,25 @@ def test_the_eight_transforms_are_distinct_and_invert():
     assert len({v.tobytes() + bytes(v.shape) for v in views}) == N_TRANSFORMS
     for t, v in enumerate(views):
         np.testing.assert_array_equal(dihedral_inverse(v, t), x)
+
+
+def test_view_boxes_are_where_the_pixels_go():
+    """view_box / view_shape / INVERSE_VIEW (what block tasks use to find a tile in each view) against the
+    transforms themselves, on odd shapes and every box corner case."""
+    rng = np.random.default_rng(0)
+    for shape in ((5, 7), (6, 3), (4, 4)):
+        x = np.arange(shape[0] * shape[1]).reshape(shape)
+        for t in range(N_TRANSFORMS):
+            np.testing.assert_array_equal(dihedral(dihedral(x, t), INVERSE_VIEW[t]), x)
+            assert dihedral(x, t).shape == view_shape(shape, t)
+            for _ in range(10):
+                r0, c0 = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+                box = (r0, rng.integers(r0 + 1, shape[0] + 1), c0, rng.integers(c0 + 1, shape[1] + 1))
+                marker = np.zeros(shape, bool)
+                marker[box[0] : box[1], box[2] : box[3]] = True
+                rows, cols = np.nonzero(dihedral(marker, t))
+                assert view_box(box, shape, t) == (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1)
+                assert marker[box[0] : box[1], box[2] : box[3]].sum() == dihedral(marker, t).sum()
 
 
 def run_tta(lr, arrays):

@@ -5,8 +5,10 @@ on the grid anchored at the image origin. A tile task reads its pixels plus the 
 input (Zarr / OME-Zarr with ``zarr``, TIFF through tifffile's Zarr store, ``.npy`` memory-mapped), scales
 them with the range of the whole image (found first by band tasks), runs exactly the engine's fixed
 64-pixel blocks with their global positions (so dropout masks and the zero padding at the true image
-border are those of the whole image), and writes its chunk of every output. The results are the
-single-process engine's, bit for bit (tested against ``napari-sr-uncertainty IMAGE``'s TIFFs).
+border are those of the whole image), and writes its chunk of every output. The dihedral-view methods
+(``tta``, ``mc-tta``) run, for each view, that view's blocks covering the tile at their positions in the
+view, and pool the views as the single-process run does. The results are the single-process engine's, bit
+for bit (tested against ``napari-sr-uncertainty IMAGE``'s TIFFs).
 
 Output, ``OUTDIR/<stem>/`` (written into a staging sibling by the workers, moved into place when done)::
 
@@ -43,7 +45,7 @@ from ..core.imaging import (
     normalize_block,
     scan_values,
 )
-from ..core.pipeline import SROptions, _LayoutWriter, library_versions
+from ..core.pipeline import SROptions, _LayoutWriter, library_versions, std_kind
 from ..models.mc import DEFAULT_CHUNK
 from .inputs import BatchInput, is_zarr
 
@@ -199,16 +201,76 @@ def predict_region(engine, read, lr_shape, r0, c0, rows, cols, norm: Normalizati
     """The engine's outputs for LR rows ``r0:r0+rows``, cols ``c0:c0+cols`` (``r0``, ``c0`` multiples of
     the model's block) of an image of ``lr_shape``, in the layout :func:`pipeline.iter_super_resolve` gives
     (model units): the engine's own blocks at their global positions (:func:`.mc.iter_blocks`), so equal to
-    the whole-image run bit for bit.
+    the whole-image run bit for bit. The dihedral-view methods ("tta", "mc-tta") run each view's blocks that
+    cover the region at their global positions in that view, and pool them as the whole-image run does
+    (:class:`.tta.ViewPool`), so they are equal bit for bit too.
 
     ``read(y0, y1, x0, x1)`` returns the input's raw pixels of a region. Returns ``(mean, std, heatmap)``.
     """
-    from ..core.colour import network_input
-    from ..core.progress import run_to_end
-    from ..models.mc import MCResult
+    from ..models.mc import MCResult, allocate_result
 
     spec = options.spec
-    s, halo = spec.scale, spec.halo
+    s = spec.scale
+    grayscale = norm.grayscale or spec.colour == "gray"
+    out_shape = (s * rows, s * cols) + (() if grayscale else (3,))
+    mean, single, std = (np.zeros(out_shape, np.float32) for _ in range(3))
+    heatmap = std if grayscale else np.zeros(out_shape[:2], np.float32)
+    out = MCResult(
+        mean=_LayoutWriter(mean, grayscale),
+        single=_LayoutWriter(single, grayscale),
+        std=_LayoutWriter(std, grayscale, heatmap=None if grayscale else heatmap, is_std=True),
+        n_samples=options.effective_samples,
+        seed=options.seed,
+    )
+    method = options.uncertainty_method
+    if method not in ("tta", "mc-tta"):
+        _predict_blocks(engine, read, lr_shape, (r0, c0, rows, cols), norm, options, options.seed, out)
+        return mean, std, heatmap
+    from ..models.tta import (
+        INVERSE_VIEW,
+        ViewPool,
+        dihedral,
+        dihedral_inverse,
+        view_box,
+        view_samples,
+        view_seed,
+        view_shape,
+    )
+
+    samples = [0] * 8 if method == "tta" else view_samples(options.n_samples)
+    seed = 0 if method == "tta" else options.seed  # as pipeline's iter_tta_predict / iter_mc_tta_predict
+    pool = ViewPool((s * rows, s * cols, spec.channels), samples)
+    block = spec.block
+    for t in pool.views:
+        shape_t = view_shape(lr_shape, t)
+        b0, b1, b2, b3 = view_box((r0, r0 + rows, c0, c0 + cols), lr_shape, t)
+        # the region in view t's frame, widened to that view's block grid (its blocks as the whole view runs them)
+        g0, g2 = b0 // block * block, b2 // block * block
+        g1, g3 = min(-(-b1 // block) * block, shape_t[0]), min(-(-b3 // block) * block, shape_t[1])
+
+        def read_view(y0, y1, x0, x1, t=t, shape_t=shape_t):
+            a0, a1, a2, a3 = view_box((y0, y1, x0, x1), shape_t, INVERSE_VIEW[t])
+            return dihedral(read(a0, a1, a2, a3), t)
+
+        one = allocate_result((g1 - g0, g3 - g2), samples[t], 0, scale=s, channels=spec.channels)
+        _predict_blocks(
+            engine, read_view, shape_t, (g0, g2, g1 - g0, g3 - g2), norm, options, view_seed(seed, t), one, samples[t]
+        )
+        crop = np.s_[s * (b0 - g0) : s * (b1 - g0), s * (b2 - g2) : s * (b3 - g2)]
+        pool.add(t, dihedral_inverse(one.mean[crop], t), dihedral_inverse(one.std[crop], t))
+    pool.write(out)
+    return mean, std, heatmap
+
+
+def _predict_blocks(engine, read, lr_shape, region, norm, options, seed, out, n_samples=None) -> None:
+    """Run the engine on ``region`` (``r0, c0, rows, cols``, block-aligned) of an image of ``lr_shape`` read by
+    ``read``, with the model's halo of context (zeros outside the image), into ``out``."""
+    from ..core.colour import network_input
+    from ..core.progress import run_to_end
+
+    spec = options.spec
+    halo = spec.halo
+    r0, c0, rows, cols = region
     h, w = lr_shape
     y0, y1 = max(r0 - halo, 0), min(r0 + rows + halo, h)
     x0, x1 = max(c0 - halo, 0), min(c0 + cols + halo, w)
@@ -216,29 +278,16 @@ def predict_region(engine, read, lr_shape, r0, c0, rows, cols, norm: Normalizati
     context = np.zeros((rows + 2 * halo, cols + 2 * halo, net.shape[2]), np.float32)  # zero outside the image
     context[y0 - (r0 - halo) : y1 - (r0 - halo), x0 - (c0 - halo) : x1 - (c0 - halo)] = net
     del net
-    grayscale = norm.grayscale or spec.colour == "gray"
-    out_shape = (s * rows, s * cols) + (() if grayscale else (3,))
-    mean, single, std = (np.zeros(out_shape, np.float32) for _ in range(3))
-    heatmap = std if grayscale else np.zeros(out_shape[:2], np.float32)
-    n_samples = options.effective_samples
-    out = MCResult(
-        mean=_LayoutWriter(mean, grayscale),
-        single=_LayoutWriter(single, grayscale),
-        std=_LayoutWriter(std, grayscale, heatmap=None if grayscale else heatmap, is_std=True),
-        n_samples=n_samples,
-        seed=options.seed,
-    )
     steps = engine.iter_predict(
         context,
-        n_samples=n_samples,
-        seed=options.seed,
+        n_samples=options.effective_samples if n_samples is None else n_samples,
+        seed=seed,
         chunk=options.chunk or DEFAULT_CHUNK,
         out=out,
         origin=(r0, c0),
         image_shape=(h, w),
     )
     run_to_end(steps)
-    return mean, std, heatmap
 
 
 def predict_tile(
@@ -267,7 +316,7 @@ def predict_tile(
     s = options.spec.scale
     outputs = {"mean": (mean, norm.to_input_units), "std": (std, norm.std_to_input_units)}
     if "sigma" in names:
-        factor = np.float32(weights.calibration_scale)
+        factor = np.float32(weights.calibration_scale_for(options.uncertainty_method))
         outputs["sigma"] = (std, lambda x: norm.std_to_input_units(x) * factor)
     if not Path(staging).is_dir():  # the batch was cancelled and its staging folder removed
         raise InputError(f"{staging} is gone: the batch was cancelled")
@@ -393,11 +442,6 @@ def process_huge(
         h, w, channels = image_layout(src.shape)
         row["shape"] = "x".join(map(str, src.shape))
         spec = options.spec
-        if options.uncertainty_method not in ("mc-dropout", None):
-            raise InputError(
-                f"{path}: block tasks compute MC dropout only, not {options.uncertainty_method}; "
-                "use a model with dropout or process smaller images"
-            )
         if spec.colour == "y" and channels != 1:
             raise InputError(
                 f"{path}: block tasks do not support colour images with the luma model {spec.id} "
@@ -411,7 +455,9 @@ def process_huge(
             src.dtype, (min(r[0] for r in ranges), max(r[1] for r in ranges)), channels == 1, notes
         )
         n_samples = options.effective_samples
-        calibrated = weights.calibration_scale is not None and n_samples > 0
+        method = options.uncertainty_method
+        std_scale = weights.calibration_scale_for(method)
+        calibrated = std_scale is not None and n_samples > 0
         names = ("mean", "std") + (("sigma",) if calibrated else ())
         colour = not (norm.grayscale or spec.colour == "gray")
         s = spec.scale
@@ -428,7 +474,10 @@ def process_huge(
         with staged_folder(outdir / item.name) as staging:
             levels = {}
             for name in names:
-                note = f"{name}, float32, in the input's units" + (" (std_scale x std)" if name == "sigma" else "")
+                note = f"{name}, float32, in the input's units" + {
+                    "std": f" ({std_kind(method)})",
+                    "sigma": " (std_scale x std)",
+                }.get(name, "")
                 levels[name] = create_image(staging, name, (s * h, s * w), colour, chunk, s, note)
             norm_dict = norm.as_dict()
             ref = weights if weights_ref is None else weights_ref
@@ -480,7 +529,8 @@ def process_huge(
                 "tiles": len(tiles),
                 "pyramid_levels": len(levels["mean"]),
                 "normalization": norm.as_dict(),
-                "calibration": {"std_scale": weights.calibration_scale} if calibrated else None,
+                "uncertainty_method": method,
+                "calibration": {"std_scale": std_scale} if calibrated else None,
                 "uncertainty_model_units": {
                     "mean": mean_u,
                     "max": stats["max"],
@@ -497,7 +547,7 @@ def process_huge(
         row.update(
             uncertainty_mean=mean_u,
             uncertainty_p99=p99,
-            sigma_mean=weights.calibration_scale * mean_u if calibrated else None,
+            sigma_mean=std_scale * mean_u if calibrated else None,
             worker=" ".join(sorted(stats["workers"])),
             peak_rss_mib=round(stats["peak_rss_mib"], 1),
             sha256=file_checksums(outdir / item.name),

@@ -77,39 +77,83 @@ def iter_mc_tta_predict(
     return (yield from _iter_views(lr, engine, view_samples(n_samples), seed=seed, chunk=chunk, out=out))
 
 
+def view_shape(shape: tuple[int, int], t: int) -> tuple[int, int]:
+    """(H, W) of view ``t`` of an image of ``shape``: odd quarter turns swap the axes."""
+    return (shape[1], shape[0]) if t % 2 else (shape[0], shape[1])
+
+
+def _view_point(r: int, c: int, shape: tuple[int, int], t: int) -> tuple[int, int]:
+    """Where pixel ``(r, c)`` of an image of ``shape`` lies in :func:`dihedral` ``t`` of it."""
+    h, w = shape
+    r, c = ((r, c), (w - 1 - c, r), (h - 1 - r, w - 1 - c), (c, h - 1 - r))[t % 4]
+    return (r, view_shape(shape, t)[1] - 1 - c) if t >= 4 else (r, c)
+
+
+def view_box(box: tuple[int, int, int, int], shape: tuple[int, int], t: int) -> tuple[int, int, int, int]:
+    """The half-open box ``(r0, r1, c0, c1)`` of an image of ``shape`` in view ``t``: the box the pixels go to."""
+    r0, r1, c0, c1 = box
+    (a, b), (c, d) = _view_point(r0, c0, shape, t), _view_point(r1 - 1, c1 - 1, shape, t)
+    return min(a, c), max(a, c) + 1, min(b, d), max(b, d) + 1
+
+
+#: the view that undoes view t (flips are their own inverse; turns reverse)
+INVERSE_VIEW = tuple(t if t >= 4 else (4 - t) % 4 for t in range(N_TRANSFORMS))
+
+
+class ViewPool:
+    """Pools the views' predictions, each transformed back, into the mean and population std of all of them.
+
+    View ``t`` holds ``samples[t]`` MC samples (0: one deterministic pass), and counts by its number of
+    predictions. The views are summed in float64, shifted by the first view's mean, by the law of total
+    variance: the mean within-view variance plus the variance of the views' means.
+    """
+
+    def __init__(self, shape: tuple[int, ...], samples: list[int]):
+        self.samples = samples
+        self.counts = [max(k, 1) for k in samples]
+        #: the views that run: those with samples, or all 8 deterministic passes (the TTA spread)
+        self.views = [t for t in range(N_TRANSFORMS) if samples[t] > 0 or not any(samples)]
+        self.n_total = sum(self.counts[t] for t in self.views)
+        # sums of count * (mean - shift) and of count * (var + (mean - shift)^2) over the views
+        self._sums = np.zeros(shape, np.float64), np.zeros(shape, np.float64)
+        self._shift = None
+
+    def add(self, t: int, mean: np.ndarray, std: np.ndarray) -> None:
+        """View ``t``'s mean and std, already transformed back."""
+        y = mean.astype(np.float64)
+        if self._shift is None:
+            self._shift = y
+        d = y - self._shift
+        var = np.square(std.astype(np.float64)) if self.samples[t] else 0.0
+        self._sums[0][...] += self.counts[t] * d
+        self._sums[1][...] += self.counts[t] * (var + d * d)
+
+    def write(self, out: MCResult) -> None:
+        """The pooled mean and std into ``out.mean`` and ``out.std`` (float32)."""
+        mean_d = self._sums[0] / self.n_total
+        out.mean[...] = (self._shift + mean_d).astype(np.float32)
+        out.std[...] = np.sqrt(np.maximum(self._sums[1] / self.n_total - mean_d * mean_d, 0.0)).astype(np.float32)
+
+
 def _iter_views(lr, engine: Engine, samples: list[int], *, seed: int, chunk: int, out: MCResult | None):
-    """Run the views with ``samples[t]`` MC samples each (0: one deterministic pass) and combine them, each
-    weighted by its number of predictions: the pooled mean and population std of all predictions."""
+    """Run the views with ``samples[t]`` MC samples each (0: one deterministic pass) and pool them
+    (:class:`ViewPool`)."""
     spec = engine.spec
-    # predictions per view: its MC samples, or its one deterministic pass
-    counts = [max(k, 1) for k in samples]
-    views = [t for t in range(N_TRANSFORMS) if samples[t] > 0 or not any(samples)]
-    n_total = sum(counts[t] for t in views)
+    pool = ViewPool((spec.scale * lr.shape[0], spec.scale * lr.shape[1], spec.channels), samples)
     if out is None:
-        out = allocate_result(lr.shape, n_total, seed, scale=spec.scale, channels=spec.channels)
-    out.n_samples = n_total
-    shape = (spec.scale * lr.shape[0], spec.scale * lr.shape[1], spec.channels)
-    # sums of count * (mean - shift) and of count * (var + (mean - shift)^2) over the views
-    sums = np.zeros(shape, np.float64), np.zeros(shape, np.float64)
-    shift = None
+        out = allocate_result(lr.shape, pool.n_total, seed, scale=spec.scale, channels=spec.channels)
+    out.n_samples = pool.n_total
     done, total = 0, None
-    for t in views:
+    for t in pool.views:
         view = np.ascontiguousarray(dihedral(lr, t))
         one = allocate_result(view.shape, samples[t], 0, scale=spec.scale, channels=spec.channels)
         steps = engine.iter_predict(view, n_samples=samples[t], seed=view_seed(seed, t), chunk=chunk, out=one)
         for _, blocks in steps:
-            total = total or blocks * len(views)
+            total = total or blocks * len(pool.views)
             done += 1
             yield done, total
-        y = dihedral_inverse(one.mean, t).astype(np.float64)
-        if shift is None:
-            shift = y
+        if t == pool.views[0]:
             out.single[...] = dihedral_inverse(one.single, t)
-        d = y - shift
-        var = np.square(dihedral_inverse(one.std, t).astype(np.float64)) if samples[t] else 0.0
-        sums[0][...] += counts[t] * d
-        sums[1][...] += counts[t] * (var + d * d)
-    mean_d = sums[0] / n_total
-    out.mean[...] = (shift + mean_d).astype(np.float32)
-    out.std[...] = np.sqrt(np.maximum(sums[1] / n_total - mean_d * mean_d, 0.0)).astype(np.float32)
+        pool.add(t, dihedral_inverse(one.mean, t), dihedral_inverse(one.std, t))
+    pool.write(out)
     return out
