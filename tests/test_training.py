@@ -268,7 +268,7 @@ def test_export_last_writes_the_latest_weights_with_a_card(tiny_pairs, tmp_path,
     train_pairs, val_pairs = tiny_pairs
     config = _tiny_config(mc_train_samples=2, uncertainty_weight=0.1)
     loop.train(config, tmp_path, train_pairs=train_pairs, val_pairs=val_pairs, log=open("/dev/null", "w"))
-    monkeypatch.setattr(data, "load_pairs", lambda *a, **k: (train_pairs, val_pairs))
+    monkeypatch.setattr(data, "load_held_out", lambda *a, **k: val_pairs)
     result = card.export(tmp_path, tmp_path / "out.msgpack", None, mc_samples=4, last=True)
     params = SPEC.to_flax(initial.initial_arrays(config))["params"]
     opt_state = step.make_optimizer(config).init(params)
