@@ -419,6 +419,48 @@ def test_disk_full_fails_the_input_with_its_name_and_leaves_nothing(tmp_path, we
     assert list(outdir.iterdir()) == []
 
 
+def test_a_tile_over_the_workers_memory_limit_is_refused_before_any_task(client, weights, tmp_path):
+    """Block tasks read the workers' memory limits from the scheduler and refuse, naming the fix, tiles
+    whose task would need more: no task is submitted and no folder is left. Smaller tiles pass."""
+    from napari_sr_uncertainty.batch.cluster import worker_memory_limit
+    from napari_sr_uncertainty.batch.inputs import BatchInput
+    from napari_sr_uncertainty.batch.zarr_out import check_tile_memory, process_huge
+    from napari_sr_uncertainty.core.pipeline import estimate_memory, format_size
+
+    limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
+    assert worker_memory_limit(client) == min(limits) > 0
+    options = SROptions(n_samples=2)
+    small, big = estimate_memory((64, 64), options), estimate_memory((512, 500), options)
+    limit = (small + big) // 2
+    assert small < limit < big
+
+    class SmallWorkers:  # a scheduler whose worker has ``limit`` bytes; submitting a task fails the test
+        status = "running"
+
+        def scheduler_info(self):
+            return {"workers": {"tcp://127.0.0.1:1": {"memory_limit": limit}, "tcp://127.0.0.1:2": {}}}
+
+        def map(self, *args, **kwargs):
+            raise AssertionError("a task was submitted")
+
+        submit = map
+
+        def cancel(self, futures):
+            pass
+
+    image = tmp_path / "in" / "big.npy"
+    image.parent.mkdir()
+    np.save(image, np.zeros((600, 500), np.uint16))
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    row = process_huge(SmallWorkers(), BatchInput(image, "big"), outdir, options, weights, tile=512, progress=False)
+    assert row["status"] == "failed"
+    assert f"512x500 tile needs about {format_size(big)}" in row["error"]
+    assert f"limit is {format_size(limit)}" in row["error"] and "--tile" in row["error"]
+    assert list(outdir.iterdir()) == []
+    check_tile_memory(SmallWorkers(), (64, 64), options)  # fits: no error
+
+
 def test_summary_write_failure_is_a_clear_error(tmp_path):
     from napari_sr_uncertainty.batch.summary import write_summary
     from napari_sr_uncertainty.core.report import OutputError

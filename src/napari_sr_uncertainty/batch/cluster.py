@@ -171,6 +171,13 @@ def dashboard(client) -> str:
     return link
 
 
+def worker_memory_limit(client) -> int | None:
+    """The smallest memory limit (bytes) among the client's workers; None where no worker has one."""
+    workers = client.scheduler_info().get("workers", {}).values()
+    limits = [int(w.get("memory_limit") or 0) for w in workers]
+    return min((m for m in limits if m > 0), default=None)
+
+
 def n_workers(client) -> int:
     try:
         return len(client.scheduler_info().get("workers", {}))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,14 @@ from ..core.imaging import (
     normalize_block,
     scan_values,
 )
-from ..core.pipeline import SROptions, _LayoutWriter, library_versions, std_kind
+from ..core.pipeline import (
+    SROptions,
+    _LayoutWriter,
+    estimate_memory,
+    format_size,
+    library_versions,
+    std_kind,
+)
 from ..models.mc import DEFAULT_CHUNK
 from .inputs import BatchInput, is_zarr
 
@@ -409,6 +417,25 @@ def create_image(
     return levels
 
 
+def check_tile_memory(client, tile_shape: tuple[int, ...], options: SROptions) -> None:
+    """Refuse, before any task runs, tiles whose block task would need more than a worker's memory limit.
+
+    A task holds its tile's outputs in RAM (then writes them to the Zarr stores), so its need is
+    :func:`.core.pipeline.estimate_memory` of the tile without a scratch folder; the JAX runtime comes on
+    top (a worker's measured peak is in ``summary.json``). A worker over its limit is killed by its nanny,
+    so without this check every task would fail only after computing.
+    """
+    from .cluster import worker_memory_limit
+
+    limit = worker_memory_limit(client)
+    need = estimate_memory(tile_shape, replace(options, scratch_dir=None))
+    if limit is not None and need > limit:
+        raise InputError(
+            f"a block task on a {tile_shape[0]}x{tile_shape[1]} tile needs about {format_size(need)} of memory "
+            f"but the workers' memory limit is {format_size(limit)}; use a smaller tile (--tile)"
+        )
+
+
 def process_huge(
     client,
     item: BatchInput,
@@ -447,6 +474,7 @@ def process_huge(
                 f"{path}: block tasks do not support colour images with the luma model {spec.id} "
                 "(its chroma is upscaled over the whole image); convert to grayscale or use an rgb model"
             )
+        check_tile_memory(client, (min(tile, h), min(tile, w)) + src.shape[2:], options)
         bands = [(r, min(r + tile, h)) for r in range(0, h, tile)]
         futures = client.map(scan_band, [path] * len(bands), *zip(*bands), pure=False)
         ranges = client.gather(futures)
