@@ -282,6 +282,35 @@ def test_valid_mode_blocks_equal_the_whole_image_and_tile_bit_identically(varian
     assert result.std.max() > 1e-3
 
 
+def test_block_tasks_of_huge_images_equal_the_whole_image_tta(variant):
+    """What a block task of ``napari-sr-uncertainty batch`` runs (``predict_region``: each view's blocks
+    covering the tile, with the halo of context read around it, pooled) equals the whole-image TTA spread bit
+    for bit, here on a 1-RRDB variant (16-px blocks, halo 19) and an RGB image whose sides are not multiples
+    of the block."""
+    from napari_sr_uncertainty.batch.zarr_out import predict_region
+    from napari_sr_uncertainty.core.imaging import to_model_input
+    from napari_sr_uncertainty.core.pipeline import SROptions
+    from napari_sr_uncertainty.core.progress import run_to_end
+    from napari_sr_uncertainty.models import mc, tta
+
+    spec = variant(1, 16)
+    eng = mc.Engine(spec, random_arrays(spec, seed=3))
+    rgb = np.random.default_rng(4).integers(0, 255, (37, 45, 3)).astype(np.uint8)
+    model_input, norm = to_model_input(rgb)
+    options = SROptions(model=spec.id)
+    assert options.uncertainty_method == "tta"
+    whole = run_to_end(tta.iter_tta_predict(model_input, eng))
+    assert whole.std.max() > 1e-3
+    for r0, c0, rows, cols in ((0, 0, 32, 32), (16, 32, 21, 13), (32, 0, 5, 45)):
+        mean, std, heatmap = predict_region(
+            eng, lambda y0, y1, x0, x1: rgb[y0:y1, x0:x1], rgb.shape[:2], r0, c0, rows, cols, norm, options
+        )
+        window = np.s_[4 * r0 : 4 * (r0 + rows), 4 * c0 : 4 * (c0 + cols)]
+        np.testing.assert_array_equal(mean, whole.mean[window])
+        np.testing.assert_array_equal(std, whole.std[window])
+        np.testing.assert_array_equal(heatmap, whole.std[window].mean(axis=-1))
+
+
 def test_head_returns_the_block_interior_only(variant):
     import jax.numpy as jnp
 
