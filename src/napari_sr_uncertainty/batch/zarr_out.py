@@ -428,8 +428,10 @@ def check_tile_memory(client, tile_shape: tuple[int, ...], options: SROptions) -
     from .cluster import worker_memory_limit
 
     limit = worker_memory_limit(client)
+    if limit is None:  # no worker has a limit: nothing to refuse
+        return
     need = estimate_memory(tile_shape, replace(options, scratch_dir=None))
-    if limit is not None and need > limit:
+    if need > limit:
         raise InputError(
             f"a block task on a {tile_shape[0]}x{tile_shape[1]} tile needs about {format_size(need)} of memory "
             f"but the workers' memory limit is {format_size(limit)}; use a smaller tile (--tile)"
