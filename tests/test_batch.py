@@ -15,6 +15,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import tifffile
@@ -421,18 +422,22 @@ def test_disk_full_fails_the_input_with_its_name_and_leaves_nothing(tmp_path, we
 
 def test_a_tile_over_the_workers_memory_limit_is_refused_before_any_task(client, weights, tmp_path):
     """Block tasks read the workers' memory limits from the scheduler and refuse, naming the fix, tiles
-    whose task would need more: no task is submitted and no folder is left. Smaller tiles pass."""
+    whose task would need more than the nanny lets it use (the limit x its terminate fraction): no task is
+    submitted and no folder is left. Smaller tiles pass."""
     from napari_sr_uncertainty.batch.cluster import worker_memory_limit
     from napari_sr_uncertainty.batch.inputs import BatchInput
     from napari_sr_uncertainty.batch.zarr_out import check_tile_memory, process_huge
+    from napari_sr_uncertainty.core.imaging import InputError
     from napari_sr_uncertainty.core.pipeline import estimate_memory, format_size
 
     limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
     assert worker_memory_limit(client) == min(limits) > 0
     options = SROptions(n_samples=2)
     small, big = estimate_memory((64, 64), options), estimate_memory((512, 500), options)
-    limit = (small + big) // 2
-    assert small < limit < big
+    terminate = dask.config.get("distributed.worker.memory.terminate")
+    assert 0 < terminate < 1  # dask's default 0.95: the nanny kills a worker below its limit
+    limit = int((small + big) / 2 / terminate)  # what a worker may use lies between the two needs
+    assert small < limit * terminate < big
 
     class SmallWorkers:  # a scheduler whose worker has ``limit`` bytes; submitting a task fails the test
         status = "running"
@@ -456,9 +461,17 @@ def test_a_tile_over_the_workers_memory_limit_is_refused_before_any_task(client,
     row = process_huge(SmallWorkers(), BatchInput(image, "big"), outdir, options, weights, tile=512, progress=False)
     assert row["status"] == "failed"
     assert f"512x500 tile needs about {format_size(big)}" in row["error"]
-    assert f"limit is {format_size(limit)}" in row["error"] and "--tile" in row["error"]
+    assert f"may use {format_size(int(limit * terminate))}" in row["error"]
+    assert f"limit {format_size(limit)}" in row["error"] and "--tile" in row["error"]
     assert list(outdir.iterdir()) == []
     check_tile_memory(SmallWorkers(), (64, 64), options)  # fits: no error
+    # a tile whose need lies between the killing point and the limit is refused; with killing off it passes
+    limit = int(small / ((1 + terminate) / 2))
+    assert limit * terminate < small < limit
+    with pytest.raises(InputError, match="terminate fraction"):
+        check_tile_memory(SmallWorkers(), (64, 64), options)
+    with dask.config.set({"distributed.worker.memory.terminate": False}):
+        check_tile_memory(SmallWorkers(), (64, 64), options)
 
 
 def test_summary_write_failure_is_a_clear_error(tmp_path):

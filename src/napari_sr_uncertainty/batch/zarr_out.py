@@ -418,23 +418,31 @@ def create_image(
 
 
 def check_tile_memory(client, tile_shape: tuple[int, ...], options: SROptions) -> None:
-    """Refuse, before any task runs, tiles whose block task would need more than a worker's memory limit.
+    """Refuse, before any task runs, tiles whose block task would need more memory than a worker may use.
 
     A task holds its tile's outputs in RAM (then writes them to the Zarr stores), so its need is
     :func:`.core.pipeline.estimate_memory` of the tile without a scratch folder; the JAX runtime comes on
-    top (a worker's measured peak is in ``summary.json``). A worker over its limit is killed by its nanny,
-    so without this check every task would fail only after computing.
+    top (a worker's measured peak is in ``summary.json``). A worker's nanny kills it at the fraction
+    ``distributed.worker.memory.terminate`` of its limit (dask's default 0.95; read from this process's dask
+    config, which a local cluster's workers share), so without this check every task would fail only after
+    computing.
     """
+    import dask
+
     from .cluster import worker_memory_limit
 
     limit = worker_memory_limit(client)
     if limit is None:  # no worker has a limit: nothing to refuse
         return
+    terminate = dask.config.get("distributed.worker.memory.terminate", None)
+    usable = int(limit * terminate) if terminate else limit  # False: the nanny never kills
     need = estimate_memory(tile_shape, replace(options, scratch_dir=None))
-    if need > limit:
+    if need > usable:
         raise InputError(
             f"a block task on a {tile_shape[0]}x{tile_shape[1]} tile needs about {format_size(need)} of memory "
-            f"but the workers' memory limit is {format_size(limit)}; use a smaller tile (--tile)"
+            f"but a worker may use {format_size(usable)} (its memory limit {format_size(limit)}"
+            + (f" x the nanny's terminate fraction {terminate:g}" if terminate else "")
+            + "); use a smaller tile (--tile)"
         )
 
 
