@@ -187,14 +187,14 @@ def run_job(
     from ..core.progress import map_progress
     from ..models.weights import load_weights
 
-    weights = load_weights(job.weights_path, model=job.options.model)
-    method = resolve_weights(weights, job.options)[1].uncertainty_method
+    weights, options = resolve_weights(load_weights(job.weights_path, model=job.options.model), job.options)
+    method = options.uncertainty_method
     if job.calibrated and weights.calibration_scale_for(method) is None:  # say so before minutes of computing
         raise InputError(uncalibrated_message(weights.source, method))
     results = []
     try:
         for index, image in enumerate(job.images):
-            steps = iter_super_resolve(image, weights, job.options)
+            steps = iter_super_resolve(image, weights, options)
             results.append((yield from map_progress(steps, lambda step, index=index: (index, step))))
         tuples = build_layer_data(
             results, job.geometry, job.slices_shape, job.colormap, job.calibrated, opacity=job.opacity
