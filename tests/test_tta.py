@@ -144,6 +144,45 @@ def test_auto_gives_an_imported_original_without_dropout_the_tta_spread(random_a
     assert resolve_weights(keras, SROptions())[1].uncertainty_method == "mc-dropout"
 
 
+def test_auto_gives_each_model_with_dropout_its_own_method():
+    """ "auto" is MC dropout x TTA for the models where it beat plain MC dropout on every held-out measure
+    (README, *MC dropout x TTA*: the 3-conv CNN and RDN), MC dropout for the others, the TTA spread without
+    dropout; an original's imported weights that never trained with dropout still get the TTA spread."""
+    from napari_sr_uncertainty.core.pipeline import resolve_weights
+    from napari_sr_uncertainty.models.registry import get_spec, model_ids
+
+    expected = {
+        "esrcnn-x2": "mc-dropout",
+        "espcn-x3": "mc-dropout",
+        "cnn3-x4": "mc-tta",
+        "srcnn-gray-x1": "mc-dropout",
+        "rdn-x4": "mc-tta",
+        "realesrgan-x4plus": "tta",
+    }
+    assert {m: SROptions(model=m).uncertainty_method for m in model_ids()} == expected
+    assert SROptions(model="rdn-x4", uncertainty="mc-dropout").uncertainty_method == "mc-dropout"
+    spec = get_spec("rdn-x4")
+    arrays = {
+        f"{n}/{k}": np.zeros(s, np.float32)
+        for n, ks in spec.param_shapes.items()
+        for k, s in zip(("kernel", "bias"), ks)
+    }
+    imported = Weights(arrays=arrays, source="RDN_mse.keras", sha256="0" * 64, model=spec.id, imported=True)
+    assert resolve_weights(imported, SROptions())[1].uncertainty_method == "tta"
+
+
+def test_an_auto_mc_tta_run_uses_the_mc_tta_calibration_of_the_bundled_card():
+    from napari_sr_uncertainty.models.weights import load_weights
+
+    weights = load_weights(model="cnn3-x4")
+    image = np.random.default_rng(5).integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    result = super_resolve(image, weights, SROptions(model="cnn3-x4", n_samples=8))
+    assert result.metadata["uncertainty_method"] == "mc-tta" and result.mean.shape == (48, 56, 3)
+    assert (
+        result.std_scale == weights.card["calibration_mc_tta"]["std_scale"] != weights.card["calibration"]["std_scale"]
+    )
+
+
 # --- MC dropout x TTA: the MC samples spread over the dihedral views ---
 
 

@@ -72,9 +72,10 @@ class SROptions:
     chunk: int | None = None
     #: folder for disk-backed output arrays (``.npy`` memmaps); None keeps them in RAM
     scratch_dir: str | None = None
-    #: "auto" (MC dropout; the TTA spread for a model without dropout, or for an original's imported weights
-    #: when the original trained without dropout), "mc-dropout", "tta", or "mc-tta" (the MC samples spread
-    #: over the 8 dihedral views: :mod:`napari_sr_uncertainty.models.tta`)
+    #: "auto" (the model's ``auto_uncertainty``: MC dropout, or MC dropout x TTA where that measured better
+    #: on the held-out images; the TTA spread for a model without dropout, or for an original's imported
+    #: weights when the original trained without dropout), "mc-dropout", "tta", or "mc-tta" (the MC samples
+    #: spread over the 8 dihedral views: :mod:`napari_sr_uncertainty.models.tta`)
     uncertainty: str = "auto"
 
     def validate(self) -> None:
@@ -108,7 +109,7 @@ class SROptions:
         if self.deterministic:
             return None
         if self.uncertainty == "auto":
-            return "tta" if self.spec.dropout_layers == 0 else "mc-dropout"
+            return "tta" if self.spec.dropout_layers == 0 else self.spec.auto_uncertainty
         return self.uncertainty
 
     @property

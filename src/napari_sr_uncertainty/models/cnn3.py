@@ -111,4 +111,5 @@ SPEC = ModelSpec(
     default_weights="cnn3_x4.msgpack",  # ours: trained here with MC dropout, calibrated (README)
     importers={".h5": import_keras_h5},
     max_channels=64,
+    auto_uncertainty="mc-tta",  # better than plain MC dropout on every held-out measure (README, MC dropout x TTA)
 )

@@ -243,4 +243,5 @@ SPEC = ModelSpec(
     default_weights="rdn_x4.msgpack",  # ours: trained here with MC dropout, calibrated (README)
     importers={".keras": import_keras},
     max_channels=64,  # widest map on the output grid (the memory estimate's unit); LR concatenations reach 256
+    auto_uncertainty="mc-tta",  # better than plain MC dropout on every held-out measure (README, MC dropout x TTA)
 )
