@@ -295,6 +295,7 @@ REFERENCE_PTH = Path(__file__).resolve().parents[1].parent / "shared" / "referen
 
 
 def test_model_picker_lists_the_registry_and_describes_the_choice(viewer_and_widget):
+    from napari_sr_uncertainty.core.pipeline import UNCERTAINTY_METHODS, SROptions
     from napari_sr_uncertainty.models.registry import DEFAULT_MODEL, all_specs, get_spec
 
     _, widget = viewer_and_widget
@@ -306,8 +307,13 @@ def test_model_picker_lists_the_registry_and_describes_the_choice(viewer_and_wid
         assert f"x{spec.scale}" in info and spec.description in info
         assert f"x{spec.scale}" in widget.model.tooltip and spec.colour in widget.model.tooltip
         assert spec.description in widget.model.tooltip
+        auto = {"mc-dropout": "MC dropout.", "mc-tta": "MC dropout x TTA.", "tta": "TTA spread (baseline)."}
+        assert f"Uncertainty 'auto': {auto[SROptions(model=spec.id).uncertainty_method]}" in widget.model.tooltip
         assert widget.run_button.text == ("Restore" if spec.scale == 1 else "Super-resolve")
         assert all(suffix in widget.weights.tooltip for suffix in (".msgpack", *spec.importers))
+    widget.model.value = "rdn-x4"
+    assert "Uncertainty 'auto': MC dropout x TTA." in widget.model.tooltip
+    assert set(widget.uncertainty_method.choices) == set(UNCERTAINTY_METHODS)
     espcn = get_spec("espcn-x3")
     widget.model.value = "espcn-x3"
     assert "x3" in widget.model_info.value and "luma" in widget.model_info.value

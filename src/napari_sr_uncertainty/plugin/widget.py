@@ -103,6 +103,15 @@ def accepted_weights(spec: ModelSpec) -> str:
     return ".msgpack (ours)" + (f" or the original's {originals}" if originals else "")
 
 
+#: the uncertainty picker's labels (:data:`.core.pipeline.UNCERTAINTY_METHODS`)
+UNCERTAINTY_LABELS = {
+    "auto": "auto",
+    "mc-dropout": "MC dropout",
+    "mc-tta": "MC dropout x TTA",
+    "tta": "TTA spread (baseline)",
+}
+
+
 def model_choice(spec: ModelSpec) -> str:
     """The picker's text for a model, e.g. ``"espcn-x3 (x3, luma (Y; Cb/Cr bicubic))"``."""
     return f"{spec.id} (x{spec.scale}, {COLOUR_MODES.get(spec.colour, spec.colour)})"
@@ -129,13 +138,14 @@ def run_noun(spec: ModelSpec) -> str:
 
 
 def model_tooltip(spec: ModelSpec) -> str:
+    auto = UNCERTAINTY_LABELS[SROptions(model=spec.id).uncertainty_method]
     return (
         f"Model from the registry. {spec.id}: {spec.system}.\n"
         f"Scale x{spec.scale} ({spec.kind}), colour mode {spec.colour} "
         f"({COLOUR_MODES.get(spec.colour, spec.colour)}), {spec.n_params:,} parameters.\n"
         f"Weights: {'bundled' if spec.default_weights else 'none bundled (import only)'}"
         f"{'' if spec.default_weights or default_weights_path(spec) is None else ', found installed'}; "
-        f"reads {accepted_weights(spec)}.\n{spec.description}"
+        f"reads {accepted_weights(spec)}.\nUncertainty 'auto': {auto}.\n{spec.description}"
     )
 
 
@@ -414,12 +424,7 @@ class SuperResolveWidget(Container):
         )
         self.uncertainty_method = ComboBox(
             label="uncertainty",
-            choices=[
-                ("auto", "auto"),
-                ("MC dropout", "mc-dropout"),
-                ("MC dropout x TTA", "mc-tta"),
-                ("TTA spread (baseline)", "tta"),
-            ],
+            choices=[(label, method) for method, label in UNCERTAINTY_LABELS.items()],
             value=defaults.uncertainty,
             tooltip="MC dropout: the spread of the dropout samples. MC dropout x TTA: the same samples spread over "
             "the 8 flips and 90-degree rotations of the image (a slightly better mean, same cost). TTA spread: the "
