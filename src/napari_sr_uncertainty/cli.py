@@ -79,7 +79,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.uncertainty,
         choices=UNCERTAINTY_METHODS,
         help="mc-dropout; mc-tta, the same samples spread over the 8 flips/rotations (a slightly better "
-        "mean at the same cost); or the TTA spread over the 8 flips/rotations (baseline; the only one for "
+        "mean from as many samples); or the TTA spread over the 8 flips/rotations (baseline; the only one for "
         "models without dropout); auto picks per model (default: %(default)s)",
     )
     parser.add_argument(

@@ -427,11 +427,12 @@ class SuperResolveWidget(Container):
             choices=[(label, method) for method, label in UNCERTAINTY_LABELS.items()],
             value=defaults.uncertainty,
             tooltip="MC dropout: the spread of the dropout samples. MC dropout x TTA: the same samples spread over "
-            "the 8 flips and 90-degree rotations of the image (a slightly better mean, same cost). TTA spread: the "
+            "the 8 flips and 90-degree rotations of the image (a slightly better mean from as many samples; what "
+            "precedes the first dropout runs once per view, so it takes a little longer). TTA spread: the "
             "spread of the model's outputs on the 8 flips and rotations (a baseline; the only one for a model "
             "without dropout, and what auto gives an original's imported weights that never trained with dropout). "
-            "auto: the model's own choice, MC dropout x TTA where it measured better than MC dropout on "
-            "held-out images (the 3-conv CNN and RDN), else MC dropout.",
+            "auto: the model's own choice (the model picker's tooltip names it), MC dropout x TTA where it "
+            "measured better than MC dropout on held-out images, else MC dropout.",
         )
         self.colormap = ComboBox(
             label="uncertainty colormap",
