@@ -59,20 +59,17 @@ def main() -> None:
                 print(f"| {spec.id} | not found under {args.shared} | - | - |")
                 continue
         for method in args.uncertainty:
-            options = SROptions(model=spec.id, uncertainty=method)
-            try:
-                options.validate()
+            try:  # validates, and resolves "auto" for these weights
+                options = resolve_weights(weights, SROptions(model=spec.id, uncertainty=method))[1]
             except InputError as exc:  # e.g. MC dropout for a model without dropout
                 print(f"| {spec.id} | {label} | {method}: {exc} | - |")
                 continue
-            print(
-                f"| {spec.id} | {label} | {method_label(weights, options)} | {seconds(spec, weights, options, image)} |"
-            )
+            print(f"| {spec.id} | {label} | {method_label(options)} | {seconds(spec, weights, options, image)} |")
 
 
-def method_label(weights, options: SROptions) -> str:
-    """The method a run of ``options`` uses, as the table names it."""
-    method = resolve_weights(weights, options)[1].uncertainty_method
+def method_label(options: SROptions) -> str:
+    """The method a run of ``options`` (resolved) uses, as the table names it."""
+    method = options.uncertainty_method
     if method == "tta":
         return f"TTA spread ({N_TRANSFORMS} passes)"
     return f"{'MC dropout x TTA' if method == 'mc-tta' else 'MC dropout'} ({options.n_samples} samples)"
@@ -81,7 +78,7 @@ def method_label(weights, options: SROptions) -> str:
 def seconds(spec, weights, options: SROptions, image: np.ndarray) -> str:
     """Seconds of one warm run, or the model's own estimate (labelled) where a run would take minutes."""
     if spec.estimate_seconds is not None:
-        passes = N_TRANSFORMS if resolve_weights(weights, options)[1].uncertainty_method == "tta" else 1
+        passes = N_TRANSFORMS if options.uncertainty_method == "tta" else 1
         estimate = spec.estimate_seconds(image.shape[:2], passes)
         if estimate > TOO_LONG_S:
             return f"{estimate:,.0f} (estimate)"
