@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from conftest import random_model_arrays
 from napari_sr_uncertainty.core.imaging import InputError
 from napari_sr_uncertainty.core.pipeline import SROptions, super_resolve
 from napari_sr_uncertainty.models.esrcnn import PARAM_SHAPES, SPEC
@@ -128,12 +129,7 @@ def test_auto_gives_an_imported_original_without_dropout_the_tta_spread(random_a
     from napari_sr_uncertainty.models.registry import get_spec
 
     spec = get_spec("espcn-x3")
-    rng = np.random.default_rng(0)
-    arrays = {
-        f"{n}/{k}": rng.normal(0, 0.1, s).astype(np.float32)
-        for n, ks in spec.param_shapes.items()
-        for k, s in zip(("kernel", "bias"), ks)
-    }
+    arrays = random_model_arrays(spec.id)
     imported = Weights(arrays=arrays, source="best.pth", sha256="0" * 64, model=spec.id, imported=True)
     assert resolve_weights(imported, SROptions())[1].uncertainty_method == "tta"
     assert resolve_weights(imported, SROptions(uncertainty="mc-dropout"))[1].uncertainty_method == "mc-dropout"
@@ -162,12 +158,9 @@ def test_auto_gives_each_model_with_dropout_its_own_method():
     assert {m: SROptions(model=m).uncertainty_method for m in model_ids()} == expected
     assert SROptions(model="rdn-x4", uncertainty="mc-dropout").uncertainty_method == "mc-dropout"
     spec = get_spec("rdn-x4")
-    arrays = {
-        f"{n}/{k}": np.zeros(s, np.float32)
-        for n, ks in spec.param_shapes.items()
-        for k, s in zip(("kernel", "bias"), ks)
-    }
-    imported = Weights(arrays=arrays, source="RDN_mse.keras", sha256="0" * 64, model=spec.id, imported=True)
+    imported = Weights(
+        arrays=random_model_arrays(spec.id), source="RDN_mse.keras", sha256="0" * 64, model=spec.id, imported=True
+    )
     assert resolve_weights(imported, SROptions())[1].uncertainty_method == "tta"
 
 
