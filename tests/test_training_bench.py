@@ -1,4 +1,5 @@
-"""bench/quality.py and bench/holdout.py at a model's scale (they read ../shared; skipped without it)."""
+"""bench/quality.py and bench/holdout.py at a model's scale (they read ../shared; skipped without it), and the
+parts of bench/window_ceiling.py that need no data."""
 
 from __future__ import annotations
 
@@ -133,3 +134,77 @@ def test_holdout_evaluates_weights_as_one_ensemble():
     assert twice["psnr_y"] == pytest.approx(deterministic["psnr_y"], abs=1e-6)
     mixed = holdout.evaluate_ensemble(spec, [shipped, str(SHARED / "reference" / "seed000" / "modelesrcnn8.h5")], pairs)
     assert np.isfinite(mixed["patch_spearman"]) and mixed["baseline_psnr"] == twice["baseline_psnr"]
+
+
+# --------------------------------------------------------------------------- bench/window_ceiling.py
+def _window_pairs(scale: int):
+    from napari_sr_uncertainty.training.data import ImagePair
+
+    rng = np.random.default_rng(3)
+    pairs = []
+    for h, w in ((5, 7), (6, 4)):
+        lr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        hr = rng.integers(0, 256, (h * scale, w * scale, 3), dtype=np.uint8)
+        pairs.append(ImagePair(f"img{h}", hr, lr, scale))
+    return pairs
+
+
+def test_window_ceiling_samples_each_pixels_window_and_its_output_block():
+    """The sampler's gathered windows and targets against the image-wise windows and phases (no ../shared)."""
+    from napari_sr_uncertainty.training.data import network_planes
+
+    ceiling = _bench("window_ceiling")
+    pairs = _window_pairs(scale=4)
+    sampler = ceiling.WindowSampler(pairs, "rgb", scale=4, radius=1)
+    assert len(sampler) == 5 * 7 + 6 * 4
+    windows, targets = sampler.batch(np.random.default_rng(0), 200)
+    expected_windows = np.concatenate([ceiling.image_windows(network_planes(p.lr, "rgb"), 1) for p in pairs])
+    expected_targets = np.concatenate(
+        [ceiling.phase_targets(ceiling.measured_plane(p.hr, 4), 4).reshape(-1, 16) for p in pairs]
+    )
+    pick = np.random.default_rng(0).integers(0, len(sampler), 200)  # the draw batch() made
+    np.testing.assert_array_equal(windows, expected_windows[pick])
+    np.testing.assert_allclose(targets, expected_targets[pick], rtol=1e-6)
+    # a window is the pixel's 3x3 RGB neighbourhood, edge-replicated: the centre tap is the pixel itself
+    first = ceiling.image_windows(network_planes(pairs[0].lr, "rgb"), 1).reshape(5, 7, 3, 3, 3)
+    np.testing.assert_array_equal(first[:, :, 1, 1], pairs[0].lr / np.float32(255))
+    np.testing.assert_array_equal(first[0, 0, 0, 0], first[0, 0, 1, 1])
+
+
+def test_window_ceiling_assembles_phases_into_the_output_grid():
+    """An MLP that passes each window's centre through (dense layers zero, the skip picks the centre tap for
+    every phase) predicts nearest-neighbour upscaling: the phases land at their own offsets."""
+    import jax
+    import jax.numpy as jnp
+
+    ceiling = _bench("window_ceiling")
+    scale, radius = 3, 2
+    params = ceiling.init_params(jax.random.PRNGKey(0), (2 * radius + 1) ** 2, scale * scale, 4)
+    params = {k: {n: jnp.zeros_like(v) for n, v in layer.items()} for k, layer in params.items()}
+    centre = (2 * radius + 1) ** 2 // 2
+    params["skip"]["w"] = params["skip"]["w"].at[centre].set(1.0)
+    planes = np.random.default_rng(1).random((6, 5, 1), dtype=np.float32)
+    out = ceiling.predict_image(params, planes, scale, radius)
+    np.testing.assert_allclose(out, np.repeat(np.repeat(planes[..., 0], scale, 0), scale, 1) * 255, rtol=1e-5)
+    hr = np.random.default_rng(2).random((12, 15))
+    np.testing.assert_array_equal(ceiling.from_phases(ceiling.phase_targets(hr, 3), 3), hr)
+
+
+def test_window_ceiling_checkpoint_resumes_its_parameters_optimiser_and_log(tmp_path):
+    import jax
+    import optax
+
+    ceiling = _bench("window_ceiling")
+    params = ceiling.init_params(jax.random.PRNGKey(0), 9, 4, 8)
+    optimiser = optax.adam(1e-3)
+    opt_state = optimiser.init(params)
+    step = ceiling.make_step(optimiser)
+    windows = np.random.default_rng(0).random((32, 9), dtype=np.float32)
+    params, opt_state, _ = step(params, opt_state, windows, np.ones((32, 4), np.float32) * 100)
+    path = tmp_path / "state.npz"
+    ceiling.save_state(path, params, opt_state, 7, [(7, 0.5, 27.0)])
+    fresh = ceiling.init_params(jax.random.PRNGKey(1), 9, 4, 8)
+    loaded, loaded_opt, loaded_step, log = ceiling.load_state(path, fresh, optimiser.init(fresh))
+    assert loaded_step == 7 and log == [(7.0, 0.5, 27.0)] and not list(tmp_path.glob("*.tmp.npz"))
+    for a, b in zip(jax.tree_util.tree_leaves((params, opt_state)), jax.tree_util.tree_leaves((loaded, loaded_opt))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
