@@ -13,9 +13,9 @@ pixel P; ESPCN's 5x5, 3x3, 3x3 convs see 4 LR px a side; SRCNN 9-1-5's kernels s
 some function of that window for each output phase. This script fits a far larger function class on the
 same window: an MLP (three hidden layers of ``--width`` ReLU units plus a linear skip) from the window, in
 the network's channels (RGB, full-range luma for ``y`` models, gray), to every output phase in the
-measured channel (BT.601 Y for SR, which for a ``y`` model is a function of its network luma alone; gray for
-x1), with MSE on T91 + BSD200 less the 10 held-out BSD200 images. Set5 / Set14 (x3, x4) or Set14 / BSD100's
-first 30 (x1) are scored under the protocol and never fitted on. A trained MLP only estimates the ceiling
+measured channel (BT.601 Y for SR, which for a ``y`` model is its network luma rescaled, up to the RGB
+rounding; gray for x1), with MSE on T91 + BSD200 less the 10 held-out BSD200 images. Set5 / Set14 (x3, x4)
+or Set14 / BSD100's first 30 (x1) are scored under the protocol and never fitted on. A trained MLP only estimates the ceiling
 from below, but one with tens of times the model's parameters, trained until its held-out curve flattens,
 says what the window allows.
 
