@@ -28,6 +28,7 @@ import numpy as np
 from napari_sr_uncertainty.core import metrics
 from napari_sr_uncertainty.training.card import load_eval_pairs
 from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, ImagePair, load_pairs
+from window_ceiling import from_phases, phase_targets  # a sibling script: bench/ is the script's sys.path[0]
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -46,12 +47,6 @@ def windows(lr_y: np.ndarray, radius: int) -> np.ndarray:
     return np.stack(taps + [np.ones_like(lr_y)], axis=-1)
 
 
-def phase_targets(hr_y: np.ndarray, scale: int) -> np.ndarray:
-    """(H, W, scale^2): the HR luma of each LR pixel's scale x scale block, phase-major."""
-    h, w = hr_y.shape[0] // scale, hr_y.shape[1] // scale
-    return hr_y.reshape(h, scale, w, scale).transpose(0, 2, 1, 3).reshape(h, w, scale * scale)
-
-
 def fit(pairs: list[ImagePair], scale: int, radius: int) -> np.ndarray:
     """(taps + 1, scale^2) least-squares filters, one column per phase, from the normal equations."""
     n = (2 * radius + 1) ** 2 + 1
@@ -66,9 +61,7 @@ def fit(pairs: list[ImagePair], scale: int, radius: int) -> np.ndarray:
 
 
 def predict(lr_y: np.ndarray, filters: np.ndarray, scale: int, radius: int) -> np.ndarray:
-    h, w = lr_y.shape
-    phases = windows(lr_y, radius) @ filters  # (H, W, scale^2)
-    return phases.reshape(h, w, scale, scale).transpose(0, 2, 1, 3).reshape(h * scale, w * scale)
+    return from_phases(windows(lr_y, radius) @ filters, scale)
 
 
 def y_psnr(y: np.ndarray, hr_y: np.ndarray, scale: int) -> float:
