@@ -28,7 +28,11 @@ import numpy as np
 from napari_sr_uncertainty.core import metrics
 from napari_sr_uncertainty.training.card import load_eval_pairs
 from napari_sr_uncertainty.training.data import BSD200_VALIDATION_IDS, ImagePair, load_pairs
-from window_ceiling import from_phases, phase_targets  # a sibling script: bench/ is the script's sys.path[0]
+from window_ceiling import (
+    from_phases,
+    measured_psnr,
+    phase_targets,
+)  # a sibling script: bench/ is the script's sys.path[0]
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -64,12 +68,6 @@ def predict(lr_y: np.ndarray, filters: np.ndarray, scale: int, radius: int) -> n
     return from_phases(windows(lr_y, radius) @ filters, scale)
 
 
-def y_psnr(y: np.ndarray, hr_y: np.ndarray, scale: int) -> float:
-    """Y-PSNR with ``scale`` px shaved; the prediction is rounded to the 8-bit luma grid of [16, 235]."""
-    y = np.clip(np.round(y), 16.0, 235.0)
-    return metrics.psnr(y[scale:-scale, scale:-scale], hr_y[scale:-scale, scale:-scale])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=4)
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             lr_y, hr_y = luma_pair(pair)
             scores["bicubic"].append(metrics.psnr_y(metrics.bicubic_upscale(pair.lr, args.scale), pair.hr, args.scale))
             for r, key in zip(args.radius, header[1:]):
-                scores[key].append(y_psnr(predict(lr_y, filters[r], args.scale, r), hr_y, args.scale))
+                scores[key].append(measured_psnr(predict(lr_y, filters[r], args.scale, r), hr_y, args.scale))
         print(f"| {name} | " + " | ".join(f"{np.mean(scores[key]):.2f}" for key in header) + " |")
     return 0
 

@@ -46,12 +46,22 @@ EVAL_SETS = {
     3: (("Set5", None), ("Set14", None)),
     4: (("Set5", None), ("Set14", None)),
 }
-EVAL_CHUNK = 65536
+# windows per forward call at evaluation; every call has this shape (the tail is padded), so one compile
+EVAL_CHUNK = 8192
 
 
 def measured_plane(image: np.ndarray, scale: int) -> np.ndarray:
     """The channel the protocol scores, float64: BT.601 Y for SR, the gray value for x1 restoration."""
     return image[..., 0].astype(np.float64) if scale == 1 else metrics.rgb_to_y(image)
+
+
+def measured_psnr(out: np.ndarray, hr: np.ndarray, scale: int) -> float:
+    """PSNR of a prediction of :func:`measured_plane`, rounded and clipped to that plane's 8-bit grid (Y in
+    [16, 235], gray in [0, 255]), with the protocol's border shaved (``scale`` px; 1 px at x1)."""
+    low, high = (0.0, 255.0) if scale == 1 else (16.0, 235.0)
+    shave = metrics.RESTORATION_SHAVE if scale == 1 else scale
+    crop = (slice(shave, -shave), slice(shave, -shave))
+    return metrics.psnr(np.clip(np.round(out), low, high)[crop], hr[crop])
 
 
 def phase_targets(hr: np.ndarray, scale: int) -> np.ndarray:
@@ -69,7 +79,7 @@ class WindowSampler:
     """Every training pixel's window, gathered on demand from edge-padded planes (no window copies kept)."""
 
     def __init__(self, pairs: list[ImagePair], colour: str, scale: int, radius: int) -> None:
-        self.radius, self.scale = radius, scale
+        self.radius = radius
         flats, targets, self.starts, self.widths, self.shapes = [], [], [], [], []
         offset = 0
         for pair in pairs:
@@ -84,7 +94,6 @@ class WindowSampler:
         self.targets = np.concatenate(targets).astype(np.float32)
         self.pixel_image = np.concatenate([np.full(h * w, i) for i, (h, w) in enumerate(self.shapes)])
         self.pixel_index = np.concatenate([np.arange(h * w) for h, w in self.shapes])
-        self.target_start = np.cumsum([0] + [h * w for h, w in self.shapes[:-1]])
         self.starts, self.widths = np.asarray(self.starts), np.asarray(self.widths)
         self.lr_widths = np.asarray([w for _, w in self.shapes])
 
@@ -101,7 +110,7 @@ class WindowSampler:
         d = np.arange(-self.radius, self.radius + 1)
         taps = centre[:, None, None] + d[None, :, None] * width[:, None, None] + d[None, None, :]
         windows = self.flat[taps.reshape(size, -1)].reshape(size, -1)
-        return windows, self.targets[self.target_start[image] + index]
+        return windows, self.targets[pick]  # targets are stored in the pixels' (image, row-major) order
 
 
 def image_windows(planes: np.ndarray, radius: int) -> np.ndarray:
@@ -152,30 +161,39 @@ def make_step(optimiser):
     return step
 
 
+_apply = jax.jit(forward)
+
+
 def predict_image(params: dict, planes: np.ndarray, scale: int, radius: int) -> np.ndarray:
-    apply = jax.jit(forward)
+    """The MLP's prediction of the measured plane (values in [0, 255] units) for one image's network planes."""
     windows = image_windows(planes, radius)
-    out = np.concatenate(
-        [np.asarray(apply(params, windows[i : i + EVAL_CHUNK])) for i in range(0, len(windows), EVAL_CHUNK)]
+    n = len(windows)
+    windows = np.pad(windows, ((0, -n % EVAL_CHUNK), (0, 0)))
+    out = np.concatenate([np.asarray(_apply(params, windows[i : i + EVAL_CHUNK])) for i in range(0, n, EVAL_CHUNK)])
+    return from_phases(out[:n].reshape(planes.shape[0], planes.shape[1], -1) * 255.0, scale)
+
+
+def mlp_psnr(params: dict, pairs: list[ImagePair], colour: str, scale: int, radius: int) -> float:
+    """Mean PSNR of the MLP over ``pairs``."""
+    return float(
+        np.mean(
+            [
+                measured_psnr(
+                    predict_image(params, network_planes(p.lr, colour), scale, radius),
+                    measured_plane(p.hr, scale),
+                    scale,
+                )
+                for p in pairs
+            ]
+        )
     )
-    return from_phases(out.reshape(planes.shape[0], planes.shape[1], -1) * 255.0, scale)
 
 
-def score(params: dict, pairs: list[ImagePair], colour: str, scale: int, radius: int) -> tuple[float, float]:
-    """(mean PSNR of the MLP, of the input baseline: bicubic, or the degraded input at x1) over ``pairs``."""
-    low, high = (0.0, 255.0) if scale == 1 else (16.0, 235.0)
-    shave = metrics.RESTORATION_SHAVE if scale == 1 else scale
-    ours, base = [], []
-    for pair in pairs:
-        hr = measured_plane(pair.hr, scale)
-        out = np.clip(np.round(predict_image(params, network_planes(pair.lr, colour), scale, radius)), low, high)
-        crop = (slice(shave, -shave), slice(shave, -shave))
-        ours.append(metrics.psnr(out[crop], hr[crop]))
-        if scale == 1:
-            base.append(metrics.psnr_gray(pair.lr[..., 0], pair.hr[..., 0]))
-        else:
-            base.append(metrics.psnr_y(metrics.bicubic_upscale(pair.lr, scale), pair.hr, scale))
-    return float(np.mean(ours)), float(np.mean(base))
+def baseline_psnr(pairs: list[ImagePair], scale: int) -> float:
+    """Mean PSNR of the input baseline over ``pairs``: bicubic, or the degraded input itself at x1."""
+    if scale == 1:
+        return float(np.mean([metrics.psnr_gray(p.lr[..., 0], p.hr[..., 0]) for p in pairs]))
+    return float(np.mean([metrics.psnr_y(metrics.bicubic_upscale(p.lr, scale), p.hr, scale) for p in pairs]))
 
 
 def save_state(path: Path, params, opt_state, step: int, log: list) -> None:
@@ -232,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     train_step = make_step(optimiser)
+    held_base = baseline_psnr(held_out, scale)
     start = time.monotonic()
     while not args.report and step < args.steps:
         # keyed by (seed, step): a resumed run draws the batches an unbroken one would
@@ -239,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         params, opt_state, loss = train_step(params, opt_state, windows, targets)
         step += 1
         if step % args.val_every == 0 or step == args.steps:
-            held, base = score(params, held_out, colour, scale, radius)
+            held = mlp_psnr(params, held_out, colour, scale, radius)
             log.append((step, float(loss), held))
             print(
-                f"step {step}: loss {float(loss):.3e}, held-out {held:.3f} dB (baseline {base:.3f}), "
+                f"step {step}: loss {float(loss):.3e}, held-out {held:.3f} dB (baseline {held_base:.3f}), "
                 f"{time.monotonic() - start:.0f} s",
                 flush=True,
             )
@@ -253,13 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped at step {step}; the same command resumes")
         return 0
 
-    held, held_base = score(params, held_out, colour, scale, radius)
+    held = mlp_psnr(params, held_out, colour, scale, radius)
     print(f"\n{args.model} window ceiling estimate after {step} steps ({n_params:,}-parameter MLP)\n")
     print("| images | baseline | MLP on the model's window |")
     print("|---|---|---|")
     print(f"| held-out BSD200 (10) | {held_base:.2f} | {held:.2f} |")
     for name, limit in EVAL_SETS[scale]:
-        ours, base = score(params, load_eval_pairs(data / name, scale)[:limit], colour, scale, radius)
+        pairs = load_eval_pairs(data / name, scale)[:limit]
+        ours, base = mlp_psnr(params, pairs, colour, scale, radius), baseline_psnr(pairs, scale)
         print(f"| {name}{'' if limit is None else f' (first {limit})'} | {base:.2f} | {ours:.2f} |")
     return 0
 
